@@ -1,0 +1,139 @@
+//! `openshell-sandbox`: the sandbox supervisor of the OpenShell proxy-sidecar topology.
+//! One binary, two roles: the egress proxy sidecar (`proxy`) and the agent supervisor
+//! (`agent`). This root wires the command line to the modes and maps errors to the exit
+//! codes of design.md section 5.
+
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+mod health;
+pub mod policy;
+mod policy_cmd;
+pub mod telemetry;
+
+use cli::{AgentArgs, Cli, Command, Mode, ModeCommand, ProxyArgs};
+use config::layers::LogLayer;
+use config::{AgentConfig, CommonConfig, ConfigError, FileConfig, ProxyConfig};
+
+/// Process exit statuses (design.md section 5, plus 1 for "denied" / "unhealthy").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Success = 0,
+    /// A negative answer that is not an error: `policy eval` denied, `healthcheck` unhealthy.
+    No = 1,
+    /// Usage or configuration error.
+    Usage = 64,
+    /// Invalid policy.
+    InvalidPolicy = 65,
+    /// A required service is unreachable (gateway, proxy not ready).
+    Unavailable = 69,
+    /// Internal error.
+    Internal = 70,
+}
+
+impl Exit {
+    /// The numeric status.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Errors that know their exit status.
+pub trait ExitStatus {
+    /// The status the process exits with when this error ends it.
+    fn exit_status(&self) -> Exit;
+}
+
+/// Everything that can end the process with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Bad policy or rules.
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    /// Logging could not be set up.
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
+    /// A mode that this build does not contain yet.
+    #[error("{0} mode is not built yet")]
+    NotBuilt(&'static str),
+}
+
+impl ExitStatus for Error {
+    fn exit_status(&self) -> Exit {
+        match self {
+            Error::Config(e) => e.exit_status(),
+            Error::Policy(e) => e.exit_status(),
+            Error::Telemetry(_) => Exit::Usage,
+            Error::NotBuilt(_) => Exit::Internal,
+        }
+    }
+}
+
+/// Runs what the command line asks for and returns the exit status.
+pub fn run(cli: Cli) -> Result<Exit, Error> {
+    cli.secrets.refuse()?;
+    let file = config::read_file(cli.config.as_deref())?;
+    let Some(command) = cli.command else {
+        return Err(cli::required_mode_from_env()
+            .err()
+            .unwrap_or(ConfigError::Missing { message: "no subcommand".into() })
+            .into());
+    };
+    match command {
+        Command::Proxy(args) => {
+            let config = proxy_config(&cli.log, &args, &file)?;
+            telemetry::init(config.common.log_format, &config.common.log_level)?;
+            Err(Error::NotBuilt("proxy"))
+        }
+        Command::Agent(args) => {
+            let config = agent_config(&cli.log, args, &file)?;
+            telemetry::init(config.common.log_format, &config.common.log_level)?;
+            Err(Error::NotBuilt("agent"))
+        }
+        Command::Policy(cmd) => Ok(policy_cmd::run(cmd)?),
+        Command::Healthcheck(select) => match mode_command(select.mode)? {
+            ModeCommand::Proxy(args) => Ok(health::proxy(&proxy_config(&cli.log, &args, &file)?)),
+            ModeCommand::Agent(args) => Ok(health::agent(&agent_config(&cli.log, args, &file)?)),
+        },
+        Command::Config(select) => {
+            let json = match mode_command(select.mode)? {
+                ModeCommand::Proxy(args) => serde_json::to_string_pretty(&proxy_config(&cli.log, &args, &file)?),
+                ModeCommand::Agent(args) => serde_json::to_string_pretty(&agent_config(&cli.log, args, &file)?),
+            };
+            println!("{}", json.unwrap_or_default());
+            Ok(Exit::Success)
+        }
+    }
+}
+
+/// The mode subcommand given, or the environment's mode with flags from the environment.
+fn mode_command(given: Option<ModeCommand>) -> Result<ModeCommand, ConfigError> {
+    if let Some(mode) = given {
+        return Ok(mode);
+    }
+    let from_env = |e: clap::Error| ConfigError::Invalid { setting: "environment", message: e.to_string() };
+    Ok(match cli::required_mode_from_env()? {
+        Mode::Proxy => ModeCommand::Proxy(cli::env_only::<ProxyArgs>("proxy").map_err(from_env)?),
+        Mode::Agent | Mode::Nested => ModeCommand::Agent(cli::env_only::<AgentArgs>("agent").map_err(from_env)?),
+    })
+}
+
+fn env_token() -> Option<String> {
+    std::env::var(config::TOKEN_ENV).ok()
+}
+
+fn proxy_config(log: &LogLayer, args: &ProxyArgs, file: &FileConfig) -> Result<ProxyConfig, ConfigError> {
+    let common = CommonConfig::resolve(log, &args.common, file);
+    ProxyConfig::resolve(common, &args.gateway, &args.proxy, file, env_token())
+}
+
+fn agent_config(log: &LogLayer, args: AgentArgs, file: &FileConfig) -> Result<AgentConfig, ConfigError> {
+    let common = CommonConfig::resolve(log, &args.common, file);
+    let nested = args.nested || std::env::var("OPENSHELL_MODE").is_ok_and(|m| m.trim() == "nested");
+    AgentConfig::resolve(common, &args.gateway, &args.agent, file, env_token(), nested, args.command)
+}

@@ -1,0 +1,165 @@
+//! The sandbox policy: loading and validating OpenShell policy YAML (or the gateway's
+//! equivalent message) into a [`Policy`], and deciding connections and requests with
+//! the Rego rules in `policies/sandbox-policy.rego` through regorus.
+
+pub mod address;
+mod engine;
+pub mod host;
+pub mod model;
+pub mod request;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use engine::{FlatEndpoint, L4Decision, L7Decision, L7Request, PolicyEngine};
+pub use model::Policy;
+pub use validate::{Issue, validate};
+
+use crate::{Exit, ExitStatus};
+
+/// The Rego rules built into the binary.
+pub const BUILTIN_RULES: &str = include_str!("../policies/sandbox-policy.rego");
+
+/// Failures of loading a policy or its rules.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The policy or rules file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        /// What the file was for ("policy file", "Rego rules").
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The policy is not valid; every problem is listed.
+    #[error("{}", InvalidList { source_name, issues })]
+    Invalid {
+        /// Where the policy came from (a file path, or "the gateway's policy").
+        source_name: String,
+        /// Every problem found.
+        issues: Vec<Issue>,
+    },
+    /// The Rego rules do not compile or do not answer the expected rules.
+    #[error("Rego rules {source_name} are not usable: {message}")]
+    Rules {
+        /// Where the rules came from.
+        source_name: String,
+        /// The compiler's or evaluator's message.
+        message: String,
+    },
+}
+
+impl ExitStatus for PolicyError {
+    fn exit_status(&self) -> Exit {
+        match self {
+            PolicyError::Read { .. } => Exit::Usage,
+            PolicyError::Invalid { .. } | PolicyError::Rules { .. } => Exit::InvalidPolicy,
+        }
+    }
+}
+
+struct InvalidList<'a> {
+    source_name: &'a str,
+    issues: &'a [Issue],
+}
+
+impl fmt::Display for InvalidList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        write!(f, "invalid policy {} ({n} error{}):", self.source_name, if n == 1 { "" } else { "s" })?;
+        for issue in self.issues {
+            write!(f, "\n  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Rego rules: the built-in ones or a replacement file (`OPENSHELL_POLICY_RULES`).
+#[derive(Clone, Debug)]
+pub struct RegoRules {
+    /// Name used in error messages (the file path, or `builtin:sandbox-policy.rego`).
+    pub name: String,
+    /// The Rego source.
+    pub text: String,
+}
+
+impl RegoRules {
+    /// The rules embedded in the binary.
+    pub fn builtin() -> Self {
+        RegoRules { name: "builtin:sandbox-policy.rego".into(), text: BUILTIN_RULES.into() }
+    }
+
+    /// The built-in rules, or the file at `path` when one is given.
+    pub fn load(path: Option<&Path>) -> Result<Self, PolicyError> {
+        match path {
+            None => Ok(Self::builtin()),
+            Some(p) => std::fs::read_to_string(p)
+                .map(|text| RegoRules { name: p.display().to_string(), text })
+                .map_err(|source| PolicyError::Read { what: "Rego rules", path: p.to_owned(), source }),
+        }
+    }
+}
+
+/// The one warning about `binaries` entries, when the policy has any.
+pub fn ignored_binaries_note(policy: &Policy) -> Option<String> {
+    match policy.ignored_binaries {
+        0 => None,
+        n => Some(format!(
+            "{n} `binaries` {} ignored: binary identity does not exist in the sidecar topology",
+            if n == 1 { "entry is" } else { "entries are" }
+        )),
+    }
+}
+
+/// Logs what a loaded policy contains that is accepted but not applied.
+pub fn log_warnings(policy: &Policy) {
+    if let Some(note) = ignored_binaries_note(policy) {
+        tracing::warn!("{note}");
+    }
+}
+
+/// Parses and validates policy YAML; `source_name` names it in errors.
+pub fn parse_yaml(text: &str, source_name: &str) -> Result<Policy, PolicyError> {
+    let invalid = |issues| PolicyError::Invalid { source_name: source_name.to_owned(), issues };
+    if text.trim().is_empty() {
+        return Err(invalid(vec![Issue {
+            path: String::new(),
+            line: None,
+            message: "the policy is empty; it needs at least `version: 1`".into(),
+        }]));
+    }
+    let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+    let root = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| invalid(vec![yaml_issue(&e)]))?;
+    validate(&root).map_err(invalid)
+}
+
+/// Reads, parses and validates a policy file.
+pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        what: "policy file",
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_yaml(&text, &path.display().to_string())
+}
+
+fn yaml_issue(e: &marked_yaml::LoadError) -> Issue {
+    use marked_yaml::LoadError as E;
+    let (marker, message) = match e {
+        E::TopLevelMustBeMapping(m) => {
+            (Some(m), "the top level must be a mapping (`version: 1`, `network_policies: ...`)".to_owned())
+        }
+        E::TopLevelMustBeSequence(m) => (Some(m), "unexpected list at the top level".to_owned()),
+        E::UnexpectedAnchor(m) => (Some(m), "YAML anchors and aliases are not accepted in a policy".to_owned()),
+        E::MappingKeyMustBeScalar(m) => (Some(m), "a mapping key must be a plain value".to_owned()),
+        E::UnexpectedTag(m) => (Some(m), "YAML tags (`!tag`) are not accepted in a policy".to_owned()),
+        E::ScanError(m, err) => (Some(m), format!("not valid YAML: {}", err.info())),
+        E::DuplicateKey(d) => {
+            (d.key.span().start(), format!("key `{}` appears twice in the same mapping", d.key.as_str()))
+        }
+    };
+    Issue { path: String::new(), line: marker.map(|m| m.line()).filter(|l| *l > 0), message }
+}

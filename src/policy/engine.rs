@@ -1,0 +1,257 @@
+//! One generation of the policy engine: a validated policy, the Rego rules compiled by
+//! regorus into programs for its register VM (RVM), and a per-generation cache of L4
+//! decisions. A new policy makes a new engine; callers swap it in whole, so a decision
+//! never mixes two generations.
+
+mod data;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use regorus::Value;
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::Program;
+use regorus::rvm::vm::RegoVM;
+
+pub use data::FlatEndpoint;
+
+use super::host::normalize_destination;
+use super::model::{Endpoint, Enforcement, Policy};
+use super::{PolicyError, RegoRules};
+
+/// Most L4 decisions one generation caches; beyond it the cache starts over.
+const L4_CACHE_CAPACITY: usize = 16_384;
+
+const NETWORK_RULE: &str = "data.openshell.sandbox.network";
+const REQUEST_RULE: &str = "data.openshell.sandbox.request";
+
+/// The answer for a connection to host:port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct L4Decision {
+    /// The connection may be opened.
+    pub allow: bool,
+    /// Key of the first matching network policy.
+    pub policy: Option<String>,
+    /// Indices (into [`PolicyEngine::endpoint`]) of every endpoint that matched.
+    pub endpoints: Vec<usize>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// An HTTP request as the L7 rules see it (already canonicalised).
+#[derive(Clone, Copy, Debug)]
+pub struct L7Request<'a> {
+    /// Upper-case method.
+    pub method: &'a str,
+    /// Canonical path, without the query.
+    pub path: &'a str,
+    /// Query parameters: name to every value, in order.
+    pub query: &'a BTreeMap<String, Vec<String>>,
+}
+
+/// The answer for one HTTP request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct L7Decision {
+    /// The request may be forwarded.
+    pub allow: bool,
+    /// Key of the policy whose rule decided.
+    pub policy: Option<String>,
+    /// Id of the deciding rule, like `github.endpoints[0].rules[1]`.
+    pub rule: Option<String>,
+    /// Why, in words.
+    pub reason: String,
+    /// Whether a denial is enforced or only audited.
+    pub enforcement: Enforcement,
+}
+
+/// A compiled policy generation. Cheap to share (`Arc`), safe to use from many tasks.
+pub struct PolicyEngine {
+    generation: u64,
+    policy: Policy,
+    endpoints: Vec<FlatEndpoint>,
+    data: Value,
+    network_rule: Compiled,
+    request_rule: Compiled,
+    cache: L4Cache,
+}
+
+/// L4 decisions of one generation, keyed by normalised host and port.
+type L4Cache = RwLock<HashMap<(Box<str>, u16), Arc<L4Decision>>>;
+
+/// One entry point compiled to an RVM program. Evaluation makes a fresh VM from it
+/// (about a microsecond), so concurrent decisions share nothing mutable.
+struct Compiled {
+    rule: &'static str,
+    policy: regorus::CompiledPolicy,
+    program: Arc<Program>,
+}
+
+impl PolicyEngine {
+    /// Compiles `rules` over `policy`. Fails when the rules do not compile or do not
+    /// answer the two questions the proxy asks.
+    pub fn new(policy: Policy, rules: &RegoRules, generation: u64) -> Result<Self, PolicyError> {
+        let endpoints = data::flatten(&policy);
+        let data = Value::from(data::build(&endpoints));
+        let fail = |message: String| PolicyError::Rules { source_name: rules.name.clone(), message };
+        let mut rego = regorus::Engine::new();
+        rego.add_policy(rules.name.clone(), rules.text.clone()).map_err(|e| fail(format!("{e:#}")))?;
+        let mut compile = |rule: &'static str| -> Result<Compiled, PolicyError> {
+            let policy = rego.compile_with_entrypoint(&rule.into()).map_err(|e| fail(format!("{e:#}")))?;
+            let program = Compiler::compile_from_policy(&policy, &[rule]).map_err(|e| fail(format!("{e:#}")))?;
+            Ok(Compiled { rule, policy, program })
+        };
+        let network_rule = compile(NETWORK_RULE)?;
+        let request_rule = compile(REQUEST_RULE)?;
+        let engine = PolicyEngine {
+            generation,
+            policy,
+            endpoints,
+            data,
+            network_rule,
+            request_rule,
+            cache: RwLock::new(HashMap::new()),
+        };
+        // A probe through both rules, so broken replacement rules fail at load, not per request.
+        let probe = BTreeMap::new();
+        let req = L7Request { method: "GET", path: "/", query: &probe };
+        engine.eval(&engine.network_rule, network_input("probe.invalid", 443, None)).map_err(fail)?;
+        engine.eval(&engine.request_rule, network_input("probe.invalid", 443, Some(&req))).map_err(fail)?;
+        Ok(engine)
+    }
+
+    /// The generation number this engine was built as.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The validated policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// An endpoint by the index an [`L4Decision`] names.
+    pub fn endpoint(&self, index: usize) -> Option<&FlatEndpoint> {
+        self.endpoints.get(index)
+    }
+
+    /// The endpoints an L4 decision matched.
+    pub fn matched<'a>(&'a self, decision: &'a L4Decision) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        decision.endpoints.iter().filter_map(|i| self.endpoints.get(*i)).map(|f| &f.endpoint)
+    }
+
+    /// The L4 decision for host:port, cached for this generation.
+    pub fn network(&self, host: &str, port: u16) -> Arc<L4Decision> {
+        let Some(host) = normalize_destination(host) else {
+            return Arc::new(L4Decision::deny(format!("`{host}` is not a valid host name")));
+        };
+        let key = (host.into_boxed_str(), port);
+        if let Some(hit) = self.cache.read().ok().and_then(|c| c.get(&key).cloned()) {
+            return hit;
+        }
+        let decision = Arc::new(self.evaluate_network_normalized(&key.0, port));
+        if let Ok(mut cache) = self.cache.write() {
+            if cache.len() >= L4_CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(key, decision.clone());
+        }
+        decision
+    }
+
+    /// The L4 decision for host:port, always evaluated (no cache).
+    pub fn evaluate_network(&self, host: &str, port: u16) -> L4Decision {
+        match normalize_destination(host) {
+            Some(h) => self.evaluate_network_normalized(&h, port),
+            None => L4Decision::deny(format!("`{host}` is not a valid host name")),
+        }
+    }
+
+    fn evaluate_network_normalized(&self, host: &str, port: u16) -> L4Decision {
+        match self.eval(&self.network_rule, network_input(host, port, None)) {
+            Ok(v) => L4Decision {
+                allow: v["allow"] == Value::Bool(true),
+                policy: string(&v["policy"]),
+                endpoints: v["endpoints"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|i| i.as_u64().ok()).map(|i| i as usize).collect())
+                    .unwrap_or_default(),
+                reason: string(&v["reason"]).unwrap_or_else(|| "the rules gave no reason".into()),
+            },
+            Err(e) => L4Decision::deny(format!("policy evaluation failed: {e}")),
+        }
+    }
+
+    /// The L7 decision for one request to host:port.
+    pub fn request(&self, host: &str, port: u16, request: &L7Request<'_>) -> L7Decision {
+        let Some(host) = normalize_destination(host) else {
+            return L7Decision::deny(format!("`{host}` is not a valid host name"));
+        };
+        match self.eval(&self.request_rule, network_input(&host, port, Some(request))) {
+            Ok(v) => L7Decision {
+                allow: v["allow"] == Value::Bool(true),
+                policy: string(&v["policy"]),
+                rule: string(&v["rule"]),
+                reason: string(&v["reason"]).unwrap_or_else(|| "the rules gave no reason".into()),
+                enforcement: match string(&v["enforcement"]).as_deref() {
+                    Some("audit") => Enforcement::Audit,
+                    _ => Enforcement::Enforce,
+                },
+            },
+            Err(e) => L7Decision::deny(format!("policy evaluation failed: {e}")),
+        }
+    }
+
+    fn eval(&self, compiled: &Compiled, input: Value) -> Result<Value, String> {
+        let mut vm = RegoVM::new_with_policy(compiled.policy.clone());
+        vm.load_program(compiled.program.clone());
+        vm.set_data(self.data.clone()).map_err(|e| format!("{e:#}"))?;
+        vm.set_input(input);
+        let v = vm.execute_entry_point_by_name(compiled.rule).map_err(|e| format!("{e:#}"))?;
+        if v.as_object().is_err() {
+            return Err(format!("{} did not produce an object", compiled.rule));
+        }
+        Ok(v)
+    }
+}
+
+impl L4Decision {
+    fn deny(reason: String) -> Self {
+        L4Decision { allow: false, policy: None, endpoints: Vec::new(), reason }
+    }
+}
+
+impl L7Decision {
+    fn deny(reason: String) -> Self {
+        L7Decision { allow: false, policy: None, rule: None, reason, enforcement: Enforcement::Enforce }
+    }
+}
+
+fn string(v: &Value) -> Option<String> {
+    v.as_string().ok().map(|s| s.to_string())
+}
+
+fn network_input(host: &str, port: u16, request: Option<&L7Request<'_>>) -> Value {
+    let mut network = BTreeMap::new();
+    network.insert(Value::from("host"), Value::from(host));
+    network.insert(Value::from("port"), Value::from(u64::from(port)));
+    let mut input = BTreeMap::new();
+    input.insert(Value::from("network"), Value::from(network));
+    if let Some(r) = request {
+        let query: BTreeMap<Value, Value> = r
+            .query
+            .iter()
+            .map(|(k, vs)| {
+                (Value::from(k.as_str()), Value::from(vs.iter().map(|v| Value::from(v.as_str())).collect::<Vec<_>>()))
+            })
+            .collect();
+        let mut req = BTreeMap::new();
+        req.insert(Value::from("method"), Value::from(r.method));
+        req.insert(Value::from("path"), Value::from(r.path));
+        req.insert(Value::from("query_params"), Value::from(query));
+        input.insert(Value::from("request"), Value::from(req));
+    }
+    Value::from(input)
+}
+
+#[cfg(test)]
+mod differential;
