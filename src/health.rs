@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use crate::Exit;
 use crate::config::{AgentConfig, ProxyConfig};
+use crate::volume::READY_FILE;
 
 /// How long each probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The readiness sentinel's file name in the shared TLS dir.
-pub const READY_FILE: &str = ".ready";
 
 /// Proxy mode: `.ready` present and the listener accepting.
 pub fn proxy(config: &ProxyConfig) -> Exit {

@@ -5,12 +5,18 @@
 
 #![deny(unsafe_code)]
 
+pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod gateway;
 mod health;
 pub mod policy;
 mod policy_cmd;
+pub mod proxy;
+pub mod sandbox;
+pub mod shutdown;
 pub mod telemetry;
+pub mod volume;
 
 use cli::{AgentArgs, Cli, Command, Mode, ModeCommand, ProxyArgs};
 use config::layers::LogLayer;
@@ -58,9 +64,12 @@ pub enum Error {
     /// Logging could not be set up.
     #[error(transparent)]
     Telemetry(#[from] telemetry::TelemetryError),
-    /// A mode that this build does not contain yet.
-    #[error("{0} mode is not built yet")]
-    NotBuilt(&'static str),
+    /// Proxy mode failed.
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxyError),
+    /// Agent mode failed.
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
 }
 
 impl ExitStatus for Error {
@@ -69,7 +78,8 @@ impl ExitStatus for Error {
             Error::Config(e) => e.exit_status(),
             Error::Policy(e) => e.exit_status(),
             Error::Telemetry(_) => Exit::Usage,
-            Error::NotBuilt(_) => Exit::Internal,
+            Error::Proxy(e) => e.exit_status(),
+            Error::Agent(e) => e.exit_status(),
         }
     }
 }
@@ -88,12 +98,12 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Proxy(args) => {
             let config = proxy_config(&cli.log, &args, &file)?;
             telemetry::init(config.common.log_format, &config.common.log_level)?;
-            Err(Error::NotBuilt("proxy"))
+            Ok(proxy::run(config)?)
         }
         Command::Agent(args) => {
             let config = agent_config(&cli.log, args, &file)?;
             telemetry::init(config.common.log_format, &config.common.log_level)?;
-            Err(Error::NotBuilt("agent"))
+            Ok(agent::run(config)?)
         }
         Command::Policy(cmd) => Ok(policy_cmd::run(cmd)?),
         Command::Healthcheck(select) => match mode_command(select.mode)? {
