@@ -1,0 +1,291 @@
+//! The supervisor's own log lines, shipped to the gateway with `PushSandboxLogs`.
+//!
+//! [`LogLayer`] (a `tracing` layer) turns each event into a `SandboxLogLine` and offers it
+//! to a bounded queue with `try_send`: logging never waits for the gateway; a full queue
+//! drops the line and counts it. [`LogShipper`] drains the queue into a client stream in
+//! batches of at most 50 lines or every 500 ms, reconnects with backoff when the gateway
+//! is gone, and reports the dropped count as a log line of its own once it can.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+use super::backoff::Backoff;
+use super::proto::{PushSandboxLogsRequest, SandboxLogLine};
+use super::{GatewayClient, Method};
+use crate::shutdown::Shutdown;
+
+/// Lines held while the gateway is slow or gone. Default queue size.
+pub const DEFAULT_CAPACITY: usize = 4096;
+/// The contract's largest batch.
+pub const MAX_BATCH: usize = 50;
+/// The contract's flush interval.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Targets never shipped: this module (its own errors would feed back into the stream)
+/// and the gRPC/TLS plumbing that carries the stream.
+const EXCLUDED_TARGETS: &[&str] = &[module_path!(), "h2", "hyper", "hyper_util", "tonic", "tower", "rustls", "tokio_rustls"];
+
+/// Creates the layer and the queue it feeds, holding up to `capacity` lines.
+pub fn queue(sandbox_id: &str, capacity: usize) -> (LogLayer, LogQueue) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let sandbox_id: Arc<str> = sandbox_id.into();
+    (
+        LogLayer { tx, dropped: dropped.clone(), sandbox_id: sandbox_id.clone() },
+        LogQueue { rx, dropped, sandbox_id, pending: Vec::new() },
+    )
+}
+
+/// The `tracing` layer: one `SandboxLogLine` per event, never blocking.
+#[derive(Clone, Debug)]
+pub struct LogLayer {
+    tx: mpsc::Sender<SandboxLogLine>,
+    dropped: Arc<AtomicU64>,
+    sandbox_id: Arc<str>,
+}
+
+impl LogLayer {
+    /// Lines dropped so far and not yet reported.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl<S: Subscriber> Layer<S> for LogLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let target = meta.target();
+        if EXCLUDED_TARGETS.iter().any(|t| target.strip_prefix(t).is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))) {
+            return;
+        }
+        // A full queue costs one counter increment: nothing is formatted.
+        if self.tx.capacity() == 0 {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut visitor = Fields::default();
+        event.record(&mut visitor);
+        let line = SandboxLogLine {
+            sandbox_id: self.sandbox_id.to_string(),
+            timestamp_ms: now_ms(),
+            level: meta.level().as_str().to_owned(),
+            target: target.to_owned(),
+            message: visitor.message,
+            source: "sandbox".to_owned(),
+            fields: visitor.fields,
+        };
+        if self.tx.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    fields: HashMap<String, String>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_owned();
+        } else {
+            self.fields.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let mut text = String::new();
+        let _ = write!(text, "{value:?}");
+        if field.name() == "message" {
+            self.message = text;
+        } else {
+            self.fields.insert(field.name().to_owned(), text);
+        }
+    }
+}
+
+/// The receiving end of the layer's queue, consumed by [`LogShipper`].
+#[derive(Debug)]
+pub struct LogQueue {
+    rx: mpsc::Receiver<SandboxLogLine>,
+    dropped: Arc<AtomicU64>,
+    sandbox_id: Arc<str>,
+    /// Lines taken from the channel and not yet in a batch (kept when a wait is cancelled).
+    pending: Vec<SandboxLogLine>,
+}
+
+impl LogQueue {
+    /// The next batch: at most `max` lines, sent when full or `flush` after its first
+    /// line; a pending drop count becomes the batch's first line. Cancel-safe. After
+    /// `shutdown`, only what is already queued is taken. `None` ends the stream.
+    async fn next_batch(&mut self, max: usize, flush: Duration, shutdown: &Shutdown) -> Option<Vec<SandboxLogLine>> {
+        while self.pending.is_empty() && !shutdown.is_triggered() {
+            tokio::select! {
+                () = shutdown.signalled() => {}
+                line = tokio::time::timeout(flush, self.rx.recv()) => match line {
+                    Ok(Some(line)) => self.pending.push(line),
+                    Ok(None) => break,
+                    Err(_) if self.dropped.load(Ordering::Relaxed) > 0 => break,
+                    Err(_) => {}
+                },
+            }
+        }
+        let deadline = Instant::now() + flush;
+        while self.pending.len() < max {
+            if shutdown.is_triggered() {
+                match self.rx.try_recv() {
+                    Ok(line) => self.pending.push(line),
+                    Err(_) => break,
+                }
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.signalled() => {}
+                line = self.rx.recv() => match line {
+                    Some(line) => self.pending.push(line),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let mut batch = Vec::with_capacity(max);
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            batch.push(self.dropped_line(dropped));
+        }
+        let take = self.pending.len().min(max - batch.len());
+        batch.extend(self.pending.drain(..take));
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    fn dropped_line(&self, count: u64) -> SandboxLogLine {
+        SandboxLogLine {
+            sandbox_id: self.sandbox_id.to_string(),
+            timestamp_ms: now_ms(),
+            level: "WARN".into(),
+            target: module_path!().into(),
+            message: format!("{count} log lines dropped: the gateway log stream was slow or unreachable"),
+            source: "sandbox".into(),
+            fields: HashMap::from([("dropped".to_owned(), count.to_string())]),
+        }
+    }
+}
+
+/// Ships the queue to the gateway until shutdown.
+pub struct LogShipper {
+    client: GatewayClient,
+    queue: Arc<tokio::sync::Mutex<LogQueue>>,
+    backoff: Backoff,
+    flush: Duration,
+}
+
+impl LogShipper {
+    /// A shipper with the contract's batch size and interval, reconnecting after 1 s to 30 s.
+    pub fn new(client: GatewayClient, queue: LogQueue) -> Self {
+        LogShipper {
+            client,
+            queue: Arc::new(tokio::sync::Mutex::new(queue)),
+            backoff: Backoff::reconnect(),
+            flush: FLUSH_INTERVAL,
+        }
+    }
+
+    /// Replaces the reconnect delays (tests use short ones).
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Opens the stream, ships batches, and reopens it with backoff whenever it breaks.
+    /// Lines are taken from the queue only when the stream asks for them (the connection
+    /// is up), so an outage leaves them queued, then dropped and counted. On shutdown,
+    /// what is queued is sent and the stream closed, bounded by one second.
+    pub async fn run(mut self, shutdown: Shutdown) {
+        let mut outage = false;
+        loop {
+            let shipped = Arc::new(AtomicU64::new(0));
+            let mut grpc = self.client.openshell();
+            let mut call = Box::pin(grpc.push_sandbox_logs(batches(
+                self.queue.clone(),
+                self.flush,
+                shutdown.clone(),
+                shipped.clone(),
+            )));
+            let result = tokio::select! {
+                result = &mut call => result,
+                () = shutdown.signalled() => {
+                    // The stream now drains what is queued and ends; the gateway answers.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), call).await;
+                    return;
+                }
+            };
+            {
+                let queue = self.queue.lock().await;
+                if queue.rx.is_closed() && queue.rx.is_empty() && queue.pending.is_empty() {
+                    return; // the layer is gone and everything it queued was shipped
+                }
+            }
+            if shipped.load(Ordering::Relaxed) > 0 {
+                self.backoff.reset();
+                outage = false;
+            }
+            let delay = self.backoff.next_delay();
+            let reason = match result {
+                Ok(_) => "the gateway ended the stream".to_owned(),
+                Err(status) => self.client.failure(Method::PushSandboxLogs, &status).to_string(),
+            };
+            // Logged under this module's target, which the layer never ships (no feedback),
+            // and once per outage.
+            if outage {
+                tracing::debug!("log stream still down: {reason}");
+            } else {
+                outage = true;
+                tracing::warn!("log stream to the gateway broke; lines wait in the queue (then are dropped and counted): {reason}; reconnecting");
+            }
+            tokio::select! {
+                () = shutdown.signalled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// The request stream of one `PushSandboxLogs` call: batches pulled from the queue.
+fn batches(
+    queue: Arc<tokio::sync::Mutex<LogQueue>>,
+    flush: Duration,
+    shutdown: Shutdown,
+    shipped: Arc<AtomicU64>,
+) -> impl futures_util::Stream<Item = PushSandboxLogsRequest> + Send + 'static {
+    futures_util::stream::unfold((), move |()| {
+        let (queue, shutdown, shipped) = (queue.clone(), shutdown.clone(), shipped.clone());
+        async move {
+            let mut queue = queue.lock().await;
+            let logs = queue.next_batch(MAX_BATCH, flush, &shutdown).await?;
+            shipped.fetch_add(logs.len() as u64, Ordering::Relaxed);
+            Some((PushSandboxLogsRequest { sandbox_id: queue.sandbox_id.to_string(), logs }, ()))
+        }
+    })
+}
+
+/// The request stream of a streaming call, fed from a channel.
+pub(crate) fn request_stream<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
