@@ -1,11 +1,16 @@
 //! The OpenShell gateway's gRPC interface (gateway-contract.md): client, policy and
 //! credential sources, log shipping, and the supervisor session with its relays.
 //!
-//! Entry points for the modes: [`GatewayClient::new`] (one per process, clone freely),
-//! [`config::fetch_with_retries`] + [`config::ConfigPoller`] (policy),
-//! [`provider::fetch`] + [`provider::ProviderPoller`], [`inference::InferencePoller`],
-//! [`logs::LogShipper`] (the supervisor's log lines), [`session::Supervisor`] (agent mode)
-//! and [`exit::report_main_process_exit`].
+//! Wiring, proxy mode (the contract's startup order): [`logs::queue`] before
+//! `telemetry::init_with`; in the runtime [`GatewayClient::new`] and
+//! [`GatewayClient::check_token`]; spawn [`logs::LogShipper::run`] and wait (bounded)
+//! on its `opened()`; [`config::fetch_with_retries`], build the engine, report LOADED;
+//! [`GatewayClient::get_provider_environment`] (failure: warn, start empty);
+//! [`GatewayClient::get_inference_bundle`]; listeners and `.ready`; then spawn
+//! [`config::ConfigPoller`], [`provider::ProviderPoller`] (fed by the config poller's
+//! `provider_revisions()`) and [`inference::InferencePoller`], each with a [`Sink`].
+//! Agent mode: [`config::fetch_with_retries`], spawn [`session::Supervisor::run`], and
+//! when the workload ends [`exit::report_main_process_exit`] with its instance id.
 
 pub mod backoff;
 mod client;

@@ -141,7 +141,13 @@ async fn every_call_carries_the_token_reread_from_its_file() {
     let methods: Vec<&str> = calls.iter().map(|c| c.method).collect();
     assert_eq!(
         &methods[..n],
-        ["GetSandboxConfig", "ReportPolicyStatus", "GetSandboxProviderEnvironment", "GetInferenceBundle", "ReportMainProcessExit"]
+        [
+            "GetSandboxConfig",
+            "ReportPolicyStatus",
+            "GetSandboxProviderEnvironment",
+            "GetInferenceBundle",
+            "ReportMainProcessExit"
+        ]
     );
     for call in &calls[..n] {
         assert_eq!(call.token.as_deref(), Some("Bearer first-token"), "{}", call.method);
@@ -212,7 +218,8 @@ async fn a_gateway_certificate_from_another_ca_is_refused() {
     let gw = TestGateway::start_tls(server_tls(&other, &["127.0.0.1"], &trusted)).await;
     let dir = tempfile::tempdir().unwrap();
     let tls = client_files(dir.path(), &trusted, Some(&trusted));
-    let client = GatewayClient::new(&gw.client_config_with(TokenSource::File(token_file(dir.path())), Some(tls))).unwrap();
+    let client =
+        GatewayClient::new(&gw.client_config_with(TokenSource::File(token_file(dir.path())), Some(tls))).unwrap();
     let err = client.get_sandbox_config().await.unwrap_err();
     assert_eq!(err.exit_status(), Exit::Unavailable);
     let text = err.to_string();

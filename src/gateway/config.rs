@@ -164,14 +164,7 @@ pub struct ConfigPoller<S> {
 impl<S: Sink<SandboxConfig>> ConfigPoller<S> {
     /// A poller calling the gateway every `interval` (`OPENSHELL_POLICY_POLL_INTERVAL_SECS`).
     pub fn new(client: GatewayClient, sink: S, interval: Duration) -> Self {
-        ConfigPoller {
-            client,
-            sink,
-            interval,
-            seen: None,
-            unreported: None,
-            provider_revision: watch::Sender::new(0),
-        }
+        ConfigPoller { client, sink, interval, seen: None, unreported: None, provider_revision: watch::Sender::new(0) }
     }
 
     /// Starts from the policy installed at startup: the same revision and hash are not

@@ -33,12 +33,11 @@ pub async fn report_main_process_exit(
     let mut attempt = 1u32;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let result = match tokio::time::timeout(remaining, client.report_main_process_exit_once(instance_id, exit_code))
-            .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(Method::ReportMainProcessExit.failed(CallFailure::timeout(client.endpoint(), remaining))),
-        };
+        let result =
+            match tokio::time::timeout(remaining, client.report_main_process_exit_once(instance_id, exit_code)).await {
+                Ok(result) => result,
+                Err(_) => Err(Method::ReportMainProcessExit.failed(CallFailure::timeout(client.endpoint(), remaining))),
+            };
         let error = match result {
             Ok(()) => {
                 tracing::info!(exit_code, attempt, "the gateway acknowledged the workload's exit");

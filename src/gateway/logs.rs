@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -32,7 +32,8 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Targets never shipped: this module (its own errors would feed back into the stream)
 /// and the gRPC/TLS plumbing that carries the stream.
-const EXCLUDED_TARGETS: &[&str] = &[module_path!(), "h2", "hyper", "hyper_util", "tonic", "tower", "rustls", "tokio_rustls"];
+const EXCLUDED_TARGETS: &[&str] =
+    &[module_path!(), "h2", "hyper", "hyper_util", "tonic", "tower", "rustls", "tokio_rustls"];
 
 /// Creates the layer and the queue it feeds, holding up to `capacity` lines.
 pub fn queue(sandbox_id: &str, capacity: usize) -> (LogLayer, LogQueue) {
@@ -64,7 +65,10 @@ impl<S: Subscriber> Layer<S> for LogLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
         let target = meta.target();
-        if EXCLUDED_TARGETS.iter().any(|t| target.strip_prefix(t).is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))) {
+        if EXCLUDED_TARGETS
+            .iter()
+            .any(|t| target.strip_prefix(t).is_some_and(|rest| rest.is_empty() || rest.starts_with("::")))
+        {
             return;
         }
         // A full queue costs one counter increment: nothing is formatted.
@@ -130,6 +134,14 @@ pub struct LogQueue {
 }
 
 impl LogQueue {
+    /// Takes one queued line without waiting, for a caller that ships lines itself.
+    pub fn try_take(&mut self) -> Option<SandboxLogLine> {
+        if !self.pending.is_empty() {
+            return Some(self.pending.remove(0));
+        }
+        self.rx.try_recv().ok()
+    }
+
     /// The next batch: at most `max` lines, sent when full or `flush` after its first
     /// line; a pending drop count becomes the batch's first line. Cancel-safe. After
     /// `shutdown`, only what is already queued is taken. `None` ends the stream.
@@ -192,6 +204,7 @@ pub struct LogShipper {
     queue: Arc<tokio::sync::Mutex<LogQueue>>,
     backoff: Backoff,
     flush: Duration,
+    open: watch::Sender<bool>,
 }
 
 impl LogShipper {
@@ -202,7 +215,14 @@ impl LogShipper {
             queue: Arc::new(tokio::sync::Mutex::new(queue)),
             backoff: Backoff::reconnect(),
             flush: FLUSH_INTERVAL,
+            open: watch::Sender::new(false),
         }
+    }
+
+    /// Whether the stream is open now (its request went out and it asks for lines).
+    /// Startup waits on it, bounded, so the stream is opened before `GetSandboxConfig`.
+    pub fn opened(&self) -> watch::Receiver<bool> {
+        self.open.subscribe()
     }
 
     /// Replaces the reconnect delays (tests use short ones).
@@ -220,12 +240,14 @@ impl LogShipper {
         loop {
             let shipped = Arc::new(AtomicU64::new(0));
             let mut grpc = self.client.openshell();
-            let mut call = Box::pin(grpc.push_sandbox_logs(batches(
-                self.queue.clone(),
-                self.flush,
-                shutdown.clone(),
-                shipped.clone(),
-            )));
+            let stream = Batches {
+                queue: self.queue.clone(),
+                flush: self.flush,
+                shutdown: shutdown.clone(),
+                shipped: shipped.clone(),
+                open: self.open.clone(),
+            };
+            let mut call = Box::pin(grpc.push_sandbox_logs(stream.into_stream()));
             let result = tokio::select! {
                 result = &mut call => result,
                 () = shutdown.signalled() => {
@@ -234,6 +256,7 @@ impl LogShipper {
                     return;
                 }
             };
+            self.open.send_replace(false);
             {
                 let queue = self.queue.lock().await;
                 if queue.rx.is_closed() && queue.rx.is_empty() && queue.pending.is_empty() {
@@ -255,7 +278,9 @@ impl LogShipper {
                 tracing::debug!("log stream still down: {reason}");
             } else {
                 outage = true;
-                tracing::warn!("log stream to the gateway broke; lines wait in the queue (then are dropped and counted): {reason}; reconnecting");
+                tracing::warn!(
+                    "log stream to the gateway broke; lines wait in the queue (then are dropped and counted): {reason}; reconnecting"
+                );
             }
             tokio::select! {
                 () = shutdown.signalled() => return,
@@ -266,21 +291,28 @@ impl LogShipper {
 }
 
 /// The request stream of one `PushSandboxLogs` call: batches pulled from the queue.
-fn batches(
+struct Batches {
     queue: Arc<tokio::sync::Mutex<LogQueue>>,
     flush: Duration,
     shutdown: Shutdown,
     shipped: Arc<AtomicU64>,
-) -> impl futures_util::Stream<Item = PushSandboxLogsRequest> + Send + 'static {
-    futures_util::stream::unfold((), move |()| {
-        let (queue, shutdown, shipped) = (queue.clone(), shutdown.clone(), shipped.clone());
-        async move {
-            let mut queue = queue.lock().await;
-            let logs = queue.next_batch(MAX_BATCH, flush, &shutdown).await?;
-            shipped.fetch_add(logs.len() as u64, Ordering::Relaxed);
-            Some((PushSandboxLogsRequest { sandbox_id: queue.sandbox_id.to_string(), logs }, ()))
-        }
-    })
+    open: watch::Sender<bool>,
+}
+
+impl Batches {
+    fn into_stream(self) -> impl futures_util::Stream<Item = PushSandboxLogsRequest> + Send + 'static {
+        futures_util::stream::unfold(self, |this| async move {
+            // The stream is polled once its request has gone out: the stream is open.
+            this.open.send_replace(true);
+            let request = {
+                let mut queue = this.queue.lock().await;
+                let logs = queue.next_batch(MAX_BATCH, this.flush, &this.shutdown).await?;
+                this.shipped.fetch_add(logs.len() as u64, Ordering::Relaxed);
+                PushSandboxLogsRequest { sandbox_id: queue.sandbox_id.to_string(), logs }
+            };
+            Some((request, this))
+        })
+    }
 }
 
 /// The request stream of a streaming call, fed from a channel.

@@ -36,7 +36,9 @@ pub fn unapplied_fields(message: &SandboxPolicy) -> Vec<String> {
                 ));
             }
             if e.credential_binding.as_ref().is_some_and(|b| !b.provider.is_empty()) {
-                notes.push(format!("{at}.credential_binding is not applied: credentials come from the provider environment"));
+                notes.push(format!(
+                    "{at}.credential_binding is not applied: credentials come from the provider environment"
+                ));
             }
         }
     }

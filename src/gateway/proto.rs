@@ -97,9 +97,8 @@ mod tests {
     #[test]
     fn field_numbers_match_the_contract() {
         // exit_code is field 3 (tag 0x18), instance_id field 2 (0x12).
-        let bytes =
-            ReportMainProcessExitRequest { sandbox_id: String::new(), instance_id: "i".into(), exit_code: 7 }
-                .encode_to_vec();
+        let bytes = ReportMainProcessExitRequest { sandbox_id: String::new(), instance_id: "i".into(), exit_code: 7 }
+            .encode_to_vec();
         assert_eq!(bytes, [0x12, 0x01, b'i', 0x18, 0x07]);
         // provider_env_revision is field 8 (tag 0x40) in the config response.
         let bytes = GetSandboxConfigResponse { provider_env_revision: 5, ..Default::default() }.encode_to_vec();

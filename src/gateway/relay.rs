@@ -94,7 +94,8 @@ pub(crate) fn loopback_target(host: &str, port: u32) -> Result<SocketAddr, Strin
     let ip = if bare.eq_ignore_ascii_case("localhost") {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        bare.parse::<IpAddr>().map_err(|_| refuse("only loopback addresses (127.0.0.0/8, ::1, localhost) are relayed"))?
+        bare.parse::<IpAddr>()
+            .map_err(|_| refuse("only loopback addresses (127.0.0.0/8, ::1, localhost) are relayed"))?
     };
     let ip = ip.to_canonical();
     if !ip.is_loopback() {

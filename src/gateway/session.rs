@@ -70,12 +70,7 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor with a fresh instance id (UUID v4).
     pub fn new(client: GatewayClient, options: SessionOptions) -> Self {
-        Supervisor {
-            client,
-            options,
-            instance_id: uuid::Uuid::new_v4().to_string(),
-            relays: Arc::default(),
-        }
+        Supervisor { client, options, instance_id: uuid::Uuid::new_v4().to_string(), relays: Arc::default() }
     }
 
     /// This process's instance id.
@@ -110,7 +105,8 @@ impl Supervisor {
 
     async fn session(&mut self, shutdown: &Shutdown, outage: &mut bool) -> Ended {
         let (tx, rx) = mpsc::channel::<SupervisorMessage>(64);
-        let hello = SupervisorHello { sandbox_id: self.client.sandbox_id().to_owned(), instance_id: self.instance_id.clone() };
+        let hello =
+            SupervisorHello { sandbox_id: self.client.sandbox_id().to_owned(), instance_id: self.instance_id.clone() };
         // The channel is empty and its receiver alive: this send cannot fail or wait.
         let _ = tx.try_send(message(supervisor_message::Payload::Hello(hello)));
         let accept_by = Instant::now() + self.options.accept_timeout;
@@ -184,7 +180,11 @@ impl Supervisor {
                 gateway_message::Payload::RelayClose(close) => {
                     let token = self.relays.lock().ok().and_then(|mut r| r.remove(&close.channel_id));
                     if let Some(token) = token {
-                        tracing::debug!(channel = close.channel_id, reason = close.reason, "the gateway closed a relay");
+                        tracing::debug!(
+                            channel = close.channel_id,
+                            reason = close.reason,
+                            "the gateway closed a relay"
+                        );
                         token.cancel();
                     }
                 }

@@ -72,7 +72,8 @@ impl State {
         let session = self.session.lock().unwrap().clone();
         if let Some(session) = session {
             let close = RelayClose { channel_id: channel_id.into(), reason: "closed by the test".into() };
-            let _ = session.send(Ok(GatewayMessage { payload: Some(gateway_message::Payload::RelayClose(close)) })).await;
+            let _ =
+                session.send(Ok(GatewayMessage { payload: Some(gateway_message::Payload::RelayClose(close)) })).await;
         }
     }
 

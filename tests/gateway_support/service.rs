@@ -9,9 +9,8 @@ use openshell_sandbox::gateway::proto::open_shell_server::OpenShell;
 use openshell_sandbox::gateway::proto::{
     GatewayMessage, GetSandboxConfigRequest, GetSandboxConfigResponse, GetSandboxProviderEnvironmentRequest,
     GetSandboxProviderEnvironmentResponse, PushSandboxLogsRequest, PushSandboxLogsResponse, RelayFrame,
-    ReportMainProcessExitRequest, ReportMainProcessExitResponse, ReportPolicyStatusRequest,
-    ReportPolicyStatusResponse, SessionAccepted, SessionRejected, SupervisorMessage, gateway_message,
-    supervisor_message,
+    ReportMainProcessExitRequest, ReportMainProcessExitResponse, ReportPolicyStatusRequest, ReportPolicyStatusResponse,
+    SessionAccepted, SessionRejected, SupervisorMessage, gateway_message, supervisor_message,
 };
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -67,6 +66,7 @@ impl OpenShell for Service {
         request: Request<Streaming<PushSandboxLogsRequest>>,
     ) -> Result<Response<PushSandboxLogsResponse>, Status> {
         let token = token_of_request(&request);
+        self.record_with_token("PushSandboxLogs", token.clone(), "", Payload::LogsOpened)?;
         let mut stream = request.into_inner();
         let stop = self.stop_token();
         loop {
@@ -113,14 +113,16 @@ impl OpenShell for Service {
                     let _ = tx.send(Err(Status::unavailable("test gateway: injected failure"))).await;
                     return;
                 }
-                match payload {
-                    Some(supervisor_message::Payload::Hello(_)) => {
-                        if !state.answer_hello(&tx).await {
-                            return;
-                        }
+                let go_on = match payload {
+                    Some(supervisor_message::Payload::Hello(_)) => state.answer_hello(&tx).await,
+                    Some(supervisor_message::Payload::RelayOpenResult(result)) => {
+                        state.relay_result(result);
+                        true
                     }
-                    Some(supervisor_message::Payload::RelayOpenResult(result)) => state.relay_result(result),
-                    _ => {}
+                    _ => true,
+                };
+                if !go_on {
+                    return;
                 }
             }
         });

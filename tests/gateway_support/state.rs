@@ -41,6 +41,8 @@ pub enum Payload {
     Config(GetSandboxConfigRequest),
     ProviderEnv(GetSandboxProviderEnvironmentRequest),
     PolicyStatus(ReportPolicyStatusRequest),
+    /// A `PushSandboxLogs` stream was opened (its headers arrived).
+    LogsOpened,
     /// One message of the `PushSandboxLogs` stream (one batch).
     Logs(PushSandboxLogsRequest),
     /// One message of a `ConnectSupervisor` stream.
@@ -144,6 +146,17 @@ impl State {
         self.calls().into_iter().filter(|c| c.method == method).collect()
     }
 
+    /// The batches of `PushSandboxLogs` streams, in order.
+    pub fn log_batches(&self) -> Vec<(Call, PushSandboxLogsRequest)> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match &c.payload {
+                Payload::Logs(batch) => Some((c.clone(), batch.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every log line received, in order.
     pub fn log_lines(&self) -> Vec<SandboxLogLine> {
         self.calls()
@@ -188,6 +201,22 @@ impl State {
     /// Serves `response` to `GetInferenceBundle`.
     pub fn set_bundle(&self, response: GetInferenceBundleResponse) {
         *self.bundle.lock().unwrap() = response;
+    }
+
+    /// Whether a supervisor session has been accepted (and relays can be opened).
+    pub fn has_session(&self) -> bool {
+        self.session.lock().unwrap().as_ref().is_some_and(|s| !s.is_closed())
+    }
+
+    /// The supervisor messages received, in order.
+    pub fn supervisor_messages(&self) -> Vec<openshell_sandbox::gateway::proto::supervisor_message::Payload> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c.payload {
+                Payload::Supervisor(m) => m.payload,
+                _ => None,
+            })
+            .collect()
     }
 
     /// How the next hellos are answered.

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::gateway::proto::sandbox::{
-    L7Rule, LandlockPolicy, NetworkBinary, NetworkCredentialBinding, NetworkEndpoint, NetworkPolicyRule,
-    ProcessPolicy,
+    L7Rule, LandlockPolicy, NetworkBinary, NetworkCredentialBinding, NetworkEndpoint, NetworkPolicyRule, ProcessPolicy,
 };
 
 fn s(v: &str) -> String {
@@ -169,7 +168,10 @@ fn an_invalid_policy_has_the_yaml_messages_without_lines() {
     let yaml = FULL_YAML
         .replace("version: 1", "version: 2")
         .replace("run_as_user: sandbox\n  run_as_group: \"1000\"", "run_as_user: root")
-        .replace("port: 443\n        protocol: rest\n        enforcement", "port: 70000\n        protocol: rest\n        enforcement")
+        .replace(
+            "port: 443\n        protocol: rest\n        enforcement",
+            "port: 70000\n        protocol: rest\n        enforcement",
+        )
         .replace("path: /repos/**", "path: repos")
         .replace("access: read-only", "access: everything")
         .replace("ports: [443, 80]", "ports: [443, 80, 0]")
@@ -181,8 +183,17 @@ fn an_invalid_policy_has_the_yaml_messages_without_lines() {
     let from_yaml = without_lines(crate::policy::parse_yaml(&yaml, "bad.yaml").unwrap_err());
     assert_eq!(from_gateway, from_yaml);
     assert!(from_gateway.len() >= 7, "{from_gateway:#?}");
-    assert!(from_gateway.contains(&"network_policies.github.endpoints[0].port: `70000` is not a port; use a number from 1 to 65535".to_owned()), "{from_gateway:#?}");
-    assert!(from_gateway.iter().any(|e| e.starts_with("network_policies.empty: `endpoints` is missing")), "{from_gateway:#?}");
+    assert!(
+        from_gateway.contains(
+            &"network_policies.github.endpoints[0].port: `70000` is not a port; use a number from 1 to 65535"
+                .to_owned()
+        ),
+        "{from_gateway:#?}"
+    );
+    assert!(
+        from_gateway.iter().any(|e| e.starts_with("network_policies.empty: `endpoints` is missing")),
+        "{from_gateway:#?}"
+    );
 }
 
 #[test]
