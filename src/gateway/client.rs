@@ -79,7 +79,7 @@ impl GatewayClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.connect_timeout)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(false);
         if config.endpoint.tls {
             let Some(tls) = &config.tls else {
                 return Err(connect_error("an https endpoint needs OPENSHELL_TLS_CA".into()));

@@ -321,3 +321,37 @@ pub(crate) fn request_stream<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_counts_drops_and_reports_them_first_within_the_batch_size() {
+        let (layer, mut queue) = queue("s", 10);
+        let subscriber = tracing_subscriber::registry().with(layer.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            for n in 0..15 {
+                tracing::info!(target: "openshell_sandbox::proxy", n, "line {n}");
+            }
+            tracing::info!(target: "h2::proto", "never queued");
+        });
+        assert_eq!(layer.dropped(), 5);
+        let shutdown = Shutdown::new();
+        let flush = Duration::from_millis(5);
+        let first = queue.next_batch(4, flush, &shutdown).await.unwrap();
+        assert_eq!(first.len(), 4);
+        assert_eq!(first[0].message, "5 log lines dropped: the gateway log stream was slow or unreachable");
+        assert_eq!(first[0].fields["dropped"], "5");
+        assert_eq!(first[1..].iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["line 0", "line 1", "line 2"]);
+        assert_eq!(layer.dropped(), 0);
+        let second = queue.next_batch(4, flush, &shutdown).await.unwrap();
+        assert_eq!(second.iter().map(|l| l.fields["n"].as_str()).collect::<Vec<_>>(), ["3", "4", "5", "6"]);
+        shutdown.trigger();
+        let rest = queue.next_batch(50, flush, &shutdown).await.unwrap();
+        assert_eq!(rest.len(), 3, "after shutdown, what is queued is taken without waiting");
+        assert!(queue.next_batch(50, flush, &shutdown).await.is_none());
+    }
+}
