@@ -1,11 +1,10 @@
 //! The generated gRPC messages, clients and servers of the gateway contract (build.rs
 //! compiles `proto/`). Messages that carry secrets get a Debug that names keys only.
 
-#![allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
-
 use std::fmt;
 
 /// `openshell.*` packages, nested as prost's cross-package paths expect.
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod openshell {
     /// `openshell.v1`: the OpenShell service.
     pub mod v1 {
