@@ -10,6 +10,8 @@ ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY build.rs ./
+COPY proto ./proto
 COPY src ./src
 COPY policies ./policies
 COPY benches ./benches

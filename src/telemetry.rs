@@ -1,10 +1,14 @@
 //! Logging: tracing to stderr, as text or JSON lines (`OPENSHELL_LOG_FORMAT=json`), with
 //! an EnvFilter directive. Audit events (one per policy decision) are ordinary events
-//! under the `openshell::audit` target, so the same pipeline carries them.
+//! under the `openshell::audit` target, so the same pipeline carries them. With a
+//! gateway, one more layer ships the same events to it (`gateway::logs`).
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
+use crate::gateway::logs::LogLayer;
 
 /// The target of audit events: one per policy decision.
 pub const AUDIT_TARGET: &str = "openshell::audit";
@@ -24,14 +28,21 @@ pub enum TelemetryError {
 
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
+    init_with(format, level, None)
+}
+
+/// Like [`init`], with the gateway's log layer when there is a gateway: it sees the
+/// events the filter lets through, as stderr does.
+pub fn init_with(format: LogFormat, level: &str, gateway: Option<LogLayer>) -> Result<(), TelemetryError> {
     let filter = EnvFilter::builder()
         .parse(level)
         .map_err(|e| TelemetryError::Filter { directive: level.to_owned(), message: e.to_string() })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // A second init (tests, embedding) keeps the first subscriber; that is not an error.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let stderr = match format {
+        LogFormat::Text => stderr.boxed(),
+        LogFormat::Json => stderr.json().flatten_event(true).with_current_span(false).boxed(),
     };
+    // A second init (tests, embedding) keeps the first subscriber; that is not an error.
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(gateway).try_init();
     Ok(())
 }

@@ -1,0 +1,290 @@
+//! The pollers against the test gateway: a changed policy (revision or hash) is applied
+//! and reported LOADED; an invalid one is reported FAILED with the error while the last
+//! good policy stays; a provider revision change yields the new environment; the
+//! inference bundle is polled and the last good one kept while the gateway fails.
+
+#[allow(dead_code, unused_imports)]
+#[path = "gateway_support/lib.rs"]
+mod gateway_support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gateway_support::{Payload, TestGateway, eventually};
+use openshell_sandbox::gateway::GatewayClient;
+use openshell_sandbox::gateway::backoff::{Backoff, RetrySchedule};
+use openshell_sandbox::gateway::config::{ConfigPoller, PollOutcome, SandboxConfig, fetch_with_retries};
+use openshell_sandbox::gateway::inference::{InferenceBundle, InferencePoller};
+use openshell_sandbox::gateway::proto::inference::{GetInferenceBundleResponse, ResolvedRoute};
+use openshell_sandbox::gateway::proto::sandbox::{NetworkEndpoint, NetworkPolicyRule, SandboxPolicy};
+use openshell_sandbox::gateway::proto::{
+    GetSandboxProviderEnvironmentResponse, PolicyStatus, ReportPolicyStatusRequest,
+};
+use openshell_sandbox::gateway::provider::{ProviderEnvironment, ProviderPoller};
+use openshell_sandbox::shutdown::Shutdown;
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(30);
+
+fn policy(host: &str) -> SandboxPolicy {
+    let endpoint = NetworkEndpoint { host: host.into(), port: 443, ..Default::default() };
+    SandboxPolicy {
+        version: 1,
+        network_policies: HashMap::from([(
+            "p".to_owned(),
+            NetworkPolicyRule { endpoints: vec![endpoint], ..Default::default() },
+        )]),
+        ..Default::default()
+    }
+}
+
+fn host_of(config: &SandboxConfig) -> String {
+    config.policy.network_policies["p"].endpoints[0].host.to_string()
+}
+
+fn reports(gw: &TestGateway) -> Vec<ReportPolicyStatusRequest> {
+    gw.state
+        .calls_of("ReportPolicyStatus")
+        .into_iter()
+        .filter(|c| !c.failed)
+        .map(|c| match c.payload {
+            Payload::PolicyStatus(r) => r,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+type Installed = Arc<Mutex<Vec<SandboxConfig>>>;
+
+/// A sink that records what it installed, refusing hosts named "refused.example".
+fn policy_store() -> (Installed, impl Fn(SandboxConfig) -> Result<(), String> + Send + Sync) {
+    let store = Arc::new(Mutex::new(Vec::new()));
+    let sink_store = store.clone();
+    let sink = move |config: SandboxConfig| {
+        if host_of(&config) == "refused.example" {
+            return Err("the engine refused the policy".to_owned());
+        }
+        sink_store.lock().unwrap().push(config);
+        Ok(())
+    };
+    (store, sink)
+}
+
+async fn started(gw: &TestGateway) -> (GatewayClient, SandboxConfig) {
+    let client = GatewayClient::new(&gw.client_config()).unwrap();
+    let initial = fetch_with_retries(&client, &RetrySchedule::startup()).await.unwrap();
+    (client, initial)
+}
+
+#[tokio::test]
+async fn a_changed_policy_is_applied_and_reported_loaded() {
+    let gw = TestGateway::start().await;
+    gw.state.set_policy(policy("one.example"), 1, "h1", 1);
+    let (client, initial) = started(&gw).await;
+    let (store, sink) = policy_store();
+    let shutdown = Shutdown::new();
+    shutdown.spawn(ConfigPoller::new(client, sink, POLL).starting_from(&initial).run(shutdown.clone()));
+
+    // Unchanged revision and hash: polled, not reloaded, not reported.
+    eventually(WAIT, "three polls", || (gw.state.calls_of("GetSandboxConfig").len() >= 4).then_some(())).await;
+    assert!(store.lock().unwrap().is_empty());
+    assert!(reports(&gw).is_empty());
+
+    // A new revision and hash.
+    gw.state.set_policy(policy("two.example"), 2, "h2", 2);
+    eventually(WAIT, "the new policy", || (store.lock().unwrap().len() == 1).then_some(())).await;
+    assert_eq!(host_of(&store.lock().unwrap()[0]), "two.example");
+    let report = eventually(WAIT, "LOADED", || reports(&gw).pop()).await;
+    assert_eq!((report.version, report.status(), report.load_error.as_str()), (2, PolicyStatus::Loaded, ""));
+    assert_eq!(report.sandbox_id, gateway_support::SANDBOX_ID);
+
+    // Only the hash changes: applied too.
+    gw.state.set_policy(policy("three.example"), 3, "h3", 2);
+    eventually(WAIT, "the third policy", || (store.lock().unwrap().len() == 2).then_some(())).await;
+    assert_eq!(host_of(&store.lock().unwrap()[1]), "three.example");
+    eventually(WAIT, "the second LOADED", || (reports(&gw).len() == 2).then_some(())).await;
+    shutdown.drain(WAIT).await;
+}
+
+#[tokio::test]
+async fn an_invalid_policy_is_reported_failed_and_the_last_good_one_stays() {
+    let gw = TestGateway::start().await;
+    gw.state.set_policy(policy("good.example"), 1, "h1", 1);
+    let (client, initial) = started(&gw).await;
+    let (store, sink) = policy_store();
+    let mut poller = ConfigPoller::new(client, sink, POLL).starting_from(&initial);
+
+    gw.state.set_policy(policy("bad host"), 2, "h2", 2);
+    let PollOutcome::Failed { version: 2, error } = poller.poll_once().await.unwrap() else {
+        panic!("expected FAILED")
+    };
+    assert!(error.contains("network_policies.p.endpoints[0].host"), "{error}");
+    assert!(store.lock().unwrap().is_empty(), "nothing installed: the last good policy stays");
+    let report = reports(&gw).pop().unwrap();
+    assert_eq!(
+        (report.version, report.status(), report.load_error.as_str()),
+        (2, PolicyStatus::Failed, error.as_str())
+    );
+
+    // The same bad revision is not reported again on later polls.
+    assert_eq!(poller.poll_once().await.unwrap(), PollOutcome::Unchanged);
+    assert_eq!(reports(&gw).len(), 1);
+
+    // A policy the sink refuses (engine build failure) is FAILED with the sink's text.
+    gw.state.set_policy(policy("refused.example"), 3, "h3", 3);
+    assert_eq!(
+        poller.poll_once().await.unwrap(),
+        PollOutcome::Failed { version: 3, error: "the engine refused the policy".into() }
+    );
+    assert_eq!(reports(&gw).pop().unwrap().load_error, "the engine refused the policy");
+
+    // A fixed policy is LOADED.
+    gw.state.set_policy(policy("fixed.example"), 4, "h4", 4);
+    assert_eq!(poller.poll_once().await.unwrap(), PollOutcome::Loaded { version: 4 });
+    assert_eq!(host_of(&store.lock().unwrap()[0]), "fixed.example");
+    let statuses: Vec<(u32, PolicyStatus)> = reports(&gw).iter().map(|r| (r.version, r.status())).collect();
+    assert_eq!(statuses, [(2, PolicyStatus::Failed), (3, PolicyStatus::Failed), (4, PolicyStatus::Loaded)]);
+}
+
+#[tokio::test]
+async fn a_status_the_gateway_did_not_take_is_sent_again() {
+    let gw = TestGateway::start().await;
+    gw.state.set_policy(policy("one.example"), 1, "h1", 1);
+    let (client, initial) = started(&gw).await;
+    let (_store, sink) = policy_store();
+    let mut poller = ConfigPoller::new(client, sink, POLL).starting_from(&initial);
+    gw.state.set_policy(policy("two.example"), 2, "h2", 2);
+    gw.state.fail("ReportPolicyStatus", 1, Code::Unavailable);
+    assert_eq!(poller.poll_once().await.unwrap(), PollOutcome::Loaded { version: 2 });
+    assert!(reports(&gw).is_empty());
+    assert_eq!(poller.poll_once().await.unwrap(), PollOutcome::Unchanged);
+    let statuses: Vec<(u32, PolicyStatus)> = reports(&gw).iter().map(|r| (r.version, r.status())).collect();
+    assert_eq!(statuses, [(2, PolicyStatus::Loaded)]);
+}
+
+#[tokio::test]
+async fn a_poll_while_the_gateway_is_down_keeps_the_policy() {
+    let mut gw = TestGateway::start().await;
+    gw.state.set_policy(policy("one.example"), 1, "h1", 1);
+    let (client, initial) = started(&gw).await;
+    let (store, sink) = policy_store();
+    let mut poller = ConfigPoller::new(client, sink, POLL).starting_from(&initial);
+    gw.stop().await;
+    assert!(poller.poll_once().await.unwrap_err().is_unavailable());
+    gw.state.set_policy(policy("two.example"), 2, "h2", 2);
+    gw.restart().await;
+    assert_eq!(poller.poll_once().await.unwrap(), PollOutcome::Loaded { version: 2 });
+    assert_eq!(host_of(&store.lock().unwrap()[0]), "two.example");
+}
+
+fn env(pairs: &[(&str, &str)], revision: u64) -> GetSandboxProviderEnvironmentResponse {
+    GetSandboxProviderEnvironmentResponse {
+        environment: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        provider_env_revision: revision,
+        non_secret_environment_keys: vec!["GITHUB_USER".into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_provider_revision_change_yields_the_new_environment() {
+    let gw = TestGateway::start().await;
+    gw.state.set_policy(policy("one.example"), 1, "h1", 1);
+    gw.state.set_provider_revision(1);
+    gw.state.set_provider_env(env(&[("GITHUB_TOKEN", "ghp_first"), ("GITHUB_USER", "octo")], 1));
+    let (client, initial) = started(&gw).await;
+    let first = client.get_provider_environment().await.unwrap();
+    assert_eq!(first.environment["GITHUB_TOKEN"].expose(), "ghp_first");
+    assert!(!first.is_secret("GITHUB_USER") && first.is_secret("GITHUB_TOKEN"));
+    let debug = format!("{first:?}");
+    assert!(debug.contains("GITHUB_TOKEN") && !debug.contains("ghp_first"), "{debug}");
+
+    let installed: Arc<Mutex<Vec<ProviderEnvironment>>> = Arc::default();
+    let sink_installed = installed.clone();
+    let sink = move |env: ProviderEnvironment| {
+        sink_installed.lock().unwrap().push(env);
+        Ok(())
+    };
+    let (_store, policy_sink) = policy_store();
+    let shutdown = Shutdown::new();
+    let config_poller = ConfigPoller::new(client.clone(), policy_sink, POLL).starting_from(&initial);
+    let provider_poller =
+        ProviderPoller::new(client, sink, config_poller.provider_revisions(), initial.provider_env_revision)
+            .with_backoff(Backoff::new(Duration::from_millis(10), Duration::from_millis(50)));
+    shutdown.spawn(config_poller.run(shutdown.clone()));
+    shutdown.spawn(provider_poller.run(shutdown.clone()));
+
+    // The revision does not change: no fetch.
+    eventually(WAIT, "three polls", || (gw.state.calls_of("GetSandboxConfig").len() >= 4).then_some(())).await;
+    assert_eq!(gw.state.calls_of("GetSandboxProviderEnvironment").len(), 1);
+
+    // A new revision (the first fetch fails: retried).
+    gw.state.set_provider_env(env(&[("GITHUB_TOKEN", "ghp_second")], 2));
+    gw.state.fail("GetSandboxProviderEnvironment", 1, Code::Unavailable);
+    gw.state.set_provider_revision(2);
+    let env = eventually(WAIT, "the new environment", || installed.lock().unwrap().first().cloned()).await;
+    assert_eq!(env.environment["GITHUB_TOKEN"].expose(), "ghp_second");
+    assert_eq!(env.revision, 2);
+    let calls = gw.state.calls_of("GetSandboxProviderEnvironment");
+    assert_eq!(calls.iter().map(|c| c.failed).collect::<Vec<_>>(), [false, true, false]);
+    for call in calls {
+        let Payload::ProviderEnv(request) = call.payload else { panic!() };
+        assert!(!request.supports_static_credential_bindings);
+        assert_eq!(request.sandbox_id, gateway_support::SANDBOX_ID);
+    }
+    shutdown.drain(WAIT).await;
+    assert_eq!(installed.lock().unwrap().len(), 1);
+}
+
+fn bundle(revision: &str, key: &str) -> GetInferenceBundleResponse {
+    GetInferenceBundleResponse {
+        routes: vec![ResolvedRoute {
+            name: "default".into(),
+            base_url: "https://api.example.com/v1".into(),
+            protocols: vec!["openai".into()],
+            api_key: key.into(),
+            model_id: "model-1".into(),
+            provider_type: "openai".into(),
+            timeout_secs: 30,
+        }],
+        revision: revision.into(),
+        generated_at_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn the_inference_bundle_is_polled_and_the_last_good_one_kept_on_error() {
+    let gw = TestGateway::start().await;
+    gw.state.set_bundle(bundle("r1", "sk-first"));
+    let client = GatewayClient::new(&gw.client_config()).unwrap();
+    let installed: Arc<Mutex<Vec<InferenceBundle>>> = Arc::default();
+    let sink_installed = installed.clone();
+    let sink = move |b: InferenceBundle| {
+        sink_installed.lock().unwrap().push(b);
+        Ok(())
+    };
+    let shutdown = Shutdown::new();
+    shutdown.spawn(InferencePoller::new(client, sink).with_interval(POLL).run(shutdown.clone()));
+
+    let first = eventually(WAIT, "the first bundle", || installed.lock().unwrap().first().cloned()).await;
+    assert_eq!(first.revision, "r1");
+    assert_eq!(first.routes[0].api_key.expose(), "sk-first");
+    assert_eq!(first.routes[0].timeout, Some(Duration::from_secs(30)));
+    assert!(!format!("{first:?}").contains("sk-first"));
+
+    // The gateway fails for a while: nothing is installed, the last good bundle stays.
+    gw.state.fail("GetInferenceBundle", 3, Code::Unavailable);
+    gw.state.set_bundle(bundle("r2", "sk-second"));
+    let second = eventually(WAIT, "the second bundle", || installed.lock().unwrap().get(1).cloned()).await;
+    assert_eq!(second.routes[0].api_key.expose(), "sk-second");
+    let calls = gw.state.calls_of("GetInferenceBundle");
+    assert_eq!(calls.iter().filter(|c| c.failed).count(), 3);
+    assert!(calls.iter().all(|c| c.token.as_deref() == Some("Bearer test-sandbox-jwt")));
+    // Unchanged polls do not reinstall.
+    let polls = calls.len();
+    eventually(WAIT, "more polls", || (gw.state.calls_of("GetInferenceBundle").len() >= polls + 3).then_some(())).await;
+    shutdown.drain(WAIT).await;
+    assert_eq!(installed.lock().unwrap().len(), 2);
+}
