@@ -69,6 +69,11 @@ pub enum SandboxError {
     /// The seccomp profile is not valid.
     #[error("the seccomp profile {} (--seccomp / OPENSHELL_SECCOMP) is invalid: {reason}", path.display())]
     SeccompProfile { path: PathBuf, reason: String },
+    /// The supervisor cannot change identities or drop capabilities.
+    #[error(
+        "agent mode cannot drop children's privileges: the supervisor lacks {missing}; run it as root with these capabilities, or set OPENSHELL_MODE=nested when an outer sandbox already confines the agent"
+    )]
+    NotPrivileged { missing: String },
     /// The kernel's highest capability number could not be read.
     #[error("reading /proc/sys/kernel/cap_last_cap failed: {reason}; is /proc mounted?")]
     CapLastCap { reason: String },
@@ -85,7 +90,9 @@ impl ExitStatus for SandboxError {
             | SandboxError::NoPrimaryGroup { .. }
             | SandboxError::LandlockMissingPaths { .. } => Exit::InvalidPolicy,
             SandboxError::LandlockUnavailable { .. } => Exit::Unavailable,
-            SandboxError::SeccompRead { .. } | SandboxError::SeccompProfile { .. } => Exit::Usage,
+            SandboxError::SeccompRead { .. }
+            | SandboxError::SeccompProfile { .. }
+            | SandboxError::NotPrivileged { .. } => Exit::Usage,
             SandboxError::Lookup { .. }
             | SandboxError::LandlockPath { .. }
             | SandboxError::Landlock { .. }
@@ -134,6 +141,7 @@ impl ChildSandbox {
             tracing::warn!("nested mode: children run as the supervisor, without privilege drop, Landlock or seccomp");
             return Ok(Self::unenforced());
         }
+        check_privileges(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())?;
         let user = identity::resolve(&policy.process)?;
         let landlock = filesystem::prepare(&policy.filesystem_policy, policy.landlock.compatibility, workdir)?;
         let seccomp = seccomp::prepare(seccomp)?;
@@ -194,6 +202,19 @@ impl ChildSandbox {
     }
 }
 
+/// Fails early, with the fix, when the supervisor could not apply the steps: each spawn
+/// would otherwise fail with a bare EPERM. `status` is the text of /proc/self/status.
+fn check_privileges(status: &str) -> Result<(), SandboxError> {
+    const NEEDED: [(u32, &str); 3] = [(6, "CAP_SETGID"), (7, "CAP_SETUID"), (8, "CAP_SETPCAP")];
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let missing: Vec<&str> = NEEDED.iter().filter(|(bit, _)| effective & (1 << bit) == 0).map(|(_, n)| *n).collect();
+    if missing.is_empty() { Ok(()) } else { Err(SandboxError::NotPrivileged { missing: missing.join(", ") }) }
+}
+
 /// The kernel's highest capability number, so that every capability is dropped.
 fn last_cap() -> Result<u32, SandboxError> {
     let text = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -205,4 +226,22 @@ fn last_cap() -> Result<u32, SandboxError> {
 /// children's uid), before any child exists.
 pub fn harden_supervisor() -> Result<(), SandboxError> {
     nix::sys::prctl::set_dumpable(false).map_err(|source| SandboxError::Dumpable { source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_supervisor_needs_the_identity_and_capability_privileges() {
+        assert!(check_privileges("Name:\tx\nCapEff:\t000001ffffffffff\n").is_ok());
+        assert!(check_privileges("CapEff:\t00000000000001c0\n").is_ok());
+        let err = check_privileges("CapEff:\t0000000000000080\n").unwrap_err().to_string();
+        assert!(
+            err.contains("CAP_SETGID, CAP_SETPCAP") && !err.contains("CAP_SETUID") && err.contains("nested"),
+            "{err}"
+        );
+        let err = check_privileges("no such line").unwrap_err().to_string();
+        assert!(err.contains("CAP_SETGID, CAP_SETUID, CAP_SETPCAP"), "{err}");
+    }
 }

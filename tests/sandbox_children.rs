@@ -211,3 +211,29 @@ fn nested_mode_enforces_nothing() {
     let (_, out, _) = run(&sandbox, "/bin/sh", &["-c", "id -u; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status"]);
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "NoNewPrivs:", "0", "Seccomp:", "0"]);
 }
+
+#[test]
+#[allow(unsafe_code)]
+fn a_failing_step_fails_the_spawn_and_names_the_step() {
+    let sandbox =
+        ChildSandbox::prepare(&policy(&[], &[], Compatibility::BestEffort), &SeccompChoice::Off, Path::new("/"), false)
+            .unwrap();
+    let log = std::env::temp_dir().join(format!("openshell-sandbox-failed-step-{}", std::process::id()));
+    let stderr = std::fs::File::create(&log).unwrap();
+    // Credentials are per thread: a thread that gave up root spawns children that cannot
+    // change groups, so the first step fails, as it would in a supervisor without privileges.
+    let err = std::thread::spawn(move || {
+        // SAFETY: integer arguments only; raw setresuid changes this (test) thread alone.
+        assert_eq!(unsafe { libc::syscall(libc::SYS_setresuid, 1000, 1000, 1000) }, 0);
+        let mut command = Command::new("/bin/true");
+        command.stderr(stderr);
+        sandbox.apply(&mut command);
+        command.spawn().expect_err("a child that cannot drop privileges must not run")
+    })
+    .join()
+    .unwrap();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    let note = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(note, "openshell-sandbox: child enforcement failed at setgroups\n");
+    std::fs::remove_file(&log).unwrap();
+}
