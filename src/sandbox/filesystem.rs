@@ -7,6 +7,8 @@
 //! refuses to start unless the policy is enforced as written: Landlock present, at least
 //! ABI 3 (below it `read_only` files can still be truncated), and every listed path present
 //! (a rule binds an existing inode; a path created later would not be covered).
+//! Only filesystem rights are handled: network egress is the proxy's, and Landlock scopes
+//! (abstract sockets, signals) are not part of the policy.
 
 use std::io;
 use std::os::fd::OwnedFd;

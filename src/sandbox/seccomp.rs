@@ -4,6 +4,8 @@
 //! verdict, which lets the baseline answer EPERM for most calls but ENOSYS for clone3.
 //! On x86_64 a small guard filter is added to any profile: x32 syscall numbers
 //! (bit 30 set) would otherwise slip past a deny list written for the native numbers.
+//! Calls made with another architecture's convention (32-bit `int 0x80`) kill the process
+//! (seccompiler's architecture check).
 
 use std::collections::BTreeMap;
 use std::path::Path;
