@@ -7,6 +7,7 @@ pub mod answer;
 pub mod audit;
 pub mod ca;
 pub mod connect;
+pub mod counted;
 pub mod policy_source;
 pub mod relay;
 pub mod server;

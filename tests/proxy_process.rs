@@ -240,3 +240,66 @@ fn the_gateway_forward_falls_back_and_logs_each_address() {
     assert!(log.lines().any(|l| l.contains("127.0.0.2") && l.contains("refused")), "{log}");
     assert!(log.lines().any(|l| l.contains(&format!("127.0.0.1:{port}")) && l.contains("connected")), "{log}");
 }
+
+#[test]
+fn audit_events_are_json_lines_with_decision_and_bytes() {
+    use std::io::{Read, Write};
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in upstream.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        format!("version: 1\nnetwork_policies:\n  local:\n    endpoints:\n      - host: 127.0.0.1\n        port: {up_port}\n"),
+    )
+    .unwrap();
+    let listen = free_port();
+    let mut proc = spawn(dir.path(), listen, &["--allow-loopback-upstreams", "--log-format", "json"]);
+    wait_ready(dir.path(), &mut proc);
+    let send = |request: String| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    let ok = send(format!("GET http://127.0.0.1:{up_port}/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    assert!(ok.ends_with("hello"), "{ok}");
+    let denied = send("CONNECT blocked.example:443 HTTP/1.1\r\nHost: blocked.example:443\r\n\r\n".into());
+    assert!(denied.starts_with("HTTP/1.1 403 "), "{denied}");
+    assert_eq!(proc.terminate().code(), Some(0));
+
+    let log = proc.log();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["target"] == "openshell::audit")
+        .collect();
+    let find = |action: &str, host: &str| {
+        events
+            .iter()
+            .find(|e| e["action"] == action && e["host"] == host)
+            .unwrap_or_else(|| panic!("no {action} event for {host}: {log}"))
+    };
+    let allow = find("allow", "127.0.0.1");
+    assert_eq!((allow["policy"].as_str(), allow["rule"].as_str()), (Some("local"), Some("local.endpoints[0]")));
+    assert_eq!((allow["method"].as_str(), allow["path"].as_str()), (Some("GET"), Some("/a")));
+    let close = find("close", "127.0.0.1");
+    assert_eq!(close["bytes_received"], 5, "{close}");
+    assert!(close["duration_ms"].is_u64(), "{close}");
+    let deny = find("deny", "blocked.example");
+    assert_eq!(deny["port"], 443);
+    assert_eq!(deny["error"], "policy_denied");
+    assert!(deny["reason"].as_str().is_some_and(|r| !r.is_empty()), "{deny}");
+}

@@ -5,6 +5,7 @@
 //! host:port.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,6 +21,7 @@ use crate::policy::{L4Decision, PolicyEngine};
 
 use super::answer::{Body, Refusal};
 use super::audit::{self, Subject};
+use super::counted::{Counted, OnEnd};
 use super::server::Ctx;
 use super::upstream::{self, Target};
 
@@ -28,7 +30,7 @@ const REUSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The upstream connection one client connection keeps for its next request.
 #[derive(Default)]
-pub struct Kept(Mutex<Option<(String, u16, SendRequest<Incoming>)>>);
+pub struct Kept(Mutex<Option<(String, u16, SendRequest<Counted>)>>);
 
 /// Answers one non-CONNECT request.
 pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> Response<Body> {
@@ -62,13 +64,20 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
         }
     };
     audit::allowed(&subject, decision.policy.as_deref(), rule, &decision.reason);
-    let request = to_upstream(req, &host, uri.port_u16());
+    let sent = Arc::new(AtomicU64::new(0));
+    let request = to_upstream(req, &host, uri.port_u16()).map(|body| Counted::new(body, sent.clone(), None));
     let refusal = match tokio::time::timeout(ctx.limits.response_timeout, sender.send_request(request)).await {
         Ok(Ok(mut response)) => {
             *kept.0.lock().await = Some((host.clone(), port, sender));
             strip_hop_by_hop(response.headers_mut());
             audit::responded(&subject, response.status().as_u16(), started.elapsed());
-            return response.map(|body| body.boxed());
+            let (host, method, path) = (host.clone(), method.clone(), path.clone());
+            let on_end: OnEnd = Box::new(move |received, outcome| {
+                let subject = Subject { kind: "http", host: &host, port, request: Some((&method, &path)) };
+                audit::closed(&subject, sent.load(Ordering::Relaxed), received, started.elapsed(), outcome);
+            });
+            let received = Arc::new(AtomicU64::new(0));
+            return response.map(|body| Counted::new(body, received, Some(on_end)).boxed());
         }
         Ok(Err(e)) => Refusal::Unreachable(format!("{host}:{port} failed before answering: {e}")),
         Err(_) => Refusal::Timeout(format!(
@@ -83,7 +92,9 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
 /// Host and port of an absolute-form `http://` request; anything else is a 400.
 fn target_of(uri: &Uri) -> Result<(String, u16), Refusal> {
     match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(host)) if !host.is_empty() => Ok((host.to_owned(), uri.port_u16().unwrap_or(80))),
+        (Some("http"), Some(host)) if !host.is_empty() => {
+            Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), uri.port_u16().unwrap_or(80)))
+        }
         (Some("https"), _) => Err(Refusal::BadRequest(format!(
             "{uri}: https:// URLs go through the proxy with CONNECT (curl -x does this); the proxy does not send plain requests over TLS for the client"
         ))),
@@ -117,7 +128,7 @@ async fn inspect_http(
 }
 
 /// The kept connection when it goes to the same place and is ready, else a new one.
-async fn sender(kept: &Kept, target: &Target<'_>, ctx: &Ctx) -> Result<SendRequest<Incoming>, Refusal> {
+async fn sender(kept: &Kept, target: &Target<'_>, ctx: &Ctx) -> Result<SendRequest<Counted>, Refusal> {
     let previous = kept.0.lock().await.take();
     if let Some((host, port, mut sender)) = previous
         && host == target.host
@@ -127,7 +138,7 @@ async fn sender(kept: &Kept, target: &Target<'_>, ctx: &Ctx) -> Result<SendReque
         return Ok(sender);
     }
     let stream = upstream::open(target, ctx.limits.connect_timeout).await?;
-    let handshake = client::Builder::new().handshake::<_, Incoming>(TokioIo::new(stream));
+    let handshake = client::Builder::new().handshake::<_, Counted>(TokioIo::new(stream));
     let (sender, connection) = tokio::time::timeout(ctx.limits.connect_timeout, handshake)
         .await
         .map_err(|_| Refusal::Timeout(format!("{}:{}: HTTP handshake timed out", target.host, target.port)))?
@@ -205,6 +216,7 @@ mod tests {
         let t = |s: &str| target_of(&s.parse().unwrap());
         assert_eq!(t("http://example.com/x").unwrap(), ("example.com".into(), 80));
         assert_eq!(t("http://example.com:8080/").unwrap(), ("example.com".into(), 8080));
+        assert_eq!(t("http://[::1]:8080/").unwrap(), ("::1".into(), 8080));
         assert!(t("https://example.com/").unwrap_err().reason().contains("CONNECT"));
         assert!(t("/index.html").unwrap_err().reason().contains("not absolute"));
     }
