@@ -168,3 +168,24 @@ async fn reading_all_of_a_denial_ends() {
     let answer = read_all(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
 }
+
+#[tokio::test]
+async fn a_stalled_upstream_body_is_cut_at_the_idle_timeout() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut stream, _) = upstream.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstart").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let proxy =
+        TestProxy::start(&allow(&[("127.0.0.1", port)]), |c| c.limits.idle_timeout = Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let answer =
+        exchange(proxy.addr, format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("start"), "{answer}");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5), "{elapsed:?}");
+}

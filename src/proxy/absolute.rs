@@ -65,7 +65,8 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
     };
     audit::allowed(&subject, decision.policy.as_deref(), rule, &decision.reason);
     let sent = Arc::new(AtomicU64::new(0));
-    let request = to_upstream(req, &host, uri.port_u16()).map(|body| Counted::new(body, sent.clone(), None));
+    let request = to_upstream(req, &host, uri.port_u16())
+        .map(|body| Counted::new(body, sent.clone(), ctx.limits.idle_timeout, None));
     let refusal = match tokio::time::timeout(ctx.limits.response_timeout, sender.send_request(request)).await {
         Ok(Ok(mut response)) => {
             *kept.0.lock().await = Some((host.clone(), port, sender));
@@ -77,7 +78,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
                 audit::closed(&subject, sent.load(Ordering::Relaxed), received, started.elapsed(), outcome);
             });
             let received = Arc::new(AtomicU64::new(0));
-            return response.map(|body| Counted::new(body, received, Some(on_end)).boxed());
+            return response.map(|body| Counted::new(body, received, ctx.limits.idle_timeout, Some(on_end)).boxed());
         }
         Ok(Err(e)) => Refusal::Unreachable(format!("{host}:{port} failed before answering: {e}")),
         Err(_) => Refusal::Timeout(format!(

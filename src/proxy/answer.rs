@@ -7,8 +7,11 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
+/// The error type of response bodies: hyper's, or a body's idle timeout.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The response body type of every proxy answer and forwarded response.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BodyError>;
 
 /// The header that marks an answer as the proxy's own.
 pub const POLICY_HEADER: &str = "x-openshell-policy";
