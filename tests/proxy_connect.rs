@@ -104,3 +104,28 @@ async fn a_refusing_upstream_gets_502() {
     assert!(response.starts_with("HTTP/1.1 502 "), "{response}");
     assert_eq!(json_body(&response)["error"], "upstream_unreachable");
 }
+
+#[tokio::test]
+async fn a_tunnel_carries_a_half_close_and_the_reply_after_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The upstream reads to EOF, then answers with what it got, reversed.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut stream, _) = upstream.accept().await.unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        got.reverse();
+        stream.write_all(&got).await.unwrap();
+    });
+    let proxy = TestProxy::start(&allow(&[("127.0.0.1", port)]), |_| {}).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(&connect(&format!("127.0.0.1:{port}"))).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    stream.write_all(b"half-close").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(proxy_support::STEP, stream.read_to_end(&mut back)).await.unwrap().unwrap();
+    assert_eq!(back, b"esolc-flah");
+}
