@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::gateway::config::SandboxConfig;
 use crate::policy::{self, PolicyEngine, PolicyError, RegoRules};
 use crate::shutdown::Shutdown;
 
@@ -57,6 +58,18 @@ pub fn load_engine(path: &Path, rules: &RegoRules, generation: u64) -> Result<Po
     let policy = policy::load_file(path)?;
     policy::log_warnings(&policy);
     PolicyEngine::new(policy, rules, generation)
+}
+
+/// The [`Sink`](crate::gateway::Sink) a gateway `ConfigPoller` installs new policies
+/// through: compiles the gateway's policy with `rules` as the next generation; a policy
+/// that does not compile is refused (reported FAILED) and the current one stays.
+pub fn gateway_sink(handle: PolicyHandle, rules: RegoRules) -> impl crate::gateway::Sink<SandboxConfig> {
+    move |config: SandboxConfig| {
+        config.log_warnings();
+        let engine = PolicyEngine::new(config.policy, &rules, handle.next_generation()).map_err(|e| e.to_string())?;
+        handle.install(engine);
+        Ok(())
+    }
 }
 
 /// Polls a local policy file and installs each valid new version.
@@ -114,5 +127,39 @@ impl FileReloader {
             }
             self.check_once();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow(host: &str) -> String {
+        format!("version: 1\nnetwork_policies:\n  p:\n    endpoints:\n      - host: {host}\n        port: 443\n")
+    }
+
+    #[test]
+    fn only_a_changed_valid_file_makes_a_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, allow("a.example.com")).unwrap();
+        let rules = RegoRules::builtin();
+        let handle = PolicyHandle::new(load_engine(&path, &rules, 1).unwrap());
+        let mut reloader = FileReloader::new(path.clone(), rules, handle.clone(), Duration::from_secs(1));
+        assert!(!reloader.check_once(), "unchanged contents are not reloaded");
+
+        std::fs::write(&path, "version: 1\nnetwork_policies: [oops\n").unwrap();
+        assert!(!reloader.check_once());
+        assert_eq!(handle.current().generation(), 1);
+        assert!(handle.current().network("a.example.com", 443).allow, "the last good policy stays");
+
+        std::fs::remove_file(&path).unwrap();
+        assert!(!reloader.check_once());
+        std::fs::write(&path, allow("b.example.com")).unwrap();
+        assert!(reloader.check_once());
+        let current = handle.current();
+        assert_eq!(current.generation(), 2);
+        assert!(current.network("b.example.com", 443).allow);
+        assert!(!current.network("a.example.com", 443).allow);
     }
 }
