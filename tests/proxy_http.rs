@@ -189,3 +189,20 @@ async fn a_stalled_upstream_body_is_cut_at_the_idle_timeout() {
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_gets_504() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (stream, _) = upstream.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(stream);
+    });
+    let proxy =
+        TestProxy::start(&allow(&[("127.0.0.1", port)]), |c| c.limits.response_timeout = Duration::from_secs(1)).await;
+    let answer =
+        exchange(proxy.addr, format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+    assert_eq!(json_body(&answer)["error"], "upstream_timeout");
+}

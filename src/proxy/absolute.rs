@@ -2,7 +2,7 @@
 //! request is forwarded over an SSRF-checked upstream connection with hyper, bodies
 //! streamed both ways, hop-by-hop and `Proxy-*` headers stripped. The upstream
 //! connection is kept for the next request of the same client connection to the same
-//! host:port.
+//! host:port under the same policy generation.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,15 @@ const REUSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The upstream connection one client connection keeps for its next request.
 #[derive(Default)]
-pub struct Kept(Mutex<Option<(String, u16, SendRequest<Counted>)>>);
+pub struct Kept(Mutex<Option<KeptConnection>>);
+
+struct KeptConnection {
+    host: String,
+    port: u16,
+    /// The policy generation its addresses were checked under.
+    generation: u64,
+    sender: SendRequest<Counted>,
+}
 
 /// Answers one non-CONNECT request.
 pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> Response<Body> {
@@ -56,7 +64,8 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
     }
     let started = Instant::now();
     let target = Target { host: &host, port, endpoints: &endpoints, allow_loopback: ctx.allow_loopback };
-    let mut sender = match sender(&kept, &target, &ctx).await {
+    let generation = engine.generation();
+    let mut sender = match sender(&kept, &target, generation, &ctx).await {
         Ok(sender) => sender,
         Err(refusal) => {
             audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);
@@ -69,7 +78,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
         .map(|body| Counted::new(body, sent.clone(), ctx.limits.idle_timeout, None));
     let refusal = match tokio::time::timeout(ctx.limits.response_timeout, sender.send_request(request)).await {
         Ok(Ok(mut response)) => {
-            *kept.0.lock().await = Some((host.clone(), port, sender));
+            *kept.0.lock().await = Some(KeptConnection { host: host.clone(), port, generation, sender });
             strip_hop_by_hop(response.headers_mut());
             audit::responded(&subject, response.status().as_u16(), started.elapsed());
             let (host, method, path) = (host.clone(), method.clone(), path.clone());
@@ -128,12 +137,14 @@ async fn inspect_http(
     refusal.response(subject.host, subject.port, subject.request)
 }
 
-/// The kept connection when it goes to the same place and is ready, else a new one.
-async fn sender(kept: &Kept, target: &Target<'_>, ctx: &Ctx) -> Result<SendRequest<Counted>, Refusal> {
+/// The kept connection when it goes to the same place, was checked under the same policy
+/// generation and is ready; else a new, freshly checked one.
+async fn sender(kept: &Kept, target: &Target<'_>, generation: u64, ctx: &Ctx) -> Result<SendRequest<Counted>, Refusal> {
     let previous = kept.0.lock().await.take();
-    if let Some((host, port, mut sender)) = previous
+    if let Some(KeptConnection { host, port, generation: checked_under, mut sender }) = previous
         && host == target.host
         && port == target.port
+        && checked_under == generation
         && matches!(tokio::time::timeout(REUSE_WAIT, sender.ready()).await, Ok(Ok(())))
     {
         return Ok(sender);
