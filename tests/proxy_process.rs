@@ -222,12 +222,14 @@ fn the_gateway_forward_falls_back_and_logs_each_address() {
     let forward = free_port();
     // The endpoint's host does not resolve, nor the first fallback; 127.0.0.2 refuses
     // (the gateway listens on 127.0.0.1 only); 127.0.0.1 answers.
-    let gateway = gateway_args(port, "also-missing.invalid,127.0.0.2,127.0.0.1", forward);
+    let mut gateway = gateway_args(port, "also-missing.invalid,127.0.0.2,127.0.0.1", forward);
+    // Bounds each lookup of the .invalid names should a resolver be slow to say no.
+    gateway.extend(["--connect-timeout-secs".to_owned(), "2".to_owned()]);
     let gateway: Vec<&str> = gateway.iter().map(String::as_str).collect();
     let mut proc = spawn(dir.path(), free_port(), &gateway);
     wait_ready(dir.path(), &mut proc);
     let mut client = std::net::TcpStream::connect(("127.0.0.1", forward)).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     client.write_all(b"ping").unwrap();
     let mut answer = [0u8; 4];
     client.read_exact(&mut answer).unwrap();
