@@ -299,6 +299,7 @@ fn audit_events_are_json_lines_with_decision_and_bytes() {
     assert_eq!((allow["method"].as_str(), allow["path"].as_str()), (Some("GET"), Some("/a")));
     let close = find("close", "127.0.0.1");
     assert_eq!(close["bytes_received"], 5, "{close}");
+    assert_eq!(close["status"], 200, "{close}");
     assert!(close["duration_ms"].is_u64(), "{close}");
     let deny = find("deny", "blocked.example");
     assert_eq!(deny["port"], 443);

@@ -80,11 +80,12 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
         Ok(Ok(mut response)) => {
             *kept.0.lock().await = Some(KeptConnection { host: host.clone(), port, generation, sender });
             strip_hop_by_hop(response.headers_mut());
-            audit::responded(&subject, response.status().as_u16(), started.elapsed());
+            let status = response.status().as_u16();
             let (host, method, path) = (host.clone(), method.clone(), path.clone());
             let on_end: OnEnd = Box::new(move |received, outcome| {
                 let subject = Subject { kind: "http", host: &host, port, request: Some((&method, &path)) };
-                audit::closed(&subject, sent.load(Ordering::Relaxed), received, started.elapsed(), outcome);
+                let bytes = (sent.load(Ordering::Relaxed), received);
+                audit::closed(&subject, Some(status), bytes, started.elapsed(), outcome);
             });
             let received = Arc::new(AtomicU64::new(0));
             return response.map(|body| Counted::new(body, received, ctx.limits.idle_timeout, Some(on_end)).boxed());

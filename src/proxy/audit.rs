@@ -67,8 +67,10 @@ pub fn denied(subject: &Subject<'_>, refusal: &Refusal, policy: Option<&str>, ru
     );
 }
 
-/// An allowed connection or request has ended.
-pub fn closed(subject: &Subject<'_>, sent: u64, received: u64, duration: Duration, outcome: &str) {
+/// An allowed tunnel or forwarded request has ended: the upstream's status (requests),
+/// bytes (client to upstream, upstream to client), duration, and how it ended.
+pub fn closed(subject: &Subject<'_>, status: Option<u16>, bytes: (u64, u64), duration: Duration, outcome: &str) {
+    let (sent, received) = bytes;
     let (method, path) = subject.request.unzip();
     tracing::info!(
         target: AUDIT_TARGET,
@@ -78,27 +80,11 @@ pub fn closed(subject: &Subject<'_>, sent: u64, received: u64, duration: Duratio
         port = subject.port,
         method,
         path,
+        status,
         bytes_sent = sent,
         bytes_received = received,
         duration_ms = duration.as_millis() as u64,
         outcome,
         "closed"
-    );
-}
-
-/// An upstream answered a forwarded request (its head; the body streams on).
-pub fn responded(subject: &Subject<'_>, status: u16, duration: Duration) {
-    let (method, path) = subject.request.unzip();
-    tracing::info!(
-        target: AUDIT_TARGET,
-        action = "response",
-        kind = subject.kind,
-        host = subject.host,
-        port = subject.port,
-        method,
-        path,
-        status,
-        duration_ms = duration.as_millis() as u64,
-        "responded"
     );
 }

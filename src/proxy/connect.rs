@@ -62,7 +62,8 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
         match on_upgrade.await {
             Ok(upgraded) => {
                 let relayed = relay(TokioIo::new(upgraded), stream, idle).await;
-                audit::closed(&subject, relayed.sent, relayed.received, started.elapsed(), relayed.outcome);
+                let bytes = (relayed.sent, relayed.received);
+                audit::closed(&subject, None, bytes, started.elapsed(), relayed.outcome);
             }
             Err(e) => tracing::debug!(host = %host, port, error = %e, "CONNECT client left before the tunnel opened"),
         }
