@@ -1,24 +1,94 @@
-//! Proxy mode: the egress proxy sidecar (design.md section 3).
+//! Proxy mode: the egress proxy sidecar (design.md section 3). Loads the policy and the
+//! CA, binds the proxy listener (and the gateway forward when there is a gateway),
+//! writes the shared TLS dir with `.ready` last, and serves until SIGTERM/SIGINT.
+
+pub mod absolute;
+pub mod answer;
+pub mod audit;
+pub mod ca;
+pub mod connect;
+pub mod counted;
+pub mod policy_source;
+pub mod relay;
+pub mod server;
+mod startup;
+pub mod tcp_forward;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use startup::{Listeners, Prepared, prepare};
 
 use crate::config::ProxyConfig;
+use crate::policy::PolicyError;
+use crate::shutdown::Shutdown;
+use crate::volume::VolumeError;
 use crate::{Exit, ExitStatus};
 
 /// Failures that end proxy mode.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// Not built yet.
-    #[error("proxy mode is not built yet")]
-    NotBuilt,
+    /// No local policy file, and the gateway policy source is not wired into proxy mode yet.
+    #[error(
+        "no local policy file: set OPENSHELL_POLICY_DATA (or --policy) to a policy YAML file; loading the policy from the gateway (OPENSHELL_ENDPOINT) is not available in proxy mode in this build"
+    )]
+    NoPolicySource,
+    /// The policy or rules could not be loaded (65 when invalid, every error listed).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The CA could not be loaded or generated.
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    /// The shared TLS dir could not be written.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// The shared TLS dir could not be created.
+    #[error("cannot create the shared TLS dir {path} (OPENSHELL_TLS_DIR): {source}")]
+    TlsDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {address} ({setting}): {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The setting that gave it.
+        setting: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The async runtime or the signal handlers could not be set up.
+    #[error("cannot start the proxy runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl ExitStatus for ProxyError {
     fn exit_status(&self) -> Exit {
-        Exit::Internal
+        match self {
+            ProxyError::NoPolicySource | ProxyError::TlsDir { .. } | ProxyError::Bind { .. } => Exit::Usage,
+            ProxyError::Volume(_) => Exit::Usage,
+            ProxyError::Policy(e) => e.exit_status(),
+            ProxyError::Ca(e) => e.exit_status(),
+            ProxyError::Runtime(_) => Exit::Internal,
+        }
     }
 }
 
 /// Runs the proxy until SIGTERM/SIGINT; returns the exit status.
 pub fn run(config: ProxyConfig) -> Result<Exit, ProxyError> {
-    let _ = config;
-    Err(ProxyError::NotBuilt)
+    let prepared = prepare(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(ProxyError::Runtime)?;
+    runtime.block_on(async move {
+        let listeners = Listeners::bind(prepared.config()).await?;
+        let shutdown = Shutdown::new();
+        shutdown.trigger_on_signals().map_err(ProxyError::Runtime)?;
+        prepared.serve(listeners, shutdown).await
+    })?;
+    // Tunnels still open after the grace period are cut when the runtime drops.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(Exit::Success)
 }

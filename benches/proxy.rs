@@ -1,0 +1,188 @@
+//! The proxy's data path against the direct no-proxy baseline, on loopback: bulk
+//! throughput through one CONNECT tunnel, CONNECT setup latency, and small absolute-form
+//! GETs on a keep-alive connection. Targets (issue 3): bulk at least 0.8x direct,
+//! keep-alive GET at least 0.7x direct, CONNECT setup median at most 0.25 ms.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use openshell_sandbox::config::{CommonConfig, LogFormat, ProxyConfig, ProxyLimits};
+use openshell_sandbox::proxy::{Listeners, prepare};
+use openshell_sandbox::shutdown::Shutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+/// Bytes moved per bulk iteration.
+const BULK: usize = 16 * 1024 * 1024;
+
+/// Upstream for bulk: each 8-byte big-endian length asks for that many bytes back.
+async fn source_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let chunk = vec![7u8; 256 * 1024];
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let mut len = [0u8; 8];
+                while stream.read_exact(&mut len).await.is_ok() {
+                    let mut left = u64::from_be_bytes(len) as usize;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        if stream.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        left -= n;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Upstream for GETs: a hyper server answering a short body.
+async fn http_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(|_req: hyper::Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Starts the proxy allowing loopback upstreams on `ports`; keeps `dir` alive.
+async fn start_proxy(dir: &std::path::Path, ports: &[u16]) -> SocketAddr {
+    let mut yaml = String::from("version: 1\nnetwork_policies:\n  bench:\n    endpoints:\n");
+    for port in ports {
+        yaml.push_str(&format!("      - host: 127.0.0.1\n        port: {port}\n"));
+    }
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, yaml).unwrap();
+    let config = ProxyConfig {
+        common: CommonConfig {
+            log_format: LogFormat::Text,
+            log_level: "warn".into(),
+            tls_dir: dir.join("tls"),
+            policy_file: Some(policy),
+            policy_rules: None,
+            policy_poll_interval: Duration::from_secs(10),
+        },
+        gateway: None,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        forward_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.join("state"),
+        allow_loopback_upstreams: true,
+        allowed_clients: Vec::new(),
+        gateway_fallback_hosts: Vec::new(),
+        provider_env_file: None,
+        inference_routes: None,
+        upstream_ca_file: None,
+        limits: ProxyLimits::default(),
+    };
+    let prepared = prepare(config).unwrap();
+    let listeners = Listeners::bind(prepared.config()).await.unwrap();
+    let addr = listeners.proxy.local_addr().unwrap();
+    tokio::spawn(prepared.serve(listeners, Shutdown::new()));
+    addr
+}
+
+/// Opens a CONNECT tunnel and reads the 200 head.
+async fn tunnel(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut head = Vec::with_capacity(128);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+async fn pull(stream: &mut TcpStream, buf: &mut [u8]) {
+    stream.write_all(&(BULK as u64).to_be_bytes()).await.unwrap();
+    let mut left = BULK;
+    while left > 0 {
+        let n = stream.read(buf).await.unwrap();
+        assert!(n > 0, "the source closed early");
+        left -= n;
+    }
+}
+
+async fn client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, uri: &str, host: &str) {
+    sender.ready().await.unwrap();
+    let request = hyper::Request::get(uri).header("host", host).body(Empty::new()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (source, web) = rt.block_on(async { (source_server().await, http_server().await) });
+    let proxy = rt.block_on(start_proxy(dir.path(), &[source.port(), web.port()]));
+    let mut buf = vec![0u8; 256 * 1024];
+
+    let mut group = c.benchmark_group("bulk 16 MiB");
+    group.throughput(Throughput::Bytes(BULK as u64)).sample_size(20);
+    let mut direct = rt.block_on(async { TcpStream::connect(source).await.unwrap() });
+    group.bench_function("direct", |b| b.iter(|| rt.block_on(pull(&mut direct, &mut buf))));
+    let mut tunneled = rt.block_on(tunnel(proxy, source));
+    group.bench_function("through a CONNECT tunnel", |b| b.iter(|| rt.block_on(pull(&mut tunneled, &mut buf))));
+    group.finish();
+
+    let mut group = c.benchmark_group("connection setup");
+    group.bench_function("direct TCP connect", |b| {
+        b.iter(|| rt.block_on(async { drop(TcpStream::connect(source).await.unwrap()) }))
+    });
+    group.bench_function("CONNECT through the proxy", |b| {
+        b.iter(|| rt.block_on(async { drop(tunnel(proxy, source).await) }))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("keep-alive GET");
+    group.throughput(Throughput::Elements(1));
+    let host = web.to_string();
+    let mut direct = rt.block_on(client(web));
+    group.bench_function("direct", |b| b.iter(|| rt.block_on(get(&mut direct, "/", &host))));
+    let absolute = format!("http://{web}/");
+    let mut proxied = rt.block_on(client(proxy));
+    group.bench_function("absolute-form through the proxy", |b| {
+        b.iter(|| rt.block_on(get(&mut proxied, &absolute, &host)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

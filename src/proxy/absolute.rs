@@ -1,0 +1,236 @@
+//! Absolute-form HTTP (`GET http://host/path`): one L4 decision per request, then the
+//! request is forwarded over an SSRF-checked upstream connection with hyper, bodies
+//! streamed both ways, hop-by-hop and `Proxy-*` headers stripped. The upstream
+//! connection is kept for the next request of the same client connection to the same
+//! host:port under the same policy generation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self as client, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::sync::Mutex;
+
+use crate::policy::model::Endpoint;
+use crate::policy::{L4Decision, PolicyEngine};
+
+use super::answer::{Body, Refusal};
+use super::audit::{self, Subject};
+use super::counted::{Counted, OnEnd};
+use super::server::Ctx;
+use super::upstream::{self, Target};
+
+/// How long a kept upstream connection may take to become ready for the next request.
+const REUSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The upstream connection one client connection keeps for its next request.
+#[derive(Default)]
+pub struct Kept(Mutex<Option<KeptConnection>>);
+
+struct KeptConnection {
+    host: String,
+    port: u16,
+    /// The policy generation its addresses were checked under.
+    generation: u64,
+    sender: SendRequest<Counted>,
+}
+
+/// Answers one non-CONNECT request.
+pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> Response<Body> {
+    let uri = req.uri().clone();
+    let method = req.method().as_str().to_owned();
+    let path = uri.path().to_owned();
+    let (host, port) = match target_of(&uri) {
+        Ok(hp) => hp,
+        Err(refusal) => return refusal.response(uri.host().unwrap_or(""), uri.port_u16().unwrap_or(0), None),
+    };
+    let subject = Subject { kind: "http", host: &host, port, request: Some((&method, &path)) };
+    let engine = ctx.policy.current();
+    let decision = engine.network(&host, port);
+    let rule = audit::rule(&engine, &decision);
+    if !decision.allow {
+        let refusal = Refusal::Policy { reason: decision.reason.clone(), policy: decision.policy.clone() };
+        audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);
+        return refusal.response(&host, port, subject.request);
+    }
+    let endpoints: Vec<&Endpoint> = engine.matched(&decision).collect();
+    if endpoints.iter().any(|e| e.protocol.is_some()) {
+        return inspect_http(req, &subject, &engine, &decision, &ctx).await;
+    }
+    let started = Instant::now();
+    let target = Target { host: &host, port, endpoints: &endpoints, allow_loopback: ctx.allow_loopback };
+    let generation = engine.generation();
+    let mut sender = match sender(&kept, &target, generation, &ctx).await {
+        Ok(sender) => sender,
+        Err(refusal) => {
+            audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);
+            return refusal.response(&host, port, subject.request);
+        }
+    };
+    audit::allowed(&subject, decision.policy.as_deref(), rule, &decision.reason);
+    let sent = Arc::new(AtomicU64::new(0));
+    let request = to_upstream(req, &host, uri.port_u16())
+        .map(|body| Counted::new(body, sent.clone(), ctx.limits.idle_timeout, None));
+    let refusal = match tokio::time::timeout(ctx.limits.response_timeout, sender.send_request(request)).await {
+        Ok(Ok(mut response)) => {
+            *kept.0.lock().await = Some(KeptConnection { host: host.clone(), port, generation, sender });
+            strip_hop_by_hop(response.headers_mut());
+            let status = response.status().as_u16();
+            let (host, method, path) = (host.clone(), method.clone(), path.clone());
+            let on_end: OnEnd = Box::new(move |received, outcome| {
+                let subject = Subject { kind: "http", host: &host, port, request: Some((&method, &path)) };
+                let bytes = (sent.load(Ordering::Relaxed), received);
+                audit::closed(&subject, Some(status), bytes, started.elapsed(), outcome);
+            });
+            let received = Arc::new(AtomicU64::new(0));
+            return response.map(|body| Counted::new(body, received, ctx.limits.idle_timeout, Some(on_end)).boxed());
+        }
+        Ok(Err(e)) => Refusal::Unreachable(format!("{host}:{port} failed before answering: {e}")),
+        Err(_) => Refusal::Timeout(format!(
+            "{host}:{port} sent no response head within {:?} (OPENSHELL_PROXY_RESPONSE_TIMEOUT_SECS)",
+            ctx.limits.response_timeout
+        )),
+    };
+    audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);
+    refusal.response(&host, port, subject.request)
+}
+
+/// Host and port of an absolute-form `http://` request; anything else is a 400.
+fn target_of(uri: &Uri) -> Result<(String, u16), Refusal> {
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http"), Some(host)) if !host.is_empty() => {
+            Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), uri.port_u16().unwrap_or(80)))
+        }
+        (Some("https"), _) => Err(Refusal::BadRequest(format!(
+            "{uri}: https:// URLs go through the proxy with CONNECT (curl -x does this); the proxy does not send plain requests over TLS for the client"
+        ))),
+        (None, _) => Err(Refusal::BadRequest(format!(
+            "{uri} is not absolute: this is a proxy; send `GET http://host/path` or `CONNECT host:port`"
+        ))),
+        (Some(scheme), _) => {
+            Err(Refusal::BadRequest(format!("{uri}: scheme `{scheme}` is not proxied; use http:// or CONNECT")))
+        }
+    }
+}
+
+/// The point where L7 inspection of plain HTTP plugs in: a request to an endpoint with
+/// a `protocol`. Until the L7 layer exists it is refused, never forwarded uninspected.
+async fn inspect_http(
+    _req: Request<Incoming>,
+    subject: &Subject<'_>,
+    engine: &PolicyEngine,
+    decision: &L4Decision,
+    _ctx: &Ctx,
+) -> Response<Body> {
+    let refusal = Refusal::Policy {
+        reason: format!(
+            "{}:{} needs L7 inspection (its endpoint has a `protocol`), and L7 inspection is not available in this build; the request is refused rather than forwarded uninspected",
+            subject.host, subject.port
+        ),
+        policy: decision.policy.clone(),
+    };
+    audit::denied(subject, &refusal, decision.policy.as_deref(), audit::rule(engine, decision));
+    refusal.response(subject.host, subject.port, subject.request)
+}
+
+/// The kept connection when it goes to the same place, was checked under the same policy
+/// generation and is ready; else a new, freshly checked one.
+async fn sender(kept: &Kept, target: &Target<'_>, generation: u64, ctx: &Ctx) -> Result<SendRequest<Counted>, Refusal> {
+    let previous = kept.0.lock().await.take();
+    if let Some(KeptConnection { host, port, generation: checked_under, mut sender }) = previous
+        && host == target.host
+        && port == target.port
+        && checked_under == generation
+        && matches!(tokio::time::timeout(REUSE_WAIT, sender.ready()).await, Ok(Ok(())))
+    {
+        return Ok(sender);
+    }
+    let stream = upstream::open(target, ctx.limits.connect_timeout).await?;
+    let handshake = client::Builder::new().handshake::<_, Counted>(TokioIo::new(stream));
+    let (sender, connection) = tokio::time::timeout(ctx.limits.connect_timeout, handshake)
+        .await
+        .map_err(|_| Refusal::Timeout(format!("{}:{}: HTTP handshake timed out", target.host, target.port)))?
+        .map_err(|e| Refusal::Unreachable(format!("{}:{}: {e}", target.host, target.port)))?;
+    ctx.shutdown.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// The request as the upstream gets it: origin-form, HTTP/1.1, `Host` from the URL.
+fn to_upstream(req: Request<Incoming>, host: &str, port: Option<u16>) -> Request<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    let origin = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    let host_header = match port {
+        Some(p) if host.contains(':') => format!("[{host}]:{p}"),
+        Some(p) => format!("{host}:{p}"),
+        None if host.contains(':') => format!("[{host}]"),
+        None => host.to_owned(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&host_header) {
+        parts.headers.insert(header::HOST, value);
+    }
+    Request::from_parts(parts, body)
+}
+
+/// Removes hop-by-hop headers, the headers `Connection` names, and every `Proxy-*`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+    for name in named.into_iter().chain(proxy) {
+        headers.remove(name);
+    }
+    for name in [header::CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_proxy_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic abc"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("accept", "*/*"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn only_absolute_http_is_forwarded() {
+        let t = |s: &str| target_of(&s.parse().unwrap());
+        assert_eq!(t("http://example.com/x").unwrap(), ("example.com".into(), 80));
+        assert_eq!(t("http://example.com:8080/").unwrap(), ("example.com".into(), 8080));
+        assert_eq!(t("http://[::1]:8080/").unwrap(), ("::1".into(), 8080));
+        assert!(t("https://example.com/").unwrap_err().reason().contains("CONNECT"));
+        assert!(t("/index.html").unwrap_err().reason().contains("not absolute"));
+    }
+}

@@ -1,0 +1,90 @@
+//! Audit events: one per policy decision and one when an allowed connection or request
+//! closes, under the `openshell::audit` target (design.md section 3, "Audit").
+
+use std::time::Duration;
+
+use crate::policy::{L4Decision, PolicyEngine};
+use crate::telemetry::AUDIT_TARGET;
+
+use super::answer::Refusal;
+
+/// What was asked: a CONNECT tunnel or one absolute-form request.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    /// `connect` or `http`.
+    pub kind: &'static str,
+    /// Destination host as asked.
+    pub host: &'a str,
+    /// Destination port.
+    pub port: u16,
+    /// Method and path of an absolute-form request.
+    pub request: Option<(&'a str, &'a str)>,
+}
+
+/// The id of the first endpoint an L4 decision matched, like `github.endpoints[0]`.
+pub fn rule<'a>(engine: &'a PolicyEngine, decision: &L4Decision) -> Option<&'a str> {
+    decision.endpoints.first().and_then(|i| engine.endpoint(*i)).map(|e| e.id.as_str())
+}
+
+/// An allowed decision.
+pub fn allowed(subject: &Subject<'_>, policy: Option<&str>, rule: Option<&str>, reason: &str) {
+    let (method, path) = subject.request.unzip();
+    tracing::info!(
+        target: AUDIT_TARGET,
+        action = "allow",
+        kind = subject.kind,
+        host = subject.host,
+        port = subject.port,
+        policy,
+        rule,
+        reason,
+        method,
+        path,
+        "allowed"
+    );
+}
+
+/// A refusal: policy, SSRF, malformed request or unreachable upstream.
+pub fn denied(subject: &Subject<'_>, refusal: &Refusal, policy: Option<&str>, rule: Option<&str>) {
+    let (method, path) = subject.request.unzip();
+    let action = match refusal {
+        Refusal::Policy { .. } | Refusal::Ssrf { .. } => "deny",
+        _ => "error",
+    };
+    tracing::info!(
+        target: AUDIT_TARGET,
+        action,
+        kind = subject.kind,
+        host = subject.host,
+        port = subject.port,
+        policy,
+        rule,
+        error = refusal.error(),
+        reason = refusal.reason(),
+        method,
+        path,
+        "refused"
+    );
+}
+
+/// An allowed tunnel or forwarded request has ended: the upstream's status (requests),
+/// bytes (client to upstream, upstream to client), duration, and how it ended.
+pub fn closed(subject: &Subject<'_>, status: Option<u16>, bytes: (u64, u64), duration: Duration, outcome: &str) {
+    let (sent, received) = bytes;
+    let (method, path) = subject.request.unzip();
+    tracing::info!(
+        target: AUDIT_TARGET,
+        action = "close",
+        kind = subject.kind,
+        host = subject.host,
+        port = subject.port,
+        method,
+        path,
+        status,
+        bytes_sent = sent,
+        bytes_received = received,
+        duration_ms = duration.as_millis() as u64,
+        outcome,
+        "closed"
+    );
+}

@@ -1,0 +1,96 @@
+//! A streamed body that counts the bytes it carries, ends with an error when it is silent
+//! longer than the idle timeout (a stalled peer never holds a connection forever), and,
+//! for a forwarded response, writes the audit `close` event (bytes both ways, duration)
+//! when it ends or is dropped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+/// Called once at the end with the bytes counted and how the body ended.
+pub type OnEnd = Box<dyn FnOnce(u64, &'static str) + Send + Sync>;
+
+/// A hyper body with a byte counter (shared, so another body's end can read it).
+pub struct Counted {
+    inner: Incoming,
+    bytes: Arc<AtomicU64>,
+    on_end: Option<OnEnd>,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// The error a body ends with when it is silent too long.
+#[derive(Debug, thiserror::Error)]
+#[error("the body was silent for {0:?} (OPENSHELL_PROXY_IDLE_TIMEOUT_SECS)")]
+pub struct IdleBody(pub Duration);
+
+impl Counted {
+    /// Counts `inner` into `bytes`, failing after `idle` without a frame; `on_end` runs
+    /// once when the body ends or is dropped.
+    pub fn new(inner: Incoming, bytes: Arc<AtomicU64>, idle: Duration, on_end: Option<OnEnd>) -> Self {
+        let deadline = Box::pin(tokio::time::sleep(idle));
+        Counted { inner, bytes, on_end, idle, deadline }
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.bytes.load(Ordering::Relaxed), outcome);
+        }
+    }
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        match poll {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                let next = Instant::now() + self.idle;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.finish("error");
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                self.finish("eof");
+                Poll::Ready(None)
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.finish("idle");
+                    Poll::Ready(Some(Err(IdleBody(self.idle).into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let outcome = if self.inner.is_end_stream() { "eof" } else { "aborted" };
+        self.finish(outcome);
+    }
+}

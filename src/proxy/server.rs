@@ -1,0 +1,132 @@
+//! The proxy listener: accept (client allow-list, connection cap with a fast 503), then
+//! one hyper HTTP/1 connection per client with a header-read timeout, a head-size
+//! limit (431) and upgrades for CONNECT; graceful close on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::ProxyLimits;
+use crate::shutdown::Shutdown;
+
+use super::absolute::{self, Kept};
+use super::answer;
+use super::ca::CertificateAuthority;
+use super::connect;
+use super::policy_source::PolicyHandle;
+
+/// The smallest read buffer hyper accepts.
+const HYPER_MIN_BUF: usize = 8192;
+/// How long the 503 answer may take to write and the client to finish sending.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
+/// What every connection of the proxy listener shares.
+pub struct Ctx {
+    /// The current policy generation.
+    pub policy: PolicyHandle,
+    /// Limits and timeouts.
+    pub limits: ProxyLimits,
+    /// `--allow-loopback-upstreams`.
+    pub allow_loopback: bool,
+    /// The CA, for TLS interception.
+    pub ca: Arc<CertificateAuthority>,
+    /// Stop accepting and drain.
+    pub shutdown: Shutdown,
+}
+
+/// Accepts on `listener` until shutdown.
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, allowed_clients: Vec<IpNet>) {
+    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let shutdown = ctx.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.signalled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed on the proxy listener");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if !allowed_clients.is_empty() && !allowed_clients.iter().any(|net| net.contains(&peer.ip().to_canonical())) {
+            tracing::warn!(client = %peer, "client is not in OPENSHELL_PROXY_ALLOWED_CLIENTS; connection closed");
+            continue;
+        }
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                shutdown.spawn(connection(stream, peer, ctx.clone(), permit));
+            }
+            Err(_) => {
+                tracing::warn!(client = %peer, limit = ctx.limits.max_connections, "connection limit reached; answered 503");
+                shutdown.spawn(over_capacity(stream));
+            }
+        }
+    }
+}
+
+/// Serves one client connection until it closes, or gracefully at shutdown.
+async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, permit: OwnedSemaphorePermit) {
+    let _ = stream.set_nodelay(true);
+    let permit = Arc::new(permit);
+    let kept = Arc::new(Kept::default());
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let ctx = service_ctx.clone();
+        let permit = permit.clone();
+        let kept = kept.clone();
+        async move {
+            let response = if req.method() == Method::CONNECT {
+                connect::handle(req, ctx, permit).await
+            } else {
+                absolute::handle(req, ctx, kept).await
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.limits.header_timeout)
+        .max_buf_size(ctx.limits.max_head_bytes.max(HYPER_MIN_BUF))
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = ctx.shutdown.signalled() => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(ctx.limits.shutdown_grace, conn.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Writes the 503 answer, lets the client finish sending briefly, then closes.
+async fn over_capacity(mut stream: TcpStream) {
+    let answer = async {
+        stream.write_all(&answer::over_capacity()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, answer).await;
+}

@@ -1,0 +1,174 @@
+//! The startup sequence of design.md section 3: policy, CA, listeners, the shared TLS
+//! dir with `.ready` last; then serving until shutdown, and the drain.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::ProxyConfig;
+use crate::policy::RegoRules;
+use crate::shutdown::Shutdown;
+use crate::volume::{self, CA_BUNDLE_FILE, Ready};
+
+use super::ProxyError;
+use super::ca::CertificateAuthority;
+use super::policy_source::{FileReloader, PolicyHandle, load_engine};
+use super::server::{self, Ctx};
+use super::tcp_forward::{self, ForwardTarget};
+
+/// System root bundles, first found wins (`SSL_CERT_FILE` first).
+const SYSTEM_BUNDLES: &[&str] =
+    &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// Policy, rules and CA loaded; the shared TLS dir holds `ca.pem` and `ca-bundle.pem`.
+#[derive(Debug)]
+pub struct Prepared {
+    config: ProxyConfig,
+    rules: RegoRules,
+    policy: PolicyHandle,
+    ca: Arc<CertificateAuthority>,
+}
+
+/// The bound listeners: the proxy, and the gateway forward when there is a gateway.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The proxy listener.
+    pub proxy: TcpListener,
+    /// The gateway forward listener.
+    pub forward: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the configured addresses; the forward only when a gateway endpoint is set.
+    pub async fn bind(config: &ProxyConfig) -> Result<Self, ProxyError> {
+        let bind = |address, setting| async move {
+            TcpListener::bind(address).await.map_err(|source| ProxyError::Bind { address, setting, source })
+        };
+        let proxy = bind(config.listen, "OPENSHELL_PROXY_LISTEN").await?;
+        let forward = match config.gateway {
+            Some(_) => Some(bind(config.forward_listen, "OPENSHELL_FORWARD_LISTEN").await?),
+            None => None,
+        };
+        Ok(Listeners { proxy, forward })
+    }
+}
+
+/// Steps 1 to 3 of the startup: policy (exit 65 listing every error when invalid), CA,
+/// `ca.pem` and `ca-bundle.pem`. A stale `.ready` from an earlier run is removed first.
+pub fn prepare(config: ProxyConfig) -> Result<Prepared, ProxyError> {
+    let tls_dir = config.common.tls_dir.clone();
+    std::fs::create_dir_all(&tls_dir).map_err(|source| ProxyError::TlsDir { path: tls_dir.clone(), source })?;
+    volume::remove_ready(&tls_dir)?;
+    let path = config.common.policy_file.clone().ok_or(ProxyError::NoPolicySource)?;
+    let rules = RegoRules::load(config.common.policy_rules.as_deref())?;
+    let engine = load_engine(&path, &rules, 1)?;
+    tracing::info!(path = %path.display(), "policy loaded");
+    let ca = CertificateAuthority::load_or_generate(&config.state_dir, &tls_dir)?;
+    write_bundle(&tls_dir, &ca)?;
+    if config.allow_loopback_upstreams {
+        tracing::warn!(
+            "--allow-loopback-upstreams is set: loopback destinations are reachable through the proxy; for development and tests only"
+        );
+    }
+    Ok(Prepared { config, rules, policy: PolicyHandle::new(engine), ca: Arc::new(ca) })
+}
+
+impl Prepared {
+    /// The configuration this proxy runs with.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// The policy holder (a gateway poller installs new generations through it).
+    pub fn policy(&self) -> &PolicyHandle {
+        &self.policy
+    }
+
+    /// The sandbox CA.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// Serves on `listeners` until `shutdown` is triggered: spawns the reloader and the
+    /// accept loops, writes `.ready`; at shutdown removes `.ready` and drains.
+    pub async fn serve(self, listeners: Listeners, shutdown: Shutdown) -> Result<(), ProxyError> {
+        let config = &self.config;
+        let tls_dir = &config.common.tls_dir;
+        let proxy_listen = listeners.proxy.local_addr().map_err(ProxyError::Runtime)?;
+        let forward_listen = match &listeners.forward {
+            Some(l) => Some(l.local_addr().map_err(ProxyError::Runtime)?),
+            None => None,
+        };
+        if let Some(path) = &config.common.policy_file {
+            let reloader = FileReloader::new(
+                path.clone(),
+                self.rules.clone(),
+                self.policy.clone(),
+                config.common.policy_poll_interval,
+            );
+            shutdown.spawn(reloader.run(shutdown.clone()));
+        }
+        let ctx = Arc::new(Ctx {
+            policy: self.policy.clone(),
+            limits: config.limits.clone(),
+            allow_loopback: config.allow_loopback_upstreams,
+            ca: self.ca.clone(),
+            shutdown: shutdown.clone(),
+        });
+        shutdown.spawn(server::serve(listeners.proxy, ctx, config.allowed_clients.clone()));
+        if let (Some(listener), Some(gateway)) = (listeners.forward, &config.gateway) {
+            let mut hosts = vec![gateway.endpoint.host.clone()];
+            hosts.extend(config.gateway_fallback_hosts.iter().cloned());
+            let target = ForwardTarget {
+                hosts,
+                port: gateway.endpoint.port,
+                connect_timeout: config.limits.connect_timeout,
+                idle_timeout: config.limits.idle_timeout,
+            };
+            shutdown.spawn(tcp_forward::serve(listener, target, shutdown.clone()));
+        }
+        let ready = Ready {
+            pid: std::process::id(),
+            proxy_listen,
+            forward_listen,
+            ca_sha256: self.ca.fingerprint_sha256(),
+            time: volume::now_rfc3339(),
+        };
+        volume::write_ready(tls_dir, &ready)?;
+        tracing::info!(proxy = %proxy_listen, forward = ?forward_listen, "proxy ready");
+        shutdown.signalled().await;
+        let removed = volume::remove_ready(tls_dir);
+        let left = shutdown.drain(config.limits.shutdown_grace).await;
+        if left > 0 {
+            tracing::warn!(open = left, grace = ?config.limits.shutdown_grace, "grace period over; closing what is still open");
+        }
+        removed?;
+        Ok(())
+    }
+}
+
+/// Writes `ca-bundle.pem`: the system roots, then the sandbox CA.
+fn write_bundle(tls_dir: &Path, ca: &CertificateAuthority) -> Result<(), ProxyError> {
+    let from_env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+    let system = from_env
+        .into_iter()
+        .chain(SYSTEM_BUNDLES.iter().map(Into::into))
+        .find_map(|path| std::fs::read_to_string(&path).ok().map(|text| (path, text)));
+    let mut bundle = match &system {
+        Some((path, text)) => {
+            tracing::debug!(path = %path.display(), "system roots for ca-bundle.pem");
+            text.clone()
+        }
+        None => {
+            tracing::warn!("no system root bundle found; ca-bundle.pem holds only the sandbox CA");
+            String::new()
+        }
+    };
+    if !bundle.is_empty() && !bundle.ends_with('\n') {
+        bundle.push('\n');
+    }
+    bundle.push_str(ca.cert_pem());
+    volume::write_atomic(tls_dir, CA_BUNDLE_FILE, bundle.as_bytes(), 0o644)?;
+    Ok(())
+}
