@@ -22,3 +22,5 @@ pub fn run(config: ProxyConfig) -> Result<Exit, ProxyError> {
     let _ = config;
     Err(ProxyError::NotBuilt)
 }
+
+pub mod l7;
