@@ -23,4 +23,5 @@ pub fn run(config: ProxyConfig) -> Result<Exit, ProxyError> {
     Err(ProxyError::NotBuilt)
 }
 
+pub mod credentials;
 pub mod l7;
