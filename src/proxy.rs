@@ -25,3 +25,4 @@ pub fn run(config: ProxyConfig) -> Result<Exit, ProxyError> {
 
 pub mod credentials;
 pub mod l7;
+pub mod tls;
