@@ -3,5 +3,6 @@
 //! inference routes file.
 
 pub mod deny;
+pub mod judge;
 pub mod path;
 pub mod routes;
