@@ -1,8 +1,9 @@
 //! L7 inspection building blocks for requests the proxy terminates: the canonical request
-//! path that policy judges and upstream receives, the JSON deny answers, and the local
-//! inference routes file.
+//! path that policy judges and upstream receives, the judgement of one request, the JSON
+//! deny answers, and `inference.local` (request shaping and the local routes file).
 
 pub mod deny;
+pub mod inference;
 pub mod judge;
 pub mod path;
 pub mod routes;

@@ -62,6 +62,20 @@ pub fn inference_path_denied(request: Refused<'_>) -> Response<Bytes> {
     answer(StatusCode::FORBIDDEN, body)
 }
 
+/// 400 `bad_request`: an inference request body that is not a JSON object.
+pub fn bad_inference_body(request: Refused<'_>) -> Response<Bytes> {
+    let reason = "the body of an inference request must be a JSON object";
+    answer(StatusCode::BAD_REQUEST, base("bad_request", reason, request))
+}
+
+/// 503 `no_inference_route`: no route serves this API family (or its base URL is unusable).
+pub fn no_inference_route(request: Refused<'_>, family: &str) -> Response<Bytes> {
+    let reason = format!(
+        "no usable inference route serves the {family} API; configure one at the gateway or in OPENSHELL_INFERENCE_ROUTES"
+    );
+    answer(StatusCode::SERVICE_UNAVAILABLE, base("no_inference_route", &reason, request))
+}
+
 /// 413 `payload_too_large`: a request body over `limit` bytes.
 pub fn body_too_large(request: Refused<'_>, limit: u64) -> Response<Bytes> {
     let reason = format!("the request body is larger than the {limit} bytes accepted");
