@@ -7,3 +7,4 @@ pub mod inference;
 pub mod judge;
 pub mod path;
 pub mod routes;
+pub mod session;

@@ -92,6 +92,18 @@ pub fn upstream_tls_failed(request: Refused<'_>, detail: &str) -> Response<Bytes
     answer(StatusCode::BAD_GATEWAY, base("upstream_unreachable", &reason, request))
 }
 
+/// 502 `upstream_unreachable`: the upstream could not be reached or broke the exchange.
+pub fn upstream_unreachable(request: Refused<'_>, detail: &str) -> Response<Bytes> {
+    let reason = format!("{}:{} could not be reached: {detail}", request.host, request.port);
+    answer(StatusCode::BAD_GATEWAY, base("upstream_unreachable", &reason, request))
+}
+
+/// 504 `upstream_timeout`: the upstream did not connect or answer in time.
+pub fn upstream_timeout(request: Refused<'_>, what: &str) -> Response<Bytes> {
+    let reason = format!("{}:{} did not {what} in time", request.host, request.port);
+    answer(StatusCode::GATEWAY_TIMEOUT, base("upstream_timeout", &reason, request))
+}
+
 fn base(error: &str, reason: &str, r: Refused<'_>) -> Value {
     json!({
         "error": error,
