@@ -1,6 +1,6 @@
 //! `inference.local` request shaping: which API shape a request is (OpenAI or Anthropic),
 //! which route serves it, and the upstream request: the route's base URL, API key and model,
-//! with every caller credential removed. Forwarding and streaming are the caller's.
+//! with every caller credential removed; [`serve_inference_tls`] serves a connection with it.
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -9,6 +9,10 @@ use http::{Method, Response, Uri};
 
 use super::deny::{self, Refused};
 use crate::gateway::inference::{InferenceBundle, Route};
+
+mod session;
+
+pub use session::{CurrentRoutes, InferenceSession, serve_inference_tls};
 
 /// The host name agents use for inference.
 pub const INFERENCE_HOST: &str = "inference.local";

@@ -109,13 +109,25 @@ pub async fn serve_tls<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let host = session.host.clone();
-    let accept = TlsAcceptor::from(server_config).accept(raw);
-    let tls = tokio::time::timeout(session.connect_timeout, accept)
-        .await
-        .map_err(|_| SessionError::HandshakeTimeout { host: host.clone() })?
-        .map_err(|source| SessionError::ClientHandshake { host, source })?;
+    let tls = accept_client_tls(raw, server_config, session.connect_timeout, &session.host).await?;
     serve(tls, session, shutdown).await
+}
+
+/// The client's TLS handshake, bounded by `timeout`.
+pub(super) async fn accept_client_tls<IO>(
+    raw: IO,
+    server_config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+    host: &str,
+) -> Result<tokio_rustls::server::TlsStream<IO>, SessionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let accept = TlsAcceptor::from(server_config).accept(raw);
+    tokio::time::timeout(timeout, accept)
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout { host: host.to_owned() })?
+        .map_err(|source| SessionError::ClientHandshake { host: host.to_owned(), source })
 }
 
 /// Serves HTTP/1.1 requests from a decrypted client stream until it closes, idles out, or
@@ -134,9 +146,31 @@ where
     );
     let idle = session.idle_timeout;
     let state = Arc::new(State { session, upstream });
-    let service = service_fn(move |request| {
+    serve_requests(client, idle, shutdown, move |request| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(state.handle(request).await) }
+        async move { state.handle(request).await }
+    })
+    .await
+    .map_err(|source| SessionError::Http { host, source })
+}
+
+/// Serves HTTP/1.1 (with upgrades) on `client`, answering each request with `handle`,
+/// until the client closes, a request head takes longer than `idle`, or shutdown.
+pub(super) async fn serve_requests<IO, F, Fut>(
+    client: IO,
+    idle: Duration,
+    shutdown: Shutdown,
+    handle: F,
+) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let service = service_fn(move |request| {
+        let handle = handle.clone();
+        async move { Ok::<_, Infallible>(handle(request).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -144,14 +178,13 @@ where
         .serve_connection(TokioIo::new(client), service)
         .with_upgrades();
     tokio::pin!(connection);
-    let result = tokio::select! {
+    tokio::select! {
         result = connection.as_mut() => result,
         () = shutdown.signalled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
-    };
-    result.map_err(|source| SessionError::Http { host, source })
+    }
 }
 
 struct State {
@@ -219,7 +252,7 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes the headers that belong to one hop (RFC 9110 section 7.6.1), keeping
 /// `Connection: upgrade` and `Upgrade` for an upgrade.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -259,7 +292,8 @@ fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &Verdict) {
     tracing::info!(target: AUDIT_TARGET, action, kind = "l7", host, port, policy, rule, reason, method, path, credentials, "l7 decision");
 }
 
-fn full(bytes: Bytes) -> Body {
+/// A body from bytes.
+pub(super) fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
