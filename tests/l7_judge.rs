@@ -167,3 +167,30 @@ fn non_origin_targets_are_bad_requests() {
     let (status, body) = refusal(&run(&e, "OPTIONS", "*", &[]).0);
     assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
 }
+
+#[test]
+fn a_request_naming_another_host_is_refused() {
+    let e = engine("        access: full\n");
+    let mut parts = request("GET", "/x", &[]);
+    parts.headers.insert("host", "other.example.com".parse().unwrap());
+    let verdict = judge(&e, HOST, 443, &secrets(), &mut parts);
+    let (status, body) = refusal(&verdict);
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("policy_denied")));
+    assert!(body["reason"].as_str().unwrap().contains("other.example.com"), "{body}");
+
+    let (v, _) = run(&e, "GET", "http://other.example.com/x", &[]);
+    assert_eq!(refusal(&v).0, StatusCode::FORBIDDEN, "an absolute URI naming another host");
+
+    for same in ["API.example.com", "api.example.com:443", "api.example.com."] {
+        let mut parts = request("GET", "/x", &[]);
+        parts.headers.insert("host", same.parse().unwrap());
+        assert!(judge(&e, HOST, 443, &secrets(), &mut parts).forwards(), "{same}");
+    }
+    let mut parts = request("GET", "/x", &[]);
+    parts.headers.insert("host", "api.example.com:8443".parse().unwrap());
+    assert!(!judge(&e, HOST, 443, &secrets(), &mut parts).forwards(), "another port");
+
+    let mut parts = Request::builder().uri("/x").body(()).unwrap().into_parts().0;
+    assert!(judge(&e, HOST, 443, &secrets(), &mut parts).forwards());
+    assert_eq!(parts.headers["host"], HOST, "a missing Host is set to the judged host");
+}

@@ -41,6 +41,16 @@ pub fn policy_denied(request: Refused<'_>, decision: &L7Decision) -> Response<By
     answer(StatusCode::FORBIDDEN, body)
 }
 
+/// 403 `policy_denied`: the request names another host than the one policy judged (a
+/// `Host` header or absolute URI differing from the CONNECT host, as in domain fronting).
+pub fn host_mismatch(request: Refused<'_>, named: &str) -> Response<Bytes> {
+    let reason = format!(
+        "the request names the host `{named}`, but this connection was allowed for `{}:{}`; open a connection to that host instead",
+        request.host, request.port
+    );
+    answer(StatusCode::FORBIDDEN, base("policy_denied", &reason, request))
+}
+
 /// 403 `credential_unresolved`: a placeholder has no value or sits where it cannot be
 /// swapped. The request is not forwarded. The reason names the key, never a value.
 pub fn credential_unresolved(request: Refused<'_>, error: &CredentialError) -> Response<Bytes> {

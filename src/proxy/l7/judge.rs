@@ -4,8 +4,9 @@
 
 use bytes::Bytes;
 use http::Response;
+use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::Uri;
+use http::uri::{Authority, Uri};
 
 use super::deny::{self, Refused};
 use super::path::{EncodedSlash, canonicalize};
@@ -41,8 +42,9 @@ impl Verdict {
 }
 
 /// Judges the request in `parts` to `host:port` (the CONNECT or absolute-form destination)
-/// and prepares it for forwarding. An encoded `/` is kept only when every matched L7
-/// endpoint sets `allow_encoded_slash` (fail closed when policies disagree).
+/// and prepares it for forwarding. A request naming another host (`Host` header or
+/// absolute URI) is refused. An encoded `/` is kept only when every matched L7 endpoint
+/// sets `allow_encoded_slash` (fail closed when policies disagree).
 pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore, parts: &mut Parts) -> Verdict {
     let method = parts.method.as_str().to_owned();
     let target = match (parts.uri.path_and_query(), parts.uri.scheme()) {
@@ -51,6 +53,9 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
         (None, None) => parts.uri.to_string(),
     };
     let refused = |path| Refused { host, port, method: &method, path };
+    if let Err(named) = check_host(parts, host, port) {
+        return Verdict::Refuse { response: deny::host_mismatch(refused(&target), &named), decision: None };
+    }
     let canonical = match canonicalize(&target, encoded_slash(engine, host, port)) {
         Ok(c) => c,
         Err(e) => return Verdict::Refuse { response: deny::bad_path(refused(&target), &e), decision: None },
@@ -67,6 +72,33 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
         Err(e) => {
             let response = deny::credential_unresolved(refused(&canonical.path), &e);
             Verdict::Refuse { response, decision: Some(decision) }
+        }
+    }
+}
+
+/// Every host the request names (absolute URI, `Host` header) must be the judged host
+/// (and port, when given); a missing `Host` is set to it. `Err` holds the other name.
+fn check_host(parts: &mut Parts, host: &str, port: u16) -> Result<(), String> {
+    let same = |named: &str| {
+        let Ok(authority) = named.parse::<Authority>() else { return false };
+        let name = authority.host().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
+        let judged = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
+        name.eq_ignore_ascii_case(judged) && authority.port_u16().is_none_or(|p| p == port)
+    };
+    if let Some(authority) = parts.uri.authority()
+        && !same(authority.as_str())
+    {
+        return Err(authority.to_string());
+    }
+    match parts.headers.get(header::HOST).map(|v| v.to_str()) {
+        Some(Ok(named)) if same(named) => Ok(()),
+        Some(Ok(named)) => Err(named.chars().take(256).collect()),
+        Some(Err(_)) => Err("(a Host header that is not text)".to_owned()),
+        None => {
+            let value = if port == 443 || port == 80 { host.to_owned() } else { format!("{host}:{port}") };
+            let value = HeaderValue::from_str(&value).map_err(|_| host.to_owned())?;
+            parts.headers.insert(header::HOST, value);
+            Ok(())
         }
     }
 }
