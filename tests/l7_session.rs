@@ -134,8 +134,8 @@ async fn upstream(upstream_ca: &Ca) -> (SocketAddr, Arc<Seen>) {
     (addr, seen)
 }
 
-fn engine() -> Arc<PolicyEngine> {
-    Arc::new(PolicyEngine::new(policy::parse_yaml(POLICY, "test.yaml").unwrap(), &RegoRules::builtin(), 1).unwrap())
+fn engine(yaml: &str) -> Arc<PolicyEngine> {
+    Arc::new(PolicyEngine::new(policy::parse_yaml(yaml, "test.yaml").unwrap(), &RegoRules::builtin(), 1).unwrap())
 }
 
 fn secrets() -> Arc<SecretStore> {
@@ -147,13 +147,18 @@ fn secrets() -> Arc<SecretStore> {
     Arc::new(SecretStore::from_provider(&env).unwrap())
 }
 
-/// The proxy side: accepts on 127.0.0.1:0 and serves each connection as an inspected session.
+/// The proxy side under [`POLICY`].
 async fn proxy(sandbox_ca: &Ca, trusted_upstream_ca: &Ca, upstream: SocketAddr) -> SocketAddr {
+    proxy_with(POLICY, sandbox_ca, trusted_upstream_ca, upstream).await
+}
+
+/// The proxy side: accepts on 127.0.0.1:0 and serves each connection as an inspected session.
+async fn proxy_with(policy: &str, sandbox_ca: &Ca, trusted_upstream_ca: &Ca, upstream: SocketAddr) -> SocketAddr {
     let issuer = LeafIssuer::new(&sandbox_ca.der, &sandbox_ca.key_pem, 16).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("upstream-ca.pem");
     std::fs::write(&ca_file, &trusted_upstream_ca.pem).unwrap();
-    let engine = engine();
+    let engine = engine(policy);
     let session = Inspected {
         host: HOST.into(),
         port: 443,
@@ -380,4 +385,22 @@ async fn an_upstream_with_an_unknown_ca_gets_a_502_and_nothing_is_sent() {
     let reason = body["reason"].as_str().unwrap();
     assert!(reason.contains("OPENSHELL_UPSTREAM_CA_FILE") && !reason.contains(SECRET), "{reason}");
     assert!(seen.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn audit_mode_forwards_a_would_be_denial_and_logs_it() {
+    let _check = NoSecretLogged::start();
+    let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Upstream CA"));
+    let (upstream_addr, seen) = upstream(&upstream_ca).await;
+    let audit = POLICY.replace("        rules:\n", "        enforcement: audit\n        rules:\n");
+    let proxy_addr = proxy_with(&audit, &sandbox_ca, &upstream_ca, upstream_addr).await;
+    let mut c = client(proxy_addr, &sandbox_ca).await;
+    let mut delete = get("/audited/1", &[]);
+    *delete.method_mut() = http::Method::DELETE;
+    let (status, echo) = send(&mut c, delete).await;
+    assert_eq!((status, echo["method"].as_str()), (StatusCode::OK, Some("DELETE")), "{echo}");
+    assert_eq!(seen.requests.lock().unwrap().len(), 1);
+    let logs = logs();
+    let line = logs.lines().find(|l| l.contains("path=\"/audited/1\"")).expect("an audit line for the request");
+    assert!(line.contains("action=\"audit\"") && line.contains("DELETE"), "{line}");
 }
