@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::deny::Refused;
+use super::deny::{self, Refused};
 use super::judge::{Verdict, judge};
 use crate::policy::PolicyEngine;
 use crate::proxy::credentials::SecretStore;
@@ -145,7 +145,7 @@ where
         session.idle_timeout,
     );
     let idle = session.idle_timeout;
-    let state = Arc::new(State { session, upstream });
+    let state = Arc::new(State { session, upstream, shutdown: shutdown.clone() });
     serve_requests(client, idle, shutdown, move |request| {
         let state = state.clone();
         async move { state.handle(request).await }
@@ -190,6 +190,7 @@ where
 struct State {
     session: Inspected,
     upstream: Upstream,
+    shutdown: Shutdown,
 }
 
 impl State {
@@ -215,11 +216,20 @@ impl State {
                 return e.response(refused).map(full);
             }
         };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                let refused = Refused { host, port, method: &method, path: &path };
+                let detail = "it answered 101 to a request that did not ask to upgrade";
+                return deny::upstream_unreachable(refused, detail).map(full);
+            };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(relay_upgraded(client_upgrade, upstream_upgrade, host.to_owned()));
+            let (shutdown, host) = (self.shutdown.clone(), host.to_owned());
+            self.shutdown.spawn(async move {
+                tokio::select! {
+                    () = relay_upgraded(client_upgrade, upstream_upgrade, &host) => {}
+                    () = shutdown.signalled() => tracing::debug!(host, "upgraded connection closed at shutdown"),
+                }
+            });
             return response.map(|_| full(Bytes::new()));
         }
         strip_hop_by_hop(response.headers_mut(), false);
@@ -228,7 +238,7 @@ impl State {
 }
 
 /// Copies bytes both ways between the two upgraded connections until either side closes.
-async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, host: String) {
+async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, host: &str) {
     match tokio::try_join!(client, upstream) {
         Ok((client, upstream)) => {
             let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
