@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -110,7 +110,8 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let tls = accept_client_tls(raw, server_config, session.connect_timeout, &session.host).await?;
-    serve(tls, session, shutdown).await
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_as(tls, session, shutdown, h2).await
 }
 
 /// The client's TLS handshake, bounded by `timeout`.
@@ -136,22 +137,30 @@ pub async fn serve<IO>(client: IO, session: Inspected, shutdown: Shutdown) -> Re
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_as(client, session, shutdown, false).await
+}
+
+/// Serves HTTP/2 (`h2`: the client chose it by ALPN) or HTTP/1.1.
+async fn serve_as<IO>(client: IO, session: Inspected, shutdown: Shutdown, h2: bool) -> Result<(), SessionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let host = session.host.clone();
-    let upstream = Upstream::new(
-        &session.host,
-        session.upstream_tls.clone(),
-        session.dial.clone(),
-        session.connect_timeout,
-        session.idle_timeout,
-    );
+    let timeouts = (session.connect_timeout, session.idle_timeout);
+    let upstream =
+        Upstream::new(&session.host, session.port, &session.upstream_tls, h2, session.dial.clone(), timeouts);
     let idle = session.idle_timeout;
     let state = Arc::new(State { session, upstream, shutdown: shutdown.clone() });
-    serve_requests(client, idle, shutdown, move |request| {
+    let handle = move |request| {
         let state = state.clone();
         async move { state.handle(request).await }
-    })
-    .await
-    .map_err(|source| SessionError::Http { host, source })
+    };
+    let served = if h2 {
+        serve_h2_requests(client, idle, shutdown, handle).await
+    } else {
+        serve_requests(client, idle, shutdown, handle).await
+    };
+    served.map_err(|source| SessionError::Http { host, source })
 }
 
 /// Serves HTTP/1.1 (with upgrades) on `client`, answering each request with `handle`,
@@ -177,6 +186,38 @@ where
         .header_read_timeout(idle)
         .serve_connection(TokioIo::new(client), service)
         .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.signalled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
+}
+
+/// Like [`serve_requests`] for HTTP/2: streams are judged and forwarded concurrently.
+pub(super) async fn serve_h2_requests<IO, F, Fut>(
+    client: IO,
+    idle: Duration,
+    shutdown: Shutdown,
+    handle: F,
+) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let service = service_fn(move |request| {
+        let handle = handle.clone();
+        async move { Ok::<_, Infallible>(handle(request).await) }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(idle / 2))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(TokioIo::new(client), service);
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => result,
@@ -274,8 +315,12 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     for name in listed {
         headers.remove(name);
     }
-    for name in ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer"] {
+    for name in ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "trailer"] {
         headers.remove(name);
+    }
+    // `TE: trailers` stays: gRPC needs it end to end.
+    if headers.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        headers.remove(header::TE);
     }
     if !upgrade {
         headers.remove(header::CONNECTION);

@@ -23,7 +23,7 @@ fn hop_by_hop_headers_are_removed_with_those_connection_lists() {
         ("connection", "keep-alive, x-hop"),
         ("keep-alive", "timeout=5"),
         ("x-hop", "1"),
-        ("te", "trailers"),
+        ("te", "gzip"),
         ("proxy-authorization", "Basic x"),
         ("upgrade", "h2c"),
         ("authorization", "Bearer t"),
@@ -32,6 +32,13 @@ fn hop_by_hop_headers_are_removed_with_those_connection_lists() {
     strip_hop_by_hop(&mut h, false);
     let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
     assert_eq!(left, ["authorization", "content-length"]);
+}
+
+#[test]
+fn te_trailers_is_kept_for_grpc() {
+    let mut h = headers(&[("te", "trailers")]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(h["te"], "trailers");
 }
 
 #[test]
