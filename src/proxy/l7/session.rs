@@ -1,12 +1,20 @@
 //! An inspected connection: after the proxy answered `200` to a CONNECT for an endpoint with
-//! an L7 `protocol`, it hands the client stream here. Each HTTP/1.1 request is judged
-//! ([`super::judge`]), then forwarded on a reused, verified upstream connection with both
-//! bodies streamed (chunked, `Expect: 100-continue`, server-sent events as they arrive); a
-//! WebSocket upgrade is judged as its GET, then relayed as bytes after the `101`.
+//! an L7 `protocol`, it hands the client stream here. Each request (HTTP/1.1, or HTTP/2 when
+//! the client negotiated `h2`) is judged ([`super::judge`]), then forwarded on a reused,
+//! verified upstream connection with both bodies streamed (chunked, `Expect: 100-continue`,
+//! server-sent events as they arrive, trailers); a WebSocket upgrade is judged as its GET,
+//! then relayed as bytes after the `101`.
 
+mod conn;
+mod headers;
 mod upstream;
 
-use std::convert::Infallible;
+pub(in crate::proxy::l7) use conn::{accept_client_tls, serve_requests};
+pub(in crate::proxy::l7) use headers::strip_hop_by_hop;
+
+use conn::serve_h2_requests;
+use headers::wants_upgrade;
+
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -14,17 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
 use super::deny::{self, Refused};
 use super::judge::{Verdict, judge};
@@ -114,23 +119,6 @@ where
     serve_as(tls, session, shutdown, h2).await
 }
 
-/// The client's TLS handshake, bounded by `timeout`.
-pub(super) async fn accept_client_tls<IO>(
-    raw: IO,
-    server_config: Arc<rustls::ServerConfig>,
-    timeout: Duration,
-    host: &str,
-) -> Result<tokio_rustls::server::TlsStream<IO>, SessionError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    let accept = TlsAcceptor::from(server_config).accept(raw);
-    tokio::time::timeout(timeout, accept)
-        .await
-        .map_err(|_| SessionError::HandshakeTimeout { host: host.to_owned() })?
-        .map_err(|source| SessionError::ClientHandshake { host: host.to_owned(), source })
-}
-
 /// Serves HTTP/1.1 requests from a decrypted client stream until it closes, idles out, or
 /// shutdown (which lets the request in flight finish).
 pub async fn serve<IO>(client: IO, session: Inspected, shutdown: Shutdown) -> Result<(), SessionError>
@@ -161,71 +149,6 @@ where
         serve_requests(client, idle, shutdown, handle).await
     };
     served.map_err(|source| SessionError::Http { host, source })
-}
-
-/// Serves HTTP/1.1 (with upgrades) on `client`, answering each request with `handle`,
-/// until the client closes, a request head takes longer than `idle`, or shutdown.
-pub(super) async fn serve_requests<IO, F, Fut>(
-    client: IO,
-    idle: Duration,
-    shutdown: Shutdown,
-    handle: F,
-) -> Result<(), hyper::Error>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    let handle = Arc::new(handle);
-    let service = service_fn(move |request| {
-        let handle = handle.clone();
-        async move { Ok::<_, Infallible>(handle(request).await) }
-    });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle)
-        .serve_connection(TokioIo::new(client), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.signalled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    }
-}
-
-/// Like [`serve_requests`] for HTTP/2: streams are judged and forwarded concurrently.
-pub(super) async fn serve_h2_requests<IO, F, Fut>(
-    client: IO,
-    idle: Duration,
-    shutdown: Shutdown,
-    handle: F,
-) -> Result<(), hyper::Error>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    let handle = Arc::new(handle);
-    let service = service_fn(move |request| {
-        let handle = handle.clone();
-        async move { Ok::<_, Infallible>(handle(request).await) }
-    });
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(idle / 2))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .serve_connection(TokioIo::new(client), service);
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.signalled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    }
 }
 
 struct State {
@@ -292,44 +215,6 @@ async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgr
     }
 }
 
-/// `Connection: upgrade` with an `Upgrade` header (WebSocket).
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
-}
-
-/// Removes the headers that belong to one hop (RFC 9110 section 7.6.1), keeping
-/// `Connection: upgrade` and `Upgrade` for an upgrade.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .filter(|name| !(upgrade && *name == header::UPGRADE))
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "trailer"] {
-        headers.remove(name);
-    }
-    // `TE: trailers` stays: gRPC needs it end to end.
-    if headers.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
-        headers.remove(header::TE);
-    }
-    if !upgrade {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
-    } else {
-        headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-    }
-}
-
 /// One audit event per request decision (names of credentials only, never values).
 fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &Verdict) {
     let (action, decision, credentials, reason) = match verdict {
@@ -351,6 +236,3 @@ fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &Verdict) {
 pub(super) fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
-
-#[cfg(test)]
-mod tests;
