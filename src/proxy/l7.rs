@@ -1,6 +1,7 @@
-//! L7 inspection building blocks for requests the proxy terminates: the canonical request
-//! path that policy judges and upstream receives, the judgement of one request, the JSON
-//! deny answers, and `inference.local` (request shaping and the local routes file).
+//! L7 inspection for connections the proxy terminates: the canonical request path that
+//! policy judges and upstream receives, the judgement of one request, the inspected session
+//! that forwards it, the JSON deny answers, and `inference.local` (request shaping, its
+//! session, and the local routes file).
 
 pub mod deny;
 pub mod inference;

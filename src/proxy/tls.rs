@@ -15,7 +15,8 @@ use crate::{Exit, ExitStatus};
 pub use leaf::{LEAF_VALIDITY, LeafIssuer};
 pub use upstream::upstream_client_config;
 
-/// The only ALPN protocol offered by default on both sides: the proxy forwards HTTP/1.1.
+/// The ALPN protocol offered by default on both sides (`h2` is opt-in, see
+/// [`LeafIssuer::with_alpn`]; upstream, `h2` is offered only for an HTTP/2 client).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// Failures of building TLS configurations or issuing leaves. None carries key material.

@@ -84,8 +84,9 @@ impl LeafIssuer {
         Ok(this)
     }
 
-    /// Replaces the ALPN protocols offered to clients (default `http/1.1` only; offer `h2`
-    /// only when the caller serves HTTP/2). Clears the cache of configurations.
+    /// Replaces the ALPN protocols offered to clients (default `http/1.1` only). The L7
+    /// session serves HTTP/2 when the client picks `h2`, so `[h2, http/1.1]` lets gRPC
+    /// clients be inspected. Clears the cache of configurations.
     pub fn with_alpn(mut self, protocols: &[&[u8]]) -> Self {
         self.alpn = protocols.iter().map(|p| p.to_vec()).collect();
         self.cache.get_mut().unwrap_or_else(PoisonError::into_inner).clear();
