@@ -8,9 +8,11 @@ mod substitute;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use crate::config::Secret;
 use crate::gateway::provider::ProviderEnvironment;
+use crate::shutdown::Shutdown;
 use crate::volume::ChildEnv;
 use crate::{Exit, ExitStatus};
 
@@ -224,6 +226,22 @@ impl SecretStore {
         }
         self.swap(load_file(path)?);
         Ok(true)
+    }
+
+    /// Calls [`Self::reload_if_changed`] every `interval` until shutdown, logging each reload
+    /// (key count only) and each failure (the last good credentials stay).
+    pub async fn run_reloader(self: Arc<Self>, interval: Duration, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                () = shutdown.signalled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            match self.reload_if_changed() {
+                Ok(true) => tracing::info!(keys = self.snapshot().values.len(), "provider credentials reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("kept the previous provider credentials: {e}"),
+            }
+        }
     }
 
     /// The credentials in force now.

@@ -116,3 +116,22 @@ fn missing_file_is_an_error_naming_the_path() {
     assert!(!SecretStore::empty().reload_if_changed().unwrap());
     assert!(SecretStore::empty().child_env().is_empty());
 }
+
+#[tokio::test]
+async fn the_reloader_picks_up_a_changed_file_until_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider.env");
+    std::fs::write(&path, "API_KEY=one\n").unwrap();
+    let store = Arc::new(SecretStore::from_file(&path).unwrap());
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(store.clone().run_reloader(Duration::from_millis(10), shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(&path, "API_KEY=two-longer\n").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.snapshot().get("API_KEY").unwrap().expose() != "two-longer" {
+        assert!(tokio::time::Instant::now() < deadline, "the change was not picked up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("the reloader stops at shutdown").unwrap();
+}
