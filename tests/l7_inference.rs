@@ -119,8 +119,9 @@ fn route(name: &str, base_url: String, protocols: &[&str], provider_type: &str) 
 }
 
 /// Serves `inference.local` on 127.0.0.1:0 with `routes`; upstream TLS trusts `upstream_ca`.
+/// Clients may pick `h2` or `http/1.1`.
 async fn proxy(sandbox_ca: &Ca, routes: Vec<Route>, upstream_ca: &Ca) -> SocketAddr {
-    let issuer = LeafIssuer::new(&sandbox_ca.der, &sandbox_ca.key_pem, 4).unwrap();
+    let issuer = LeafIssuer::new(&sandbox_ca.der, &sandbox_ca.key_pem, 4).unwrap().with_alpn(&[b"h2", b"http/1.1"]);
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &upstream_ca.pem).unwrap();
@@ -258,4 +259,39 @@ async fn other_paths_are_403_and_large_bodies_413() {
     let (status, _) = send(&mut c, streamed).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "a chunked body is counted too");
     assert!(seen.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_http2_client_is_served_and_routed_over_http1() {
+    let (sandbox_ca, unused_ca) = (ca("Sandbox CA"), ca("Unused CA"));
+    let (addr, _) = upstream(None).await;
+    let routes = vec![route("default", format!("http://{addr}/v1"), &["openai"], "openai")];
+    let proxy = proxy(&sandbox_ca, routes, &unused_ca).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(sandbox_ca.der.clone().into()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("inference.local").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    let req = Request::post("https://inference.local/v1/embeddings")
+        .header("authorization", "Bearer caller")
+        .body(Full::new(Bytes::from(json!({"input": "x"}).to_string())).boxed())
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        (echo["target"].as_str(), echo["authorization"].as_str()),
+        (Some("/v1/embeddings"), Some("Bearer route-key-default"))
+    );
 }

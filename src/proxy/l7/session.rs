@@ -9,10 +9,9 @@ mod conn;
 mod headers;
 mod upstream;
 
-pub(in crate::proxy::l7) use conn::{accept_client_tls, serve_requests};
+pub(in crate::proxy::l7) use conn::{accept_client_tls, serve_h2_requests, serve_requests};
 pub(in crate::proxy::l7) use headers::strip_hop_by_hop;
 
-use conn::serve_h2_requests;
 use headers::wants_upgrade;
 
 use std::future::Future;

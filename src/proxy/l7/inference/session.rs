@@ -1,6 +1,7 @@
-//! A decrypted `inference.local` connection: each request is shaped for its route
-//! ([`super::prepare`]) and sent on a new connection to the route's base URL (TLS verified
-//! for `https`); the answer streams back as it arrives, so server-sent events are not held.
+//! An `inference.local` connection (HTTP/1.1, or HTTP/2 when the client picks `h2`): each
+//! request is shaped for its route ([`super::prepare`]) and sent over HTTP/1.1 on a new
+//! connection to the route's base URL (TLS verified for `https`); the answer streams back as
+//! it arrives, so server-sent events are not held.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,9 @@ use super::{INFERENCE_HOST, MAX_BODY, Prepared, Shape, prepare};
 use crate::gateway::inference::InferenceBundle;
 use crate::proxy::l7::deny::{self, Refused};
 use crate::proxy::l7::path::{EncodedSlash, canonicalize};
-use crate::proxy::l7::session::{Body, SessionError, accept_client_tls, full, serve_requests, strip_hop_by_hop};
+use crate::proxy::l7::session::{
+    Body, SessionError, accept_client_tls, full, serve_h2_requests, serve_requests, strip_hop_by_hop,
+};
 use crate::shutdown::Shutdown;
 use crate::telemetry::AUDIT_TARGET;
 
@@ -50,14 +53,19 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let tls = accept_client_tls(raw, server_config, session.connect_timeout, INFERENCE_HOST).await?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let idle = session.idle_timeout;
     let session = Arc::new(session);
-    serve_requests(tls, idle, shutdown, move |request| {
+    let handle = move |request| {
         let session = session.clone();
         async move { handle(&session, request).await }
-    })
-    .await
-    .map_err(|source| SessionError::Http { host: INFERENCE_HOST.to_owned(), source })
+    };
+    let served = if h2 {
+        serve_h2_requests(tls, idle, shutdown, handle).await
+    } else {
+        serve_requests(tls, idle, shutdown, handle).await
+    };
+    served.map_err(|source| SessionError::Http { host: INFERENCE_HOST.to_owned(), source })
 }
 
 async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Response<Body> {
@@ -134,6 +142,7 @@ async fn send(session: &InferenceSession, prepared: Prepared) -> Result<Response
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     parts.uri = uri.path_and_query().map_or("/", |pq| pq.as_str()).parse().expect("a path is a valid URI");
+    parts.version = http::Version::HTTP_11;
     let request = Request::from_parts(parts, Full::new(body));
     let bound = |what| move |_| SendError::Timeout(what);
     let tcp = tokio::time::timeout(session.connect_timeout, TcpStream::connect((host.trim_matches(['[', ']']), port)))
