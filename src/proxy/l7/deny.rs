@@ -86,6 +86,12 @@ pub fn no_inference_route(request: Refused<'_>, family: &str) -> Response<Bytes>
     answer(StatusCode::SERVICE_UNAVAILABLE, base("no_inference_route", &reason, request))
 }
 
+/// 503 `no_inference_route`: the chosen route's API key cannot be sent (never shown).
+pub fn unusable_route_key(request: Refused<'_>, route: &str) -> Response<Bytes> {
+    let reason = format!("the API key of inference route `{route}` is not a valid header value; fix it at its source");
+    answer(StatusCode::SERVICE_UNAVAILABLE, base("no_inference_route", &reason, request))
+}
+
 /// 413 `payload_too_large`: a request body over `limit` bytes.
 pub fn body_too_large(request: Refused<'_>, limit: u64) -> Response<Bytes> {
     let reason = format!("the request body is larger than the {limit} bytes accepted");

@@ -138,7 +138,9 @@ pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Resul
     for name in CALLER_CREDENTIALS {
         parts.headers.remove(*name);
     }
-    set_auth(&mut parts, route, shape);
+    if !set_auth(&mut parts, route, shape) {
+        return Err(Box::new(deny::unusable_route_key(refused, &route.name)));
+    }
     if let Some(authority) = uri.authority() {
         parts
             .headers
@@ -154,26 +156,27 @@ pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Resul
     Ok(Prepared { parts, body, route: route.name.clone(), timeout: route.timeout })
 }
 
-/// The route's API key as `x-api-key` (Anthropic providers and shapes) or `Authorization: Bearer`.
-fn set_auth(parts: &mut Parts, route: &Route, shape: Shape) {
+/// The route's API key as `x-api-key` (Anthropic providers and shapes) or `Authorization:
+/// Bearer`; `false` when the key cannot be a header value (the gateway's keys are not
+/// checked at load).
+fn set_auth(parts: &mut Parts, route: &Route, shape: Shape) -> bool {
     let anthropic = route.provider_type.eq_ignore_ascii_case("anthropic") || shape == Shape::Messages;
     if anthropic && !parts.headers.contains_key("anthropic-version") {
         parts.headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static(ANTHROPIC_VERSION));
     }
     let key = route.api_key.expose();
     if key.is_empty() {
-        return;
+        return true;
     }
     let (name, value) = if anthropic {
         (HeaderName::from_static("x-api-key"), HeaderValue::from_str(key))
     } else {
         (header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")))
     };
-    // Keys with control bytes are refused at load, so this only skips an impossible value.
-    if let Ok(mut value) = value {
-        value.set_sensitive(true);
-        parts.headers.insert(name, value);
-    }
+    let Ok(mut value) = value else { return false };
+    value.set_sensitive(true);
+    parts.headers.insert(name, value);
+    true
 }
 
 /// `base_url` joined with the request path (a base ending in `/v1` takes the path without

@@ -162,3 +162,14 @@ fn upstream_uris_join_base_and_path() {
     }
     assert!(upstream_uri("not a url", "/v1/models", None).is_none());
 }
+
+#[test]
+fn a_route_key_that_is_not_a_header_value_is_refused_unseen() {
+    let mut bad = route("bad", "https://h/v1", &["openai"], "openai", "");
+    bad.api_key = Secret::new("sk-\nINJECTED");
+    let b = InferenceBundle { routes: vec![bad], revision: String::new(), generated_at_ms: 0 };
+    let (status, body) = refused(prepare(&b, parts("POST", "/v1/embeddings", &[]), json_body(json!({}))));
+    assert_eq!(status.as_u16(), 503);
+    let text = body.to_string();
+    assert!(text.contains("`bad`") && !text.contains("INJECTED"), "{text}");
+}
