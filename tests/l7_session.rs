@@ -154,6 +154,17 @@ async fn proxy(sandbox_ca: &Ca, trusted_upstream_ca: &Ca, upstream: SocketAddr) 
 
 /// The proxy side: accepts on 127.0.0.1:0 and serves each connection as an inspected session.
 async fn proxy_with(policy: &str, sandbox_ca: &Ca, trusted_upstream_ca: &Ca, upstream: SocketAddr) -> SocketAddr {
+    proxy_tracked(policy, Shutdown::new(), sandbox_ca, trusted_upstream_ca, upstream).await
+}
+
+/// Like [`proxy_with`], each session a task of `shutdown`.
+async fn proxy_tracked(
+    policy: &str,
+    shutdown: Shutdown,
+    sandbox_ca: &Ca,
+    trusted_upstream_ca: &Ca,
+    upstream: SocketAddr,
+) -> SocketAddr {
     let issuer = LeafIssuer::new(&sandbox_ca.der, &sandbox_ca.key_pem, 16).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("upstream-ca.pem");
@@ -174,9 +185,9 @@ async fn proxy_with(policy: &str, sandbox_ca: &Ca, trusted_upstream_ca: &Ca, ups
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (config, session) = (server_config.clone(), session.clone());
-            tokio::spawn(async move {
-                if let Err(e) = serve_tls(tcp, config, session, Shutdown::new()).await {
+            let (config, session, tracker) = (server_config.clone(), session.clone(), shutdown.clone());
+            shutdown.spawn(async move {
+                if let Err(e) = serve_tls(tcp, config, session, tracker).await {
                     tracing::debug!("session ended: {e}");
                 }
             });
@@ -403,4 +414,40 @@ async fn audit_mode_forwards_a_would_be_denial_and_logs_it() {
     let logs = logs();
     let line = logs.lines().find(|l| l.contains("path=\"/audited/1\"")).expect("an audit line for the request");
     assert!(line.contains("action=\"audit\"") && line.contains("DELETE"), "{line}");
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_request_in_flight_finish_and_closes_idle_connections() {
+    let _check = NoSecretLogged::start();
+    let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Upstream CA"));
+    let (upstream_addr, seen) = upstream(&upstream_ca).await;
+    let shutdown = Shutdown::new();
+    let proxy_addr = proxy_tracked(POLICY, shutdown.clone(), &sandbox_ca, &upstream_ca, upstream_addr).await;
+    let mut idle = client(proxy_addr, &sandbox_ca).await;
+    assert_eq!(send(&mut idle, get("/warm", &[])).await.0, StatusCode::OK);
+    let mut busy = client(proxy_addr, &sandbox_ca).await;
+    sender_ready(&mut busy).await;
+    let response = busy.send_request(get("/sse", &[])).await.unwrap();
+    let mut body = response.into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+
+    shutdown.trigger();
+    let drained = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { shutdown.drain(Duration::from_secs(10)).await }
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !idle.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the idle connection is closed at shutdown");
+    seen.release_sse.notify_one();
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "data: two\n\n", "the stream in flight finished");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), drained).await.unwrap().unwrap(),
+        0,
+        "every session ended"
+    );
 }
