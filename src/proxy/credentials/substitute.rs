@@ -151,11 +151,13 @@ fn uri(r: &mut Resolver<'_>, uri: &Uri) -> Result<Option<Uri>, CredentialError> 
         };
         pairs.push(if pair.contains('=') { format!("{raw_name}={new_value}") } else { pair.to_owned() });
     }
-    let path_and_query = PathAndQuery::try_from(format!("{}?{}", uri.path(), pairs.join("&")))
-        .expect("percent-encoded values keep the target valid");
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(path_and_query);
-    Ok(Some(Uri::from_parts(parts).expect("only the query changed")))
+    // Percent-encoded values keep the target valid; refused rather than trusted.
+    let rebuilt = PathAndQuery::try_from(format!("{}?{}", uri.path(), pairs.join("&"))).ok().and_then(|pq| {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(pq);
+        Uri::from_parts(parts).ok()
+    });
+    rebuilt.map(Some).ok_or_else(|| misplaced("the query (it cannot be rebuilt)"))
 }
 
 /// Whether `s`, percent- and `+`-decoded, contains the placeholder prefix.

@@ -9,7 +9,7 @@ use http::request::Parts;
 use http::uri::{Authority, Uri};
 
 use super::deny::{self, Refused};
-use super::path::{EncodedSlash, canonicalize};
+use super::path::{EncodedSlash, PathError, canonicalize};
 use crate::policy::model::Enforcement;
 use crate::policy::{L7Decision, L7Request, PolicyEngine};
 use crate::proxy::credentials::SecretStore;
@@ -66,7 +66,12 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
         let response = deny::policy_denied(refused(&canonical.path), &decision);
         return Verdict::Refuse { response, decision: Some(decision) };
     }
-    parts.uri = Uri::try_from(canonical.target()).expect("a canonical target is a valid origin-form URI");
+    // Every byte comes from the URI already parsed, so this holds; refused rather than trusted.
+    let Ok(uri) = Uri::try_from(canonical.target()) else {
+        let response = deny::bad_path(refused(&target), &PathError::NotOriginForm);
+        return Verdict::Refuse { response, decision: Some(decision) };
+    };
+    parts.uri = uri;
     match secrets.substitute(parts) {
         Ok(credentials) => Verdict::Forward { decision, credentials },
         Err(e) => {

@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 use super::{INFERENCE_HOST, MAX_BODY, Prepared, Shape, prepare};
 use crate::gateway::inference::InferenceBundle;
 use crate::proxy::l7::deny::{self, Refused};
-use crate::proxy::l7::path::{EncodedSlash, canonicalize};
+use crate::proxy::l7::path::{EncodedSlash, PathError, canonicalize};
 use crate::proxy::l7::session::{
     Body, SessionError, accept_client_tls, full, serve_h2_requests, serve_requests, strip_hop_by_hop,
 };
@@ -95,7 +95,10 @@ async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Respo
         Ok(collected) => collected.to_bytes(),
         Err(_) => return answer(deny::body_too_large(refused(&path), MAX_BODY), &path),
     };
-    parts.uri = canonical.target().parse().expect("a canonical target is a valid URI");
+    let Ok(uri) = canonical.target().parse() else {
+        return answer(deny::bad_path(refused(&target), &PathError::NotOriginForm), &path);
+    };
+    parts.uri = uri;
     let prepared = match prepare(&(session.routes)(), parts, body) {
         Ok(prepared) => prepared,
         Err(response) => return answer(*response, &path),
