@@ -194,3 +194,67 @@ fn a_request_naming_another_host_is_refused() {
     assert!(judge(&e, HOST, 443, &secrets(), &mut parts).forwards());
     assert_eq!(parts.headers["host"], HOST, "a missing Host is set to the judged host");
 }
+
+/// xorshift64*: deterministic generated requests, no extra crate.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+#[test]
+fn property_what_is_forwarded_is_what_was_judged_and_refusals_carry_no_secret() {
+    use openshell_sandbox::policy::L7Request;
+    use openshell_sandbox::policy::request::parse_query;
+    let e = engine(
+        "        rules:\n          - allow: {method: GET, path: \"/repos/**\"}\n          - allow: {method: POST, path: /repos/*/issues}\n        deny_rules:\n          - {method: \"*\", path: \"/repos/secret/**\"}\n",
+    );
+    let segments = ["repos", "secret", "issues", "x", ".", "..", "%2e%2E", "%2F", "%41", "a%20b", "", "~"];
+    let mut rng = Rng(0x0005_EED0_F1A7);
+    let (mut forwarded, mut refused) = (0, 0);
+    for _ in 0..3_000 {
+        let start = rng.pick(&["/repos", "/repos", "/repos", ""]);
+        let rest: String = (0..1 + rng.below(4)).map(|_| format!("/{}", rng.pick(&segments))).collect();
+        let path = format!("{start}{rest}");
+        let query = rng.pick(&["", "?q=1", "?key=openshell:resolve:env:TOKEN", "", "?key=openshell:resolve:env:NOPE"]);
+        let method = rng.pick(&["GET", "GET", "POST", "DELETE"]);
+        let auth = rng.pick(&["", "Bearer openshell:resolve:env:TOKEN", "openshell:resolve:env:TOKEN", "Bearer plain"]);
+        let headers: Vec<(&str, String)> =
+            if auth.is_empty() { vec![] } else { vec![("authorization", auth.to_owned())] };
+        let target = format!("{path}{query}");
+        let (verdict, parts) = run(&e, method, &target, &headers);
+        let seen = format!("{:?} {}", parts.headers, parts.uri);
+        match verdict {
+            Verdict::Forward { decision, .. } => {
+                forwarded += 1;
+                assert!(decision.allow, "enforce mode forwards only allowed requests: {method} {target}");
+                let path = parts.uri.path();
+                let again = openshell_sandbox::proxy::l7::path::canonicalize(
+                    &parts.uri.to_string(),
+                    openshell_sandbox::proxy::l7::path::EncodedSlash::Refuse,
+                )
+                .unwrap();
+                assert_eq!(again.path, path, "the forwarded path is canonical: {target}");
+                let query = parse_query(parts.uri.query().unwrap_or(""));
+                let rejudged = e.request(HOST, 443, &L7Request { method, path, query: &query });
+                assert!(rejudged.allow, "the forwarded request is itself allowed: {method} {target} -> {path}");
+                assert!(!seen.contains("openshell:resolve"), "no placeholder forwarded: {seen}");
+            }
+            Verdict::Refuse { response, .. } => {
+                refused += 1;
+                let body = String::from_utf8_lossy(response.body()).into_owned();
+                assert!(!seen.contains(SECRET) && !body.contains(SECRET), "{method} {target}: {seen} {body}");
+            }
+        }
+    }
+    assert!(forwarded > 200 && refused > 200, "forwarded {forwarded}, refused {refused}");
+}
