@@ -21,34 +21,20 @@ use openshell_sandbox::proxy::credentials::{SecretStore, placeholder};
 use openshell_sandbox::proxy::l7::session::{Inspected, serve_tls};
 use openshell_sandbox::proxy::tls::{LeafIssuer, upstream_client_config};
 use openshell_sandbox::shutdown::Shutdown;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
+
+#[path = "l7_support/lib.rs"]
+mod l7_support;
+use l7_support::{Ca, ca, connect, write_pem};
 
 const HOST: &str = "api.test";
 const SECRET: &str = "grpc-SECRET-777";
 const POLICY: &str = "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: api.test\n        port: 443\n        protocol: rest\n        rules:\n          - allow: {method: GET, path: \"/**\"}\n          - allow: {method: POST, path: \"/pkg.Service/**\"}\n";
 
 type ClientBody = BoxBody<Bytes, Infallible>;
-
-struct Ca {
-    der: Vec<u8>,
-    pem: String,
-    key_pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let cert = params.self_signed(&key).unwrap();
-    Ca { der: cert.der().to_vec(), pem: cert.pem(), key_pem: key.serialize_pem() }
-}
 
 #[derive(Default)]
 struct Seen {
@@ -109,8 +95,7 @@ async fn upstream(ca: &Ca, h2: bool) -> (SocketAddr, Arc<Seen>) {
 async fn proxy(sandbox_ca: &Ca, upstream_ca: &Ca, upstream: SocketAddr) -> SocketAddr {
     let issuer = LeafIssuer::new(&sandbox_ca.der, &sandbox_ca.key_pem, 4).unwrap().with_alpn(&[b"h2", b"http/1.1"]);
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &upstream_ca.pem).unwrap();
+    let ca_file = write_pem(dir.path(), "ca.pem", upstream_ca);
     let engine =
         Arc::new(PolicyEngine::new(policy::parse_yaml(POLICY, "t").unwrap(), &RegoRules::builtin(), 1).unwrap());
     let env = ProviderEnvironment {
@@ -141,16 +126,7 @@ async fn proxy(sandbox_ca: &Ca, upstream_ca: &Ca, upstream: SocketAddr) -> Socke
 
 /// An HTTP/2 client trusting only the sandbox CA.
 async fn h2_client(proxy: SocketAddr, sandbox_ca: &Ca) -> SendRequest<ClientBody> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(sandbox_ca.der.clone().into()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(proxy).await.unwrap();
-    let tls = TlsConnector::from(Arc::new(config)).connect(ServerName::try_from(HOST).unwrap(), tcp).await.unwrap();
+    let tls = connect(proxy, HOST, sandbox_ca, &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the session offers h2");
     let (sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();

@@ -19,30 +19,16 @@ use openshell_sandbox::gateway::inference::{InferenceBundle, Route};
 use openshell_sandbox::proxy::l7::inference::{InferenceSession, serve_inference_tls};
 use openshell_sandbox::proxy::tls::{LeafIssuer, upstream_client_config};
 use openshell_sandbox::shutdown::Shutdown;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
+
+#[path = "l7_support/lib.rs"]
+mod l7_support;
+use l7_support::{Ca, ca, connect, write_pem};
 
 type ClientBody = BoxBody<Bytes, Infallible>;
-
-struct Ca {
-    der: Vec<u8>,
-    pem: String,
-    key_pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let cert = params.self_signed(&key).unwrap();
-    Ca { der: cert.der().to_vec(), pem: cert.pem(), key_pem: key.serialize_pem() }
-}
 
 /// What the model server saw, and the switch that lets a stream finish.
 #[derive(Default)]
@@ -123,8 +109,7 @@ fn route(name: &str, base_url: String, protocols: &[&str], provider_type: &str) 
 async fn proxy(sandbox_ca: &Ca, routes: Vec<Route>, upstream_ca: &Ca) -> SocketAddr {
     let issuer = LeafIssuer::new(&sandbox_ca.der, &sandbox_ca.key_pem, 4).unwrap().with_alpn(&[b"h2", b"http/1.1"]);
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &upstream_ca.pem).unwrap();
+    let ca_file = write_pem(dir.path(), "ca.pem", upstream_ca);
     let bundle = Arc::new(InferenceBundle { routes, revision: "t".into(), generated_at_ms: 0 });
     let session = InferenceSession {
         routes: Arc::new(move || bundle.clone()),
@@ -144,16 +129,7 @@ async fn proxy(sandbox_ca: &Ca, routes: Vec<Route>, upstream_ca: &Ca) -> SocketA
 }
 
 async fn client(proxy: SocketAddr, sandbox_ca: &Ca) -> SendRequest<ClientBody> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(sandbox_ca.der.clone().into()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = TcpStream::connect(proxy).await.unwrap();
-    let name = ServerName::try_from("inference.local").unwrap();
-    let tls = TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let tls = connect(proxy, "inference.local", sandbox_ca, &[]).await;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
     tokio::spawn(connection);
     sender
@@ -267,19 +243,7 @@ async fn an_http2_client_is_served_and_routed_over_http1() {
     let (addr, _) = upstream(None).await;
     let routes = vec![route("default", format!("http://{addr}/v1"), &["openai"], "openai")];
     let proxy = proxy(&sandbox_ca, routes, &unused_ca).await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(sandbox_ca.der.clone().into()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(proxy).await.unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("inference.local").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = connect(proxy, "inference.local", &sandbox_ca, &[b"h2"]).await;
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
     tokio::spawn(connection);

@@ -22,36 +22,21 @@ use openshell_sandbox::proxy::credentials::{SecretStore, placeholder};
 use openshell_sandbox::proxy::l7::session::{Inspected, serve_tls};
 use openshell_sandbox::proxy::tls::{LeafIssuer, upstream_client_config};
 use openshell_sandbox::shutdown::Shutdown;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
+
+#[path = "l7_support/lib.rs"]
+mod l7_support;
+use l7_support::{Ca, ca, connect, write_pem};
 
 const HOST: &str = "api.test";
 const SECRET: &str = "sk-UPSTREAM-ONLY-4242";
 const POLICY: &str = "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: api.test\n        port: 443\n        protocol: rest\n        rules:\n          - allow: {method: GET, path: \"/**\"}\n          - allow: {method: POST, path: /upload}\n";
 
 type ClientBody = BoxBody<Bytes, Infallible>;
-
-struct Ca {
-    der: Vec<u8>,
-    pem: String,
-    key_pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.distinguished_name.push(DnType::OrganizationName, "OpenShell tests");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let cert = params.self_signed(&key).unwrap();
-    Ca { der: cert.der().to_vec(), pem: cert.pem(), key_pem: key.serialize_pem() }
-}
 
 /// What the upstream saw.
 #[derive(Default)]
@@ -167,8 +152,7 @@ async fn proxy_tracked(
 ) -> SocketAddr {
     let issuer = LeafIssuer::new(&sandbox_ca.der, &sandbox_ca.key_pem, 16).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("upstream-ca.pem");
-    std::fs::write(&ca_file, &trusted_upstream_ca.pem).unwrap();
+    let ca_file = write_pem(dir.path(), "upstream-ca.pem", trusted_upstream_ca);
     let engine = engine(policy);
     let session = Inspected {
         host: HOST.into(),
@@ -198,15 +182,7 @@ async fn proxy_tracked(
 
 /// A client connection trusting only the sandbox CA.
 async fn client(proxy: SocketAddr, sandbox_ca: &Ca) -> SendRequest<ClientBody> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(sandbox_ca.der.clone().into()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = TcpStream::connect(proxy).await.unwrap();
-    let tls = TlsConnector::from(Arc::new(config)).connect(ServerName::try_from(HOST).unwrap(), tcp).await.unwrap();
+    let tls = connect(proxy, HOST, sandbox_ca, &[]).await;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
     tokio::spawn(connection.with_upgrades());
     sender

@@ -6,40 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openshell_sandbox::proxy::tls::{LeafIssuer, upstream_client_config};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// A test CA: certificate DER, its PEM, and the key PEM.
-struct Ca {
-    der: Vec<u8>,
-    pem: String,
-    key_pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let cert = params.self_signed(&key).unwrap();
-    Ca { der: cert.der().to_vec(), pem: cert.pem(), key_pem: key.serialize_pem() }
-}
+#[path = "l7_support/lib.rs"]
+mod l7_support;
+use l7_support::{Ca, ca, client_config};
 
 fn client_trusting(ca: &Ca) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.der.clone().into()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
+    client_config(ca, &[])
 }
 
 /// A TLS server on 127.0.0.1:0 answering each connection's first line with `echo:<line>`.
