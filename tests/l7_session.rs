@@ -192,3 +192,26 @@ async fn shutdown_lets_the_request_in_flight_finish_and_closes_idle_connections(
         "every session ended"
     );
 }
+
+#[tokio::test]
+async fn expect_100_continue_gets_a_100_before_the_body_is_sent() {
+    let _check = NoSecretLogged::start();
+    let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Upstream CA"));
+    let (upstream_addr, _) = upstream(&upstream_ca).await;
+    let proxy_addr = proxy(&sandbox_ca, &upstream_ca, upstream_addr).await;
+    let mut tls = l7_support::connect(proxy_addr, HOST, &sandbox_ca, &[]).await;
+    let head = format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut interim)).await.expect("a 100 came").unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    tls.write_all(b"hello").await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !answer.ends_with(b"\r\n\r\n5") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&answer));
+}
