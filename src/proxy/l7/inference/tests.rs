@@ -78,6 +78,7 @@ fn a_chat_completion_gets_the_routes_url_key_and_model_and_loses_caller_credenti
     assert_eq!(p.parts.uri, "https://api.openai.example/v1/chat/completions?stream=true");
     assert_eq!(p.parts.headers["authorization"], "Bearer key-of-default");
     assert!(p.parts.headers["authorization"].is_sensitive());
+    assert!(!format!("{p:?}").contains("key-of-default"), "Debug never shows the route key");
     assert!(p.parts.headers.get("x-api-key").is_none() && p.parts.headers.get("cookie").is_none());
     assert!(p.parts.headers.get("transfer-encoding").is_none());
     assert_eq!(p.parts.headers["host"], "api.openai.example");
