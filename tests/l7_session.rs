@@ -126,6 +126,27 @@ async fn a_websocket_upgrade_is_judged_then_relayed() {
 }
 
 #[tokio::test]
+async fn an_idle_websocket_is_closed_after_the_idle_bound() {
+    let _check = NoSecretLogged::start();
+    let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Upstream CA"));
+    let (upstream_addr, _) = upstream(&upstream_ca).await;
+    let proxy_addr = proxy_idle(Duration::from_millis(300), &sandbox_ca, &upstream_ca, upstream_addr).await;
+    let mut c = client(proxy_addr, &sandbox_ca).await;
+    sender_ready(&mut c).await;
+    let response =
+        c.send_request(get("/ws", &[("connection", "upgrade".into()), ("upgrade", "websocket".into())])).await.unwrap();
+    let mut io = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    io.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    io.read_exact(&mut back).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest)).await.expect("closed when idle");
+    assert_eq!(n.unwrap(), 0);
+    assert!(started.elapsed() >= Duration::from_millis(250), "not before the idle bound: {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn an_upstream_with_an_unknown_ca_gets_a_502_and_nothing_is_sent() {
     let _check = NoSecretLogged::start();
     let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Upstream CA"));

@@ -138,10 +138,26 @@ pub async fn proxy_with(policy: &str, sandbox_ca: &Ca, trusted_upstream_ca: &Ca,
     proxy_tracked(policy, Shutdown::new(), sandbox_ca, trusted_upstream_ca, upstream).await
 }
 
+/// Like [`proxy_with`] under [`POLICY`] with another idle bound.
+pub async fn proxy_idle(idle: Duration, sandbox_ca: &Ca, trusted_upstream_ca: &Ca, upstream: SocketAddr) -> SocketAddr {
+    proxy_built(POLICY, Shutdown::new(), idle, sandbox_ca, trusted_upstream_ca, upstream).await
+}
+
 /// Like [`proxy_with`], each session a task of `shutdown`.
 pub async fn proxy_tracked(
     policy: &str,
     shutdown: Shutdown,
+    sandbox_ca: &Ca,
+    trusted_upstream_ca: &Ca,
+    upstream: SocketAddr,
+) -> SocketAddr {
+    proxy_built(policy, shutdown, Duration::from_secs(30), sandbox_ca, trusted_upstream_ca, upstream).await
+}
+
+async fn proxy_built(
+    policy: &str,
+    shutdown: Shutdown,
+    idle: Duration,
     sandbox_ca: &Ca,
     trusted_upstream_ca: &Ca,
     upstream: SocketAddr,
@@ -158,7 +174,7 @@ pub async fn proxy_tracked(
         upstream_tls: upstream_client_config(Some(&ca_file)).unwrap(),
         dial: Arc::new(move || Box::pin(TcpStream::connect(upstream))),
         connect_timeout: Duration::from_secs(5),
-        idle_timeout: Duration::from_secs(30),
+        idle_timeout: idle,
     };
     let server_config = issuer.server_config(HOST).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

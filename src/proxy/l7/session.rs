@@ -7,12 +7,14 @@
 
 mod conn;
 mod headers;
+mod relay;
 mod upstream;
 
 pub(in crate::proxy::l7) use conn::{accept_client_tls, serve_h2_requests, serve_requests};
 pub(in crate::proxy::l7) use headers::strip_hop_by_hop;
 
 use headers::wants_upgrade;
+use relay::relay_upgraded;
 
 use std::future::Future;
 use std::io;
@@ -26,7 +28,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -186,10 +187,10 @@ impl State {
                 return deny::upstream_unreachable(refused, detail).map(full);
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let (shutdown, host) = (self.shutdown.clone(), host.to_owned());
+            let (shutdown, host, idle) = (self.shutdown.clone(), host.to_owned(), self.session.idle_timeout);
             self.shutdown.spawn(async move {
                 tokio::select! {
-                    () = relay_upgraded(client_upgrade, upstream_upgrade, &host) => {}
+                    () = relay_upgraded(client_upgrade, upstream_upgrade, &host, idle) => {}
                     () = shutdown.signalled() => tracing::debug!(host, "upgraded connection closed at shutdown"),
                 }
             });
@@ -197,20 +198,6 @@ impl State {
         }
         strip_hop_by_hop(response.headers_mut(), false);
         response.map(BodyExt::boxed)
-    }
-}
-
-/// Copies bytes both ways between the two upgraded connections until either side closes.
-async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, host: &str) {
-    match tokio::try_join!(client, upstream) {
-        Ok((client, upstream)) => {
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok((sent, received)) => tracing::debug!(host, sent, received, "upgraded connection closed"),
-                Err(e) => tracing::debug!(host, "upgraded connection ended: {e}"),
-            }
-        }
-        Err(e) => tracing::debug!(host, "upgrade did not complete: {e}"),
     }
 }
 
