@@ -1,0 +1,319 @@
+//! One SSH `session` channel: waits for its request (exec, shell or the sftp subsystem,
+//! with or without a pty), runs the child, relays input, output, window changes and
+//! signals, and ends with the child's exit status or exit signal.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use russh::server::{Handle, Msg};
+use russh::{Channel, ChannelId, ChannelMsg, Sig};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin};
+use tokio::task::JoinSet;
+
+use super::Shared;
+use super::pty::{self, Master, Size};
+use crate::agent::child::Session;
+
+/// How long output may still drain after the child exited (a background process that
+/// keeps the pipes or the pty open does not hold the channel open for longer).
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// What the client asked the channel to run.
+enum Request {
+    Exec(String),
+    Shell,
+    Sftp,
+}
+
+/// The client's pty request.
+struct PtyRequest {
+    term: String,
+    size: Size,
+}
+
+/// A started child and the ends of its stdio.
+struct Running {
+    child: Child,
+    pid: Pid,
+    input: Input,
+    pumps: JoinSet<()>,
+}
+
+enum Input {
+    Pipe(Option<ChildStdin>),
+    Pty(Arc<Master>),
+}
+
+/// Serves one session channel until the child has exited or the client closed it.
+pub(super) async fn serve(mut channel: Channel<Msg>, handle: Handle, shared: Arc<Shared>) {
+    let id = channel.id();
+    let mut pty: Option<PtyRequest> = None;
+    let mut running: Option<Running> = None;
+    loop {
+        tokio::select! {
+            status = wait(&mut running) => {
+                let Some(mut run) = running.take() else { continue };
+                drain(&mut run.pumps).await;
+                report(&channel, &handle, id, status).await;
+                let _ = channel.eof().await;
+                let _ = channel.close().await;
+                return;
+            }
+            msg = channel.wait() => {
+                let Some(msg) = msg else { break };
+                let request = match msg {
+                    ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, .. } => {
+                        let size = Size { cols: col_width, rows: row_height, width: pix_width, height: pix_height };
+                        pty = Some(PtyRequest { term, size });
+                        None
+                    }
+                    ChannelMsg::Exec { command, .. } => Some(Request::Exec(String::from_utf8_lossy(&command).into_owned())),
+                    ChannelMsg::RequestShell { .. } => Some(Request::Shell),
+                    ChannelMsg::RequestSubsystem { name, .. } if name == "sftp" => Some(Request::Sftp),
+                    ChannelMsg::Data { data } => {
+                        if let Some(run) = running.as_mut() {
+                            run.input(data).await;
+                        }
+                        None
+                    }
+                    ChannelMsg::Eof => {
+                        if let Some(Running { input: Input::Pipe(stdin), .. }) = running.as_mut() {
+                            stdin.take();
+                        }
+                        None
+                    }
+                    ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                        if let Some(Running { input: Input::Pty(master), .. }) = running.as_ref() {
+                            let size = Size { cols: col_width, rows: row_height, width: pix_width, height: pix_height };
+                            if let Err(e) = master.resize(size) {
+                                tracing::debug!("window change: {e}");
+                            }
+                        }
+                        None
+                    }
+                    ChannelMsg::Signal { signal } => {
+                        if let (Some(run), Some(signal)) = (running.as_ref(), to_signal(&signal)) {
+                            let _ = killpg(run.pid, signal);
+                        }
+                        None
+                    }
+                    ChannelMsg::Close => break,
+                    _ => None,
+                };
+                if let Some(request) = request {
+                    if running.is_some() {
+                        continue;
+                    }
+                    match start(&shared, &channel, request, pty.as_ref()) {
+                        Ok(run) => running = Some(run),
+                        Err(e) => {
+                            let message = format!("openshell-sandbox: cannot start the command: {e}\r\n");
+                            let _ = channel.extended_data_bytes(1, Bytes::from(message)).await;
+                            let _ = channel.exit_status(127).await;
+                            let _ = channel.eof().await;
+                            let _ = channel.close().await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // The client went away first: hang up the child's session, then make sure it ends.
+    if let Some(mut run) = running {
+        let _ = killpg(run.pid, Signal::SIGHUP);
+        if tokio::time::timeout(DRAIN, run.child.wait()).await.is_err() {
+            let _ = killpg(run.pid, Signal::SIGKILL);
+            let _ = run.child.wait().await;
+        }
+    }
+}
+
+impl Running {
+    async fn input(&mut self, data: Bytes) {
+        let result = match &mut self.input {
+            Input::Pipe(Some(stdin)) => stdin.write_all(&data).await,
+            Input::Pipe(None) => Ok(()),
+            Input::Pty(master) => master.write_all(&data).await,
+        };
+        if let Err(e) = result {
+            tracing::debug!("child input: {e}");
+            if let Input::Pipe(stdin) = &mut self.input {
+                stdin.take();
+            }
+        }
+    }
+}
+
+async fn wait(running: &mut Option<Running>) -> std::io::Result<std::process::ExitStatus> {
+    match running {
+        Some(run) => run.child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts the child for `request`: with the pty when one was requested, else with pipes.
+fn start(
+    shared: &Shared,
+    channel: &Channel<Msg>,
+    request: Request,
+    pty: Option<&PtyRequest>,
+) -> std::io::Result<Running> {
+    let launcher = &shared.launcher;
+    let term = pty.map(|p| p.term.as_str());
+    let session = if pty.is_some() { Session::Terminal } else { Session::New };
+    let mut command = match &request {
+        Request::Exec(line) => launcher.shell_command(line, term, session),
+        Request::Shell => launcher.login_shell(term, session),
+        Request::Sftp => match &shared.sftp_server {
+            Some(path) => launcher.command(path, term, session),
+            None => return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no sftp-server on this system")),
+        },
+    };
+    let what = match &request {
+        Request::Exec(_) => "exec",
+        Request::Shell => "shell",
+        Request::Sftp => "sftp",
+    };
+    let mut pumps = JoinSet::new();
+    let (child, input) = match pty {
+        Some(pty) => {
+            let (master, slave) = pty::open(pty.size)?;
+            command.stdin(slave.try_clone()?).stdout(slave.try_clone()?).stderr(slave);
+            let child = tokio::process::Command::from(command).spawn()?;
+            // `command` is gone: the parent holds no slave fd, so the master reads EIO at the end.
+            let master = Arc::new(master);
+            pumps.spawn(pump_pty(master.clone(), channel.make_writer()));
+            (child, Input::Pty(master))
+        }
+        None => {
+            command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = tokio::process::Command::from(command).spawn()?;
+            if let Some(out) = child.stdout.take() {
+                pumps.spawn(pump(out, channel.make_writer()));
+            }
+            if let Some(err) = child.stderr.take() {
+                pumps.spawn(pump(err, channel.make_writer_ext(Some(1))));
+            }
+            let stdin = child.stdin.take();
+            (child, Input::Pipe(stdin))
+        }
+    };
+    let pid = Pid::from_raw(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
+    tracing::info!(pid = pid.as_raw(), what, pty = pty.is_some(), "started an SSH child");
+    Ok(Running { child, pid, input, pumps })
+}
+
+async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+    let _ = tokio::io::copy(&mut from, &mut to).await;
+    let _ = to.flush().await;
+}
+
+async fn pump_pty(master: Arc<Master>, mut to: impl AsyncWrite + Unpin) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match master.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.flush().await;
+}
+
+/// Waits, bounded, for the output pumps to reach the end of the child's output.
+async fn drain(pumps: &mut JoinSet<()>) {
+    let all = async { while pumps.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN, all).await.is_err() {
+        pumps.abort_all();
+    }
+}
+
+/// Sends `exit-status`, or `exit-signal` when a signal ended the child.
+async fn report(
+    channel: &Channel<Msg>,
+    handle: &Handle,
+    id: ChannelId,
+    status: std::io::Result<std::process::ExitStatus>,
+) {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => {
+                let _ = channel.exit_status(u32::try_from(code).unwrap_or(255)).await;
+            }
+            (None, Some(signal)) => {
+                let _ = handle
+                    .exit_signal_request(id, to_sig(signal), status.core_dumped(), String::new(), String::new())
+                    .await;
+            }
+            (None, None) => {
+                let _ = channel.exit_status(255).await;
+            }
+        },
+        Err(e) => {
+            tracing::warn!("waiting for an SSH child: {e}");
+            let _ = channel.exit_status(255).await;
+        }
+    }
+}
+
+/// The SSH name of a signal number (RFC 4254 names, without `SIG`).
+fn to_sig(signal: i32) -> Sig {
+    match Signal::try_from(signal) {
+        Ok(Signal::SIGABRT) => Sig::ABRT,
+        Ok(Signal::SIGALRM) => Sig::ALRM,
+        Ok(Signal::SIGFPE) => Sig::FPE,
+        Ok(Signal::SIGHUP) => Sig::HUP,
+        Ok(Signal::SIGILL) => Sig::ILL,
+        Ok(Signal::SIGINT) => Sig::INT,
+        Ok(Signal::SIGKILL) => Sig::KILL,
+        Ok(Signal::SIGPIPE) => Sig::PIPE,
+        Ok(Signal::SIGQUIT) => Sig::QUIT,
+        Ok(Signal::SIGSEGV) => Sig::SEGV,
+        Ok(Signal::SIGTERM) => Sig::TERM,
+        Ok(Signal::SIGUSR1) => Sig::USR1,
+        Ok(other) => Sig::Custom(other.as_str().trim_start_matches("SIG").to_owned()),
+        Err(_) => Sig::Custom(signal.to_string()),
+    }
+}
+
+/// The signal a client's `signal` request names.
+fn to_signal(sig: &Sig) -> Option<Signal> {
+    Some(match sig {
+        Sig::ABRT => Signal::SIGABRT,
+        Sig::ALRM => Signal::SIGALRM,
+        Sig::FPE => Signal::SIGFPE,
+        Sig::HUP => Signal::SIGHUP,
+        Sig::ILL => Signal::SIGILL,
+        Sig::INT => Signal::SIGINT,
+        Sig::KILL => Signal::SIGKILL,
+        Sig::PIPE => Signal::SIGPIPE,
+        Sig::QUIT => Signal::SIGQUIT,
+        Sig::SEGV => Signal::SIGSEGV,
+        Sig::TERM => Signal::SIGTERM,
+        Sig::USR1 => Signal::SIGUSR1,
+        Sig::Custom(name) => format!("SIG{name}").parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_round_trip() {
+        for signal in [Signal::SIGTERM, Signal::SIGKILL, Signal::SIGUSR2, Signal::SIGWINCH] {
+            assert_eq!(to_signal(&to_sig(signal as i32)), Some(signal));
+        }
+        assert_eq!(to_signal(&Sig::Custom("NOPE".into())), None);
+    }
+}
