@@ -13,7 +13,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// The proxy did not become ready in time.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the proxy is not ready after {}s: {missing} in {}; check that the proxy sidecar runs and shares this \
+    "the proxy is not ready after {}s: in {}, {missing}; check that the proxy sidecar runs and shares this \
      directory (OPENSHELL_TLS_DIR), or raise OPENSHELL_PROXY_READY_TIMEOUT_SECS",
     waited.as_secs(),
     dir.display()
@@ -57,7 +57,7 @@ fn what_is_missing(dir: &Path) -> Option<String> {
         return Some(format!("{READY_FILE} cannot be used ({e})"));
     }
     if !dir.join(CA_BUNDLE_FILE).exists() {
-        return Some(format!("{READY_FILE} exists but {CA_BUNDLE_FILE} does not"));
+        return Some(format!("{CA_BUNDLE_FILE} does not exist (while {READY_FILE} does)"));
     }
     None
 }
