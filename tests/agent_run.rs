@@ -75,6 +75,24 @@ fn sigterm_is_passed_on_to_the_workload() {
 }
 
 #[test]
+fn healthcheck_answers_for_a_serving_agent_only() {
+    let fixture = Fixture::new();
+    let health = || {
+        let mut cmd = agent_support::bin();
+        cmd.args(["healthcheck", "agent", "--ssh-socket"]).arg(fixture.socket());
+        run(&mut cmd)
+    };
+    let (code, _, err) = health();
+    assert_eq!(code, 1, "no agent yet: {err}");
+    let mut agent = fixture.start(|_| {});
+    let (code, _, err) = health();
+    assert_eq!(code, 0, "{err}");
+    agent.stop();
+    let (code, _, _) = health();
+    assert_eq!(code, 1);
+}
+
+#[test]
 fn without_a_workload_sigterm_stops_the_server() {
     let fixture = Fixture::new();
     let mut agent = fixture.start(|_| {});

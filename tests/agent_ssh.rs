@@ -37,9 +37,33 @@ fn exec_stdin_reaches_the_child_and_eof_ends_it() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(&[b'x'; 100_000]).unwrap();
-    let out = agent_support::wait_output(child, std::time::Duration::from_secs(30));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000");
+    // More than the SSH window (2 MiB), so the window must be re-opened as the child reads.
+    let input = vec![b'x'; 5 << 20];
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let out = agent_support::wait_output(child, std::time::Duration::from_secs(60));
+    writer.join().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (5 << 20).to_string());
+}
+
+#[test]
+fn a_child_is_hung_up_when_its_client_goes_away() {
+    let fixture = Fixture::new();
+    let agent = fixture.start(|_| {});
+    let mut client =
+        agent.ssh(&["sandbox@agent", "echo $$; exec sleep 60"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(client.stdout.take().unwrap()), &mut line).unwrap();
+    let proc = std::path::PathBuf::from(format!("/proc/{}", line.trim()));
+    assert!(proc.exists(), "the remote child runs: {line}");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Gone, or a zombie about to be reaped by the supervisor.
+    while proc.exists() && !std::fs::read_to_string(proc.join("stat")).unwrap_or_default().contains(") Z") {
+        assert!(std::time::Instant::now() < deadline, "the child outlived its SSH connection");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -40,6 +40,11 @@ impl Launcher {
         self.env.identity()
     }
 
+    /// The sandbox's child user; `None` when children run as the supervisor.
+    pub fn sandbox_user(&self) -> Option<&crate::sandbox::ChildUser> {
+        self.sandbox.user()
+    }
+
     /// The children's working directory.
     pub fn workdir(&self) -> &Path {
         &self.workdir

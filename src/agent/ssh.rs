@@ -126,7 +126,7 @@ impl SshServer {
                 match accepted {
                     Ok((stream, peer)) => {
                         tracing::info!(%peer, "SSH connection on TCP");
-                        let handler = Connection { shared: self.shared.clone(), tcp: true };
+                        let handler = Connection { shared: self.shared.clone(), tcp: true, shutdown: shutdown.clone() };
                         shutdown.spawn(run(tcp_config.clone(), stream, handler, shutdown.clone()));
                     }
                     Err(e) => accept_failed("TCP", e).await,
@@ -141,7 +141,8 @@ impl SshServer {
                 };
                 match accepted {
                     Ok((stream, _)) => {
-                        let handler = Connection { shared: self.shared.clone(), tcp: false };
+                        let handler =
+                            Connection { shared: self.shared.clone(), tcp: false, shutdown: shutdown.clone() };
                         shutdown.spawn(run(unix_config.clone(), stream, handler, shutdown.clone()));
                     }
                     Err(e) => accept_failed("Unix socket", e).await,
@@ -217,6 +218,8 @@ where
 struct Connection {
     shared: Arc<Shared>,
     tcp: bool,
+    /// Channel tasks are tracked so the drain at exit waits for their children to end.
+    shutdown: Shutdown,
 }
 
 impl Handler for Connection {
@@ -253,7 +256,7 @@ impl Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         reply.accept().await;
-        tokio::spawn(session::serve(channel, session.handle(), self.shared.clone()));
+        self.shutdown.spawn(session::serve(channel, session.handle(), self.shared.clone()));
         Ok(())
     }
 
@@ -267,7 +270,7 @@ impl Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tokio::spawn(forward::open(channel, host.to_owned(), port, reply));
+        self.shutdown.spawn(forward::open(channel, host.to_owned(), port, reply));
         Ok(())
     }
 

@@ -16,7 +16,13 @@ pub fn host_key(path: Option<&Path>) -> Result<PrivateKey, SshError> {
     let Some(path) = path else { return generate() };
     let bad = |message: String| SshError::HostKey { path: path.to_owned(), message };
     match std::fs::read(path) {
-        Ok(pem) => PrivateKey::from_openssh(&pem).map_err(|e| bad(format!("not an OpenSSH private key: {e}"))),
+        Ok(pem) => {
+            let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "the SSH host key is readable by others (mode {mode:o}); chmod 600 it");
+            }
+            PrivateKey::from_openssh(&pem).map_err(|e| bad(format!("not an OpenSSH private key: {e}")))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = generate()?;
             let pem = key.to_openssh(LineEnding::LF).map_err(|e| bad(e.to_string()))?;

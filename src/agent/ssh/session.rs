@@ -88,11 +88,16 @@ pub(super) async fn serve(mut channel: Channel<Msg>, handle: Handle, shared: Arc
                         None
                     }
                     ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
-                        if let Some(Running { input: Input::Pty(master), .. }) = running.as_ref() {
-                            let size = Size { cols: col_width, rows: row_height, width: pix_width, height: pix_height };
-                            if let Err(e) = master.resize(size) {
-                                tracing::debug!("window change: {e}");
+                        let size = Size { cols: col_width, rows: row_height, width: pix_width, height: pix_height };
+                        match (running.as_ref(), pty.as_mut()) {
+                            (Some(Running { input: Input::Pty(master), .. }), _) => {
+                                if let Err(e) = master.resize(size) {
+                                    tracing::debug!("window change: {e}");
+                                }
                             }
+                            // Before the shell starts: it starts with the new size.
+                            (None, Some(pty)) => pty.size = size,
+                            _ => {}
                         }
                         None
                     }
@@ -184,8 +189,13 @@ fn start(
     let (child, input) = match pty {
         Some(pty) => {
             let (master, slave) = pty::open(pty.size)?;
+            if let Some(user) = launcher.sandbox_user() {
+                // As sshd does: the terminal belongs to the user it serves (mode 0620).
+                nix::unistd::fchown(&slave, Some(user.uid.into()), Some(user.gid.into()))?;
+                nix::sys::stat::fchmod(&slave, nix::sys::stat::Mode::from_bits_truncate(0o620))?;
+            }
             command.stdin(slave.try_clone()?).stdout(slave.try_clone()?).stderr(slave);
-            let child = tokio::process::Command::from(command).spawn()?;
+            let child = tokio::process::Command::from(command).kill_on_drop(true).spawn()?;
             // `command` is gone: the parent holds no slave fd, so the master reads EIO at the end.
             let master = Arc::new(master);
             pumps.spawn(pump_pty(master.clone(), channel.make_writer()));
@@ -193,7 +203,7 @@ fn start(
         }
         None => {
             command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-            let mut child = tokio::process::Command::from(command).spawn()?;
+            let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn()?;
             if let Some(out) = child.stdout.take() {
                 pumps.spawn(pump(out, channel.make_writer()));
             }
