@@ -4,6 +4,7 @@
 //! forwarding, no agent or X11 forwarding.
 
 mod forward;
+mod handler;
 mod keys;
 mod pty;
 mod session;
@@ -14,15 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::PublicKey;
-use russh::server::{Auth, ChannelOpenHandle, Config, Handler, Msg, Session};
-use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use russh::server::Config;
+use russh::{MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
 use super::child::Launcher;
 use crate::config::AgentConfig;
 use crate::shutdown::Shutdown;
-use crate::telemetry::AUDIT_TARGET;
 use crate::{Exit, ExitStatus};
 
 /// Where a system sftp-server may live.
@@ -126,7 +126,8 @@ impl SshServer {
                 match accepted {
                     Ok((stream, peer)) => {
                         tracing::info!(%peer, "SSH connection on TCP");
-                        let handler = Connection { shared: self.shared.clone(), tcp: true, shutdown: shutdown.clone() };
+                        let handler =
+                            handler::Connection { shared: self.shared.clone(), tcp: true, shutdown: shutdown.clone() };
                         shutdown.spawn(run(tcp_config.clone(), stream, handler, shutdown.clone()));
                     }
                     Err(e) => accept_failed("TCP", e).await,
@@ -142,7 +143,7 @@ impl SshServer {
                 match accepted {
                     Ok((stream, _)) => {
                         let handler =
-                            Connection { shared: self.shared.clone(), tcp: false, shutdown: shutdown.clone() };
+                            handler::Connection { shared: self.shared.clone(), tcp: false, shutdown: shutdown.clone() };
                         shutdown.spawn(run(unix_config.clone(), stream, handler, shutdown.clone()));
                     }
                     Err(e) => accept_failed("Unix socket", e).await,
@@ -187,7 +188,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, SshError> {
 }
 
 /// Runs one connection until it ends or shutdown asks it to close.
-async fn run<S>(config: Arc<Config>, stream: S, handler: Connection, shutdown: Shutdown)
+async fn run<S>(config: Arc<Config>, stream: S, handler: handler::Connection, shutdown: Shutdown)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -211,156 +212,5 @@ where
     };
     if let Err(e) = result {
         tracing::debug!("SSH connection ended: {e}");
-    }
-}
-
-/// One client connection.
-struct Connection {
-    shared: Arc<Shared>,
-    tcp: bool,
-    /// Channel tasks are tracked so the drain at exit waits for their children to end.
-    shutdown: Shutdown,
-}
-
-impl Handler for Connection {
-    type Error = russh::Error;
-
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(if self.tcp { Auth::reject() } else { Auth::Accept })
-    }
-
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: russh::server::PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
-        Ok(self.known_key(user, offer.public_key))
-    }
-
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: russh::server::VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        let auth = self.known_key(user, key.public_key);
-        if auth == Auth::Accept {
-            tracing::info!(target: AUDIT_TARGET, user, "SSH public key accepted on TCP");
-        }
-        Ok(auth)
-    }
-
-    async fn channel_open_session(
-        &mut self,
-        channel: Channel<Msg>,
-        reply: ChannelOpenHandle,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        reply.accept().await;
-        self.shutdown.spawn(session::serve(channel, session.handle(), self.shared.clone()));
-        Ok(())
-    }
-
-    async fn channel_open_direct_tcpip(
-        &mut self,
-        channel: Channel<Msg>,
-        host: &str,
-        port: u32,
-        _originator_address: &str,
-        _originator_port: u32,
-        reply: ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.shutdown.spawn(forward::open(channel, host.to_owned(), port, reply));
-        Ok(())
-    }
-
-    async fn pty_request(
-        &mut self,
-        channel: ChannelId,
-        _term: &str,
-        _cols: u32,
-        _rows: u32,
-        _width: u32,
-        _height: u32,
-        _modes: &[(russh::Pty, u32)],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_success(channel)
-    }
-
-    async fn env_request(
-        &mut self,
-        channel: ChannelId,
-        _name: &str,
-        _value: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        // Acknowledged and ignored: children get the environment the supervisor builds.
-        session.channel_success(channel)
-    }
-
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
-        session.channel_success(channel)
-    }
-
-    async fn exec_request(
-        &mut self,
-        channel: ChannelId,
-        _data: &[u8],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_success(channel)
-    }
-
-    async fn subsystem_request(
-        &mut self,
-        channel: ChannelId,
-        name: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        if name == "sftp" && self.shared.sftp_server.is_some() {
-            session.channel_success(channel)
-        } else {
-            tracing::info!(subsystem = name, "refused an SSH subsystem");
-            session.channel_failure(channel)
-        }
-    }
-
-    async fn x11_request(
-        &mut self,
-        channel: ChannelId,
-        _single_connection: bool,
-        _protocol: &str,
-        _cookie: &str,
-        _screen: u32,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)
-    }
-
-    async fn tcpip_forward(
-        &mut self,
-        address: &str,
-        port: &mut u32,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        tracing::warn!(target: AUDIT_TARGET, address, port = *port, "refused SSH remote forwarding");
-        Ok(false)
-    }
-
-    async fn streamlocal_forward(&mut self, socket_path: &str, _session: &mut Session) -> Result<bool, Self::Error> {
-        tracing::warn!(target: AUDIT_TARGET, socket_path, "refused SSH remote socket forwarding");
-        Ok(false)
-    }
-}
-
-impl Connection {
-    fn known_key(&self, user: &str, key: &PublicKey) -> Auth {
-        if self.tcp && self.shared.authorized.iter().any(|k| k.key_data() == key.key_data()) {
-            Auth::Accept
-        } else {
-            tracing::info!(target: AUDIT_TARGET, user, "SSH public key refused");
-            Auth::reject()
-        }
     }
 }
