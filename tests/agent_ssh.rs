@@ -28,7 +28,7 @@ fn exec_reports_exit_status_zero_three_and_a_signal() {
 }
 
 #[test]
-fn exec_stdin_reaches_the_child_and_eof_ends_it() {
+fn exec_streams_more_than_a_window_both_ways() {
     let fixture = Fixture::new();
     let agent = fixture.start(|_| {});
     let mut child = agent
@@ -44,6 +44,31 @@ fn exec_stdin_reaches_the_child_and_eof_ends_it() {
     let out = agent_support::wait_output(child, std::time::Duration::from_secs(60));
     writer.join().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (5 << 20).to_string());
+    // And the other way: more output than one window, all of it before the exit status.
+    let (code, out, err) = run(&mut agent.ssh(&["sandbox@agent", "head -c 5242880 /dev/zero | tr '\\0' y; exit 4"]));
+    assert_eq!(code, 4, "{err}");
+    assert_eq!(out.len(), 5 << 20);
+    assert!(out.bytes().all(|b| b == b'y'));
+}
+
+#[test]
+fn input_nobody_reads_does_not_hold_up_the_exit_status() {
+    let fixture = Fixture::new();
+    let agent = fixture.start(|_| {});
+    // A background process keeps stdin open without reading it; the shell exits at once.
+    let line = "exec 3<&0; sleep 20 0<&3 >/dev/null 2>&1 & exec 0</dev/null 3<&-; sleep 1; exit 5";
+    let mut child = agent.ssh(&["sandbox@agent", line]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..8 {
+            if stdin.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let out = agent_support::wait_output(child, std::time::Duration::from_secs(15));
+    assert_eq!(out.status.code(), Some(5));
 }
 
 #[test]

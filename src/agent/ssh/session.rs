@@ -140,11 +140,20 @@ pub(super) async fn serve(mut channel: Channel<Msg>, handle: Handle, shared: Arc
 }
 
 impl Running {
+    /// Writes client input to the child. A write that cannot finish (nobody reads) does
+    /// not hold up the end: when the child exits meanwhile, its input is dropped.
     async fn input(&mut self, data: Bytes) {
-        let result = match &mut self.input {
-            Input::Pipe(Some(stdin)) => stdin.write_all(&data).await,
-            Input::Pipe(None) => Ok(()),
-            Input::Pty(master) => master.write_all(&data).await,
+        let write = async {
+            match &mut self.input {
+                Input::Pipe(Some(stdin)) => stdin.write_all(&data).await,
+                Input::Pipe(None) => Ok(()),
+                Input::Pty(master) => master.write_all(&data).await,
+            }
+        };
+        let result = tokio::select! {
+            result = write => result,
+            // Cancel safe: the status is kept for the main loop's wait().
+            _ = self.child.wait() => Err(std::io::ErrorKind::BrokenPipe.into()),
         };
         if let Err(e) = result {
             tracing::debug!("child input: {e}");
