@@ -42,6 +42,12 @@ pub enum AgentError {
     /// The child sandbox cannot be prepared, or the supervisor cannot be hardened.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The children's working directory does not exist.
+    #[error("the working directory {path} is not a directory: create it or set OPENSHELL_WORKDIR (--workdir)")]
+    Workdir {
+        /// The directory.
+        path: PathBuf,
+    },
     /// The SSH server cannot be set up.
     #[error(transparent)]
     Ssh(#[from] ssh::SshError),
@@ -70,7 +76,7 @@ impl ExitStatus for AgentError {
     fn exit_status(&self) -> Exit {
         match self {
             AgentError::NotReady(e) => e.exit_status(),
-            AgentError::NoPolicySource => Exit::Usage,
+            AgentError::NoPolicySource | AgentError::Workdir { .. } => Exit::Usage,
             AgentError::Policy(e) => e.exit_status(),
             AgentError::Gateway(e) => e.exit_status(),
             AgentError::Sandbox(e) => e.exit_status(),
@@ -106,6 +112,9 @@ async fn supervise(config: AgentConfig) -> Result<Exit, AgentError> {
         Some(dir) => dir.clone(),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
     };
+    if !workdir.is_dir() {
+        return Err(AgentError::Workdir { path: workdir });
+    }
     let sandbox = if config.nested {
         ChildSandbox::unenforced()
     } else {

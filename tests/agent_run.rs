@@ -75,6 +75,29 @@ fn sigterm_is_passed_on_to_the_workload() {
 }
 
 #[test]
+fn a_live_socket_is_not_taken_over_and_a_stale_one_is_replaced() {
+    let fixture = Fixture::new();
+    let mut first = fixture.start(|_| {});
+    let (code, _, err) = run(&mut fixture.agent_command());
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("another process serves this socket"), "{err}");
+    assert_eq!(first.stop(), Some(0));
+    // A stale socket (nobody listening) from a killed run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(fixture.socket()).unwrap());
+    let mut second = fixture.start(|_| {});
+    assert_eq!(second.stop(), Some(0));
+}
+
+#[test]
+fn a_missing_workdir_is_a_usage_error() {
+    let fixture = Fixture::new();
+    std::fs::remove_dir(fixture.work()).unwrap();
+    let (code, _, err) = run(&mut fixture.agent_command());
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains(&fixture.work().display().to_string()), "{err}");
+}
+
+#[test]
 fn healthcheck_answers_for_a_serving_agent_only() {
     let fixture = Fixture::new();
     let health = || {

@@ -66,7 +66,12 @@ impl Launcher {
     }
 
     /// A command running `line` through the user's shell (`shell -c line`), as sshd does.
-    pub fn shell_command(&self, line: &str, term: Option<&str>, session: Session) -> std::process::Command {
+    pub fn shell_command(
+        &self,
+        line: impl AsRef<OsStr>,
+        term: Option<&str>,
+        session: Session,
+    ) -> std::process::Command {
         let shell = self.identity().shell().to_owned();
         let mut command = self.command(&shell, term, session);
         command.arg("-c").arg(line);

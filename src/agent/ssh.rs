@@ -169,7 +169,16 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, SshError> {
         std::fs::create_dir_all(parent).map_err(fail)?;
     }
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(fail)?,
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process serves this socket; stop it or choose another OPENSHELL_SSH_SOCKET_PATH",
+                )));
+            }
+            // A stale socket from an earlier run.
+            std::fs::remove_file(path).map_err(fail)?
+        }
         Ok(_) => {
             return Err(fail(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,

@@ -2,6 +2,8 @@
 //! with or without a pty), runs the child, relays input, output, window changes and
 //! signals, and ends with the child's exit status or exit signal.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +27,7 @@ const DRAIN: Duration = Duration::from_secs(2);
 
 /// What the client asked the channel to run.
 enum Request {
-    Exec(String),
+    Exec(OsString),
     Shell,
     Sftp,
 }
@@ -72,9 +74,12 @@ pub(super) async fn serve(mut channel: Channel<Msg>, handle: Handle, shared: Arc
                         pty = Some(PtyRequest { term, size });
                         None
                     }
-                    ChannelMsg::Exec { command, .. } => Some(Request::Exec(String::from_utf8_lossy(&command).into_owned())),
+                    ChannelMsg::Exec { command, .. } => Some(Request::Exec(OsString::from_vec(command))),
                     ChannelMsg::RequestShell { .. } => Some(Request::Shell),
-                    ChannelMsg::RequestSubsystem { name, .. } if name == "sftp" => Some(Request::Sftp),
+                    // Other subsystems were refused by the handler already.
+                    ChannelMsg::RequestSubsystem { name, .. } if name == "sftp" && shared.sftp_server.is_some() => {
+                        Some(Request::Sftp)
+                    }
                     ChannelMsg::Data { data } => {
                         if let Some(run) = running.as_mut() {
                             run.input(data).await;
