@@ -46,6 +46,8 @@ pub fn bin() -> Command {
 /// A temporary directory with a ready shared TLS dir, a policy and a work dir.
 pub struct Fixture {
     pub dir: tempfile::TempDir,
+    /// Whether the agent runs with `--nested` (no enforcement). Default true.
+    pub nested: bool,
 }
 
 impl Fixture {
@@ -67,7 +69,7 @@ impl Fixture {
         volume::write_ready(&tls, &ready).unwrap();
         std::fs::write(dir.path().join("policy.yaml"), "version: 1\n").unwrap();
         std::fs::write(dir.path().join("relay.py"), RELAY).unwrap();
-        Fixture { dir }
+        Fixture { dir, nested: true }
     }
 
     pub fn path(&self) -> &Path {
@@ -91,10 +93,14 @@ impl Fixture {
         self.agent_command_in(&self.tls())
     }
 
-    /// `agent --nested` with `tls` as the shared TLS dir.
+    /// `agent` (`--nested` unless told otherwise) with `tls` as the shared TLS dir.
     pub fn agent_command_in(&self, tls: &Path) -> Command {
         let mut cmd = bin();
-        cmd.args(["agent", "--nested", "--tls-dir"])
+        cmd.arg("agent");
+        if self.nested {
+            cmd.arg("--nested");
+        }
+        cmd.arg("--tls-dir")
             .arg(tls)
             .arg("--policy")
             .arg(self.path().join("policy.yaml"))
