@@ -50,8 +50,8 @@ pub async fn run(launcher: &Launcher, argv: &[String]) -> Result<Exit, WorkloadE
     let mut child = tokio::process::Command::from(command)
         .spawn()
         .map_err(|source| WorkloadError::Spawn { command: program.clone(), source })?;
-    let pid = Pid::from_raw(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
-    tracing::info!(pid = pid.as_raw(), command = %program, "started the workload");
+    let pid = child.id().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1).map(Pid::from_raw);
+    tracing::info!(pid = ?pid, command = %program, "started the workload");
     let status = loop {
         let forward = tokio::select! {
             status = child.wait() => break status.map_err(WorkloadError::Supervise)?,
@@ -59,7 +59,9 @@ pub async fn run(launcher: &Launcher, argv: &[String]) -> Result<Exit, WorkloadE
             _ = int_signal.recv() => Signal::SIGINT,
         };
         tracing::info!(signal = forward.as_str(), "passing the signal on to the workload");
-        let _ = kill(pid, forward);
+        if let Some(pid) = pid {
+            let _ = kill(pid, forward);
+        }
     };
     let exit = exit_of(status);
     tracing::info!(code = exit.code(), "the workload ended");

@@ -41,7 +41,8 @@ struct PtyRequest {
 /// A started child and the ends of its stdio.
 struct Running {
     child: Child,
-    pid: Pid,
+    /// The child's pid, which is also its process group (it leads a new session).
+    pid: Option<Pid>,
     input: Input,
     pumps: JoinSet<()>,
 }
@@ -108,7 +109,7 @@ pub(super) async fn serve(mut channel: Channel<Msg>, handle: Handle, shared: Arc
                     }
                     ChannelMsg::Signal { signal } => {
                         if let (Some(run), Some(signal)) = (running.as_ref(), to_signal(&signal)) {
-                            let _ = killpg(run.pid, signal);
+                            run.signal(signal);
                         }
                         None
                     }
@@ -136,15 +137,22 @@ pub(super) async fn serve(mut channel: Channel<Msg>, handle: Handle, shared: Arc
     }
     // The client went away first: hang up the child's session, then make sure it ends.
     if let Some(mut run) = running {
-        let _ = killpg(run.pid, Signal::SIGHUP);
+        run.signal(Signal::SIGHUP);
         if tokio::time::timeout(DRAIN, run.child.wait()).await.is_err() {
-            let _ = killpg(run.pid, Signal::SIGKILL);
+            run.signal(Signal::SIGKILL);
             let _ = run.child.wait().await;
         }
     }
 }
 
 impl Running {
+    /// Signals the child's process group (all it started in its session).
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid {
+            let _ = killpg(pid, signal);
+        }
+    }
+
     /// Writes client input to the child. A write that cannot finish (nobody reads) does
     /// not hold up the end: when the child exits meanwhile, its input is dropped.
     async fn input(&mut self, data: Bytes) {
@@ -228,8 +236,9 @@ fn start(
             (child, Input::Pipe(stdin))
         }
     };
-    let pid = Pid::from_raw(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
-    tracing::info!(pid = pid.as_raw(), what, pty = pty.is_some(), "started an SSH child");
+    // A child just spawned has a pid; without one there is nothing to signal.
+    let pid = child.id().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1).map(Pid::from_raw);
+    tracing::info!(pid = ?pid, what, pty = pty.is_some(), "started an SSH child");
     Ok(Running { child, pid, input, pumps })
 }
 
