@@ -106,3 +106,18 @@ fn landlock_confines_ssh_children_to_the_policy_paths_and_the_workdir() {
     assert!(fixture.work().join("inside.txt").exists());
     assert!(!outside.join("x").exists());
 }
+
+#[test]
+fn the_baseline_seccomp_profile_leaves_exec_and_pty_sessions_working() {
+    let Some(fixture) = enforced_fixture() else { return };
+    let agent = fixture.start(|cmd| {
+        cmd.args(["--seccomp", "baseline"]);
+    });
+    let (code, out, err) = run(&mut agent.ssh(&["sandbox@agent", "echo ok; grep Seccomp: /proc/self/status"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok\n"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "the filter is installed: {out}");
+    let (code, out, err) = run(&mut agent.ssh(&["-tt", "sandbox@agent", "tty; exit 3"]));
+    assert_eq!(code, 3, "{out} {err}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+}
