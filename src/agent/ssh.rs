@@ -8,6 +8,7 @@ mod handler;
 mod keys;
 mod pty;
 mod session;
+mod signals;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
