@@ -108,7 +108,6 @@ impl SshServer {
             auth_rejection_time_initial: Some(Duration::ZERO),
             inactivity_timeout: None,
             keepalive_interval: Some(Duration::from_secs(60)),
-            nodelay: true,
             ..Config::default()
         })
     }
@@ -127,6 +126,11 @@ impl SshServer {
                 match accepted {
                     Ok((stream, peer)) => {
                         tracing::info!(%peer, "SSH connection on TCP");
+                        // russh applies `Config::nodelay` only to sockets it accepts itself;
+                        // with Nagle on, each handshake step waits for a delayed ACK.
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!("TCP_NODELAY: {e}");
+                        }
                         let handler =
                             handler::Connection { shared: self.shared.clone(), tcp: true, shutdown: shutdown.clone() };
                         shutdown.spawn(run(tcp_config.clone(), stream, handler, shutdown.clone()));
