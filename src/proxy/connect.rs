@@ -25,7 +25,8 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
         let refusal = Refusal::BadRequest("CONNECT needs a host:port target (CONNECT example.com:443)".into());
         return refusal.response("", 0, None);
     };
-    let host = authority.host();
+    // `[::1]` is named `::1` in answers, audit and dialing, as in the absolute form.
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
     let Some(port) = authority.port_u16() else {
         let refusal = Refusal::BadRequest(format!("CONNECT {authority} has no port; write CONNECT {host}:443"));
         return refusal.response(host, 0, None);
