@@ -3,6 +3,7 @@
 //! writes the shared TLS dir with `.ready` last, and serves until SIGTERM/SIGINT.
 
 pub mod absolute;
+pub mod accept;
 pub mod answer;
 pub mod audit;
 pub mod ca;
