@@ -44,8 +44,10 @@ pub enum ProxyError {
     /// The shared TLS dir could not be written.
     #[error(transparent)]
     Volume(#[from] VolumeError),
-    /// The shared TLS dir could not be created.
-    #[error("cannot create the shared TLS dir {path} (OPENSHELL_TLS_DIR): {source}")]
+    /// The shared TLS dir could not be created or written.
+    #[error(
+        "the shared TLS dir {path} (OPENSHELL_TLS_DIR, --tls-dir) cannot be created or written: {source}; point it at a writable directory (the volume the agent mounts read-only)"
+    )]
     TlsDir {
         /// The directory.
         path: PathBuf,
