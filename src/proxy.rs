@@ -46,7 +46,7 @@ pub enum ProxyError {
     Volume(#[from] VolumeError),
     /// The shared TLS dir could not be created or written.
     #[error(
-        "the shared TLS dir {path} (OPENSHELL_TLS_DIR, --tls-dir) cannot be created or written: {source}; point it at a writable directory (the volume the agent mounts read-only)"
+        "point OPENSHELL_TLS_DIR (--tls-dir) at a directory the proxy can create and write (the volume the agent mounts read-only); the shared TLS dir {path} cannot be created or written"
     )]
     TlsDir {
         /// The directory.
