@@ -167,18 +167,32 @@ async fn two_different_content_lengths_get_400_and_nothing_is_forwarded() {
     let request = format!("POST http://127.0.0.1:{port}/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!");
     let answer = exchange(proxy.addr, request.as_bytes()).await;
     assert_eq!(status(&answer), "400", "a list of lengths: {answer}");
+    for length in ["+5", "-5", "0x5", "5 5"] {
+        let request =
+            format!("POST http://127.0.0.1:{port}/a HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\nhello");
+        let answer = exchange(proxy.addr, request.as_bytes()).await;
+        assert_eq!(status(&answer), "400", "Content-Length: {length}: {answer}");
+    }
     assert!(upstream.requests().is_empty());
     still_serves(&proxy, &upstream).await;
 }
 
 #[tokio::test]
-async fn obsolete_line_folding_gets_400() {
+async fn obsolete_line_folding_and_space_before_the_colon_get_400() {
     let upstream = Recorder::start().await;
     let port = upstream.port();
     let proxy = proxy_for(&upstream, &[]).await;
     let request = format!("GET http://127.0.0.1:{port}/a HTTP/1.1\r\nHost: x\r\nX-Folded: first\r\n  second\r\n\r\n");
     let answer = exchange(proxy.addr, request.as_bytes()).await;
     assert_eq!(status(&answer), "400", "{answer}");
+    // A folded Transfer-Encoding, and one with whitespace before its colon: both are
+    // ways to make two parsers disagree on framing.
+    for header in ["Transfer-Encoding:\r\n chunked", "Transfer-Encoding : chunked"] {
+        let request =
+            format!("POST http://127.0.0.1:{port}/a HTTP/1.1\r\nHost: x\r\n{header}\r\nContent-Length: 5\r\n\r\nhello");
+        let answer = exchange(proxy.addr, request.as_bytes()).await;
+        assert_eq!(status(&answer), "400", "{header:?}: {answer}");
+    }
     assert!(upstream.requests().is_empty());
     still_serves(&proxy, &upstream).await;
 }
