@@ -344,3 +344,36 @@ async fn non_ascii_bytes_in_a_path_get_400_and_percent_encoding_passes_verbatim(
     assert!(upstream.requests()[0].starts_with("GET /caf%C3%A9 HTTP/1.1\r\n"));
     still_serves(&proxy, &upstream).await;
 }
+
+#[tokio::test]
+async fn userinfo_in_a_target_never_hides_the_host_that_is_decided_and_dialled() {
+    let upstream = Recorder::start().await;
+    let port = upstream.port();
+    let proxy = proxy_for(&upstream, &[]).await;
+    // An allowed host:port in front of `@`: the host is the part after it, which is denied.
+    let (head, _) = connect(&proxy, &format!("127.0.0.1:{port}@denied.example:443")).await;
+    assert!(head.starts_with("HTTP/1.1 403 ") || head.starts_with("HTTP/1.1 400 "), "{head}");
+    let request = format!("GET http://127.0.0.1:{port}@denied.example/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let answer = exchange(proxy.addr, request.as_bytes()).await;
+    assert!(matches!(status(&answer), "403" | "400"), "{answer}");
+    if status(&answer) == "403" {
+        assert_eq!(json_body(&answer)["host"], "denied.example", "{answer}");
+    }
+    assert!(upstream.requests().is_empty(), "nothing reached the allowed upstream");
+    still_serves(&proxy, &upstream).await;
+}
+
+#[tokio::test]
+async fn connect_targets_without_a_usable_host_or_port_get_400() {
+    let upstream = Recorder::start().await;
+    let proxy = proxy_for(&upstream, &[("example.com", 443)]).await;
+    for target in ["example.com", "example.com:99999", ":443", "a..b:443", "example.com:https", "/path"] {
+        let answer =
+            exchange(proxy.addr, format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await;
+        assert_eq!(status(&answer), "400", "CONNECT {target}: {answer}");
+    }
+    let answer = exchange(proxy.addr, b"GET http://a..b/ HTTP/1.1\r\nHost: a..b\r\n\r\n").await;
+    assert_eq!(status(&answer), "400", "{answer}");
+    assert!(json_body(&answer)["reason"].as_str().unwrap().contains("xn--"), "{answer}");
+    still_serves(&proxy, &upstream).await;
+}

@@ -16,6 +16,9 @@ pub type Body = BoxBody<Bytes, BodyError>;
 /// The header that marks an answer as the proxy's own.
 pub const POLICY_HEADER: &str = "x-openshell-policy";
 
+/// What a 400 says about a target host that is not a valid name or IP literal.
+pub const INVALID_HOST: &str = "the host is not a valid name: letters, digits, `-` and `_` in dot-separated labels, or an IP literal; write an internationalised name in its `xn--` form";
+
 /// Why the proxy answers instead of the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {

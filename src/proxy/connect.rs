@@ -10,10 +10,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::policy::host::normalize_destination;
 use crate::policy::model::Endpoint;
 use crate::policy::{L4Decision, PolicyEngine};
 
-use super::answer::{Body, Refusal, empty};
+use super::answer::{Body, INVALID_HOST, Refusal, empty};
 use super::audit::{self, Subject};
 use super::relay::relay;
 use super::server::Ctx;
@@ -27,6 +28,10 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
     };
     // `[::1]` is named `::1` in answers, audit and dialing, as in the absolute form.
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    if normalize_destination(host).is_none() {
+        let refusal = Refusal::BadRequest(format!("CONNECT `{authority}`: {}", INVALID_HOST));
+        return refusal.response(host, authority.port_u16().unwrap_or(0), None);
+    }
     let Some(port) = authority.port_u16() else {
         let refusal = Refusal::BadRequest(format!("CONNECT {authority} has no port; write CONNECT {host}:443"));
         return refusal.response(host, 0, None);
