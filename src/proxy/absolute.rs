@@ -20,7 +20,7 @@ use crate::policy::host::normalize_destination;
 use crate::policy::model::Endpoint;
 use crate::policy::{L4Decision, PolicyEngine};
 
-use super::answer::{Body, INVALID_HOST, Refusal};
+use super::answer::{Body, INVALID_HOST, Refusal, USERINFO};
 use super::audit::{self, Subject};
 use super::counted::{Counted, OnEnd};
 use super::server::Ctx;
@@ -104,6 +104,9 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
 /// Host and port of an absolute-form `http://` request; anything else is a 400.
 fn target_of(uri: &Uri) -> Result<(String, u16), Refusal> {
     match (uri.scheme_str(), uri.host()) {
+        (Some("http"), _) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            Err(Refusal::BadRequest(format!("{uri}: {USERINFO}")))
+        }
         (Some("http"), Some(host)) if normalize_destination(host).is_some() => {
             Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), uri.port_u16().unwrap_or(80)))
         }
@@ -235,5 +238,6 @@ mod tests {
         assert!(t("https://example.com/").unwrap_err().reason().contains("CONNECT"));
         assert!(t("/index.html").unwrap_err().reason().contains("not absolute"));
         assert!(t("http://a..b/").unwrap_err().reason().contains("not a valid name"));
+        assert!(t("http://allowed.example@denied.example/").unwrap_err().reason().contains("user@"));
     }
 }
