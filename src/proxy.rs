@@ -9,11 +9,14 @@ pub mod audit;
 pub mod ca;
 pub mod connect;
 pub mod counted;
+pub mod credentials;
+pub mod l7;
 pub mod policy_source;
 pub mod relay;
 pub mod server;
 mod startup;
 pub mod tcp_forward;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
