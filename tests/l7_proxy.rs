@@ -325,3 +325,13 @@ async fn connect_to_inference_local_without_routes_is_403() {
     let (_, head) = connect_raw(proxy.addr, "inference.local:443").await;
     assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
 }
+
+#[tokio::test]
+async fn an_inspected_endpoint_resolving_to_loopback_is_refused_at_connect() {
+    let policy = "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: localhost, port: 443, protocol: rest, access: read-only}\n";
+    let proxy = TestProxy::start(policy, |c| c.allow_loopback_upstreams = false).await;
+    let (mut tcp, head) = connect_raw(proxy.addr, "localhost:443").await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let body = proxy_support::read_all(&mut tcp).await;
+    assert!(body.contains("\"ssrf_denied\"") && body.contains("loopback"), "{body}");
+}

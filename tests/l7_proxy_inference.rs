@@ -83,18 +83,22 @@ async fn answer(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<BoxB
     Ok(Response::builder().header("content-type", "text/event-stream").body(StreamBody::new(stream).boxed()).unwrap())
 }
 
+/// A routes file with one OpenAI route to `addr` serving `model`.
+fn routes_yaml(addr: SocketAddr, model: &str) -> String {
+    format!(
+        "routes:\n  - name: local\n    base_url: http://{addr}/v1\n    protocols: [openai]\n    api_key: {ROUTE_KEY}\n    model_id: {model}\n"
+    )
+}
+
 /// The proxy with one OpenAI route to the model server; no network policy names it.
-async fn start() -> (TestProxy, Arc<Seen>, tempfile::TempDir) {
+async fn start() -> (TestProxy, Arc<Seen>, tempfile::TempDir, SocketAddr) {
     let (addr, seen) = model_server().await;
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.yaml");
-    let yaml = format!(
-        "routes:\n  - name: local\n    base_url: http://{addr}/v1\n    protocols: [openai]\n    api_key: {ROUTE_KEY}\n    model_id: route-model\n"
-    );
-    std::fs::write(&routes, yaml).unwrap();
+    std::fs::write(&routes, routes_yaml(addr, "route-model")).unwrap();
     let proxy =
         TestProxy::start(&proxy_support::allow(&[("example.com", 443)]), |c| c.inference_routes = Some(routes)).await;
-    (proxy, seen, dir)
+    (proxy, seen, dir, addr)
 }
 
 async fn inference_client(proxy: &TestProxy) -> SendRequest<ClientBody> {
@@ -114,7 +118,7 @@ fn chat(stream: bool) -> Request<ClientBody> {
 #[tokio::test]
 async fn a_chat_completion_is_routed_with_the_routes_key_and_model() {
     logs(); // starts the capture
-    let (proxy, seen, _dir) = start().await;
+    let (proxy, seen, _dir, _) = start().await;
     let mut c = inference_client(&proxy).await;
     let (status, echo) = exchange(&mut c, chat(false)).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
@@ -133,7 +137,7 @@ async fn a_chat_completion_is_routed_with_the_routes_key_and_model() {
 
 #[tokio::test]
 async fn a_streamed_answers_first_event_arrives_before_the_upstream_finishes() {
-    let (proxy, seen, _dir) = start().await;
+    let (proxy, seen, _dir, _) = start().await;
     let mut c = inference_client(&proxy).await;
     tokio::time::timeout(Duration::from_secs(5), c.ready()).await.unwrap().unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), c.send_request(chat(true))).await.unwrap().unwrap();
@@ -148,4 +152,24 @@ async fn a_streamed_answers_first_event_arrives_before_the_upstream_finishes() {
     seen.release.notify_one();
     let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.unwrap().unwrap().to_bytes();
     assert!(rest.ends_with(b"data: [DONE]\n\n"), "{rest:?}");
+}
+
+#[tokio::test]
+async fn a_changed_routes_file_applies_to_the_next_request() {
+    let (proxy, _seen, dir, addr) = start().await;
+    let yaml = routes_yaml(addr, "newer-model-with-a-longer-name");
+    let fresh = dir.path().join("routes.yaml.new");
+    std::fs::write(&fresh, yaml).unwrap();
+    std::fs::rename(&fresh, dir.path().join("routes.yaml")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = inference_client(&proxy).await;
+        let (status, echo) = exchange(&mut c, chat(false)).await;
+        assert_eq!(status, StatusCode::OK, "{echo}");
+        if echo["body"]["model"] == "newer-model-with-a-longer-name" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the new route was not applied: {echo}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

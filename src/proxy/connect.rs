@@ -148,7 +148,7 @@ fn inference(mut req: Request<Incoming>, ctx: &Arc<Ctx>, permit: Arc<OwnedSemaph
         audit::denied(&subject, &refusal, policy, None);
         refusal.response(INFERENCE_HOST, 443, None)
     };
-    let Some(bundle) = ctx.inference.clone() else {
+    let Some(routes) = ctx.inference.clone() else {
         return refuse(Refusal::Policy {
             reason: "inference.local has no routes in this sandbox; configure them at the gateway or in OPENSHELL_INFERENCE_ROUTES".into(),
             policy: Some(INFERENCE_POLICY.into()),
@@ -160,7 +160,7 @@ fn inference(mut req: Request<Incoming>, ctx: &Arc<Ctx>, permit: Arc<OwnedSemaph
     };
     audit::allowed(&subject, policy, None, "inference.local is served by the proxy's inference router");
     let session = InferenceSession {
-        routes: Arc::new(move || bundle.clone()),
+        routes: Arc::new(move || routes.current()),
         upstream_tls: ctx.upstream_tls.clone(),
         connect_timeout: ctx.limits.connect_timeout,
         idle_timeout: ctx.limits.idle_timeout,

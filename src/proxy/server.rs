@@ -24,9 +24,9 @@ use super::answer;
 use super::ca::CertificateAuthority;
 use super::connect;
 use super::credentials::SecretStore;
+use super::l7::routes::RoutesHandle;
 use super::policy_source::PolicyHandle;
 use super::tls::LeafIssuer;
-use crate::gateway::inference::InferenceBundle;
 
 /// The smallest read buffer hyper accepts.
 const HYPER_MIN_BUF: usize = 8192;
@@ -50,7 +50,7 @@ pub struct Ctx {
     /// Verified upstream TLS (system roots plus `OPENSHELL_UPSTREAM_CA_FILE`).
     pub upstream_tls: Arc<rustls::ClientConfig>,
     /// The `inference.local` routes, when configured.
-    pub inference: Option<Arc<InferenceBundle>>,
+    pub inference: Option<Arc<RoutesHandle>>,
     /// Stop accepting and drain.
     pub shutdown: Shutdown,
 }

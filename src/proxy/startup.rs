@@ -16,16 +16,19 @@ use crate::volume::{self, CA_BUNDLE_FILE, Ready};
 use super::ProxyError;
 use super::ca::CertificateAuthority;
 use super::credentials::SecretStore;
-use super::l7::routes::load_routes_file;
+use super::l7::routes::RoutesHandle;
 use super::policy_source::{FileReloader, PolicyHandle, load_engine};
 use super::server::{self, Ctx};
 use super::tcp_forward::{self, ForwardTarget};
 use super::tls::{LeafIssuer, upstream_client_config};
-use crate::gateway::inference::InferenceBundle;
 
 /// System root bundles, first found wins (`SSL_CERT_FILE` first).
 const SYSTEM_BUNDLES: &[&str] =
     &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// The longest wait between checks of the local inference routes file (design.md: 5 s);
+/// a shorter policy poll interval applies to it too.
+const ROUTES_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Most leaf certificates kept issued (one per intercepted host).
 const LEAF_CACHE: usize = 1024;
@@ -44,7 +47,7 @@ pub struct Prepared {
     secrets: Arc<SecretStore>,
     leaves: Arc<LeafIssuer>,
     upstream_tls: Arc<rustls::ClientConfig>,
-    inference: Option<Arc<InferenceBundle>>,
+    inference: Option<Arc<RoutesHandle>>,
 }
 
 /// The bound listeners: the proxy, and the gateway forward when there is a gateway.
@@ -97,9 +100,9 @@ pub fn prepare(config: ProxyConfig) -> Result<Prepared, ProxyError> {
     let upstream_tls = upstream_client_config(config.upstream_ca_file.as_deref())?;
     let inference = match &config.inference_routes {
         Some(path) => {
-            let bundle = load_routes_file(path)?;
-            tracing::info!(path = %path.display(), routes = bundle.routes.len(), "inference routes loaded");
-            Some(Arc::new(bundle))
+            let routes = RoutesHandle::from_file(path)?;
+            tracing::info!(path = %path.display(), routes = routes.current().routes.len(), "inference routes loaded");
+            Some(Arc::new(routes))
         }
         None => None,
     };
@@ -154,6 +157,11 @@ impl Prepared {
                 config.common.policy_poll_interval,
             );
             shutdown.spawn(reloader.run(shutdown.clone()));
+        }
+        if let (Some(routes), Some(path)) = (&self.inference, &config.inference_routes) {
+            let interval = config.common.policy_poll_interval.min(ROUTES_POLL_INTERVAL);
+            let reload = routes.clone().run_file_reloader(path.clone(), interval, shutdown.clone());
+            shutdown.spawn(reload);
         }
         if config.provider_env_file.is_some() {
             let (secrets, dir) = (self.secrets.clone(), tls_dir.clone());
