@@ -44,7 +44,7 @@ pub enum ProxyError {
     #[error(transparent)]
     Ca(#[from] ca::CaError),
     /// The provider env file is unreadable or invalid (names the file and line, never a value).
-    #[error("provider credentials (OPENSHELL_PROVIDER_ENV_FILE): {0}")]
+    #[error("cannot load the provider credentials (OPENSHELL_PROVIDER_ENV_FILE)")]
     Credentials(#[from] credentials::CredentialError),
     /// The leaf issuer or the upstream TLS trust could not be built.
     #[error(transparent)]

@@ -313,8 +313,9 @@ fn an_invalid_env_file_stops_startup_naming_the_file_and_line_never_the_value() 
     let mut config = proxy_support::config(dir.path(), &proxy_support::allow(&[("localhost", 443)]));
     config.provider_env_file = Some(env_file.clone());
     let e = openshell_sandbox::proxy::prepare(config).unwrap_err();
-    let message = e.to_string();
-    assert_eq!(e.exit_status() as i32, 64, "{message}");
+    assert_eq!(e.exit_status() as i32, 64, "{e}");
+    let message = format!("{:#}", anyhow::Error::new(e));
+    assert!(message.contains("OPENSHELL_PROVIDER_ENV_FILE"), "{message}");
     assert!(message.contains(&env_file.display().to_string()) && message.contains("line 2"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
 }
