@@ -44,6 +44,15 @@ pub enum ProxyError {
     /// The CA could not be loaded or generated.
     #[error(transparent)]
     Ca(#[from] ca::CaError),
+    /// The provider env file is unreadable or invalid (names the file and line, never a value).
+    #[error("cannot load the provider credentials (OPENSHELL_PROVIDER_ENV_FILE)")]
+    Credentials(#[from] credentials::CredentialError),
+    /// The leaf issuer or the upstream TLS trust could not be built.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The inference routes file is unreadable or invalid.
+    #[error(transparent)]
+    Routes(#[from] l7::routes::RoutesError),
     /// The shared TLS dir could not be written.
     #[error(transparent)]
     Volume(#[from] VolumeError),
@@ -79,6 +88,9 @@ impl ExitStatus for ProxyError {
             ProxyError::Volume(_) => Exit::Usage,
             ProxyError::Policy(e) => e.exit_status(),
             ProxyError::Ca(e) => e.exit_status(),
+            ProxyError::Credentials(e) => e.exit_status(),
+            ProxyError::Tls(e) => e.exit_status(),
+            ProxyError::Routes(e) => e.exit_status(),
             ProxyError::Runtime(_) => Exit::Internal,
         }
     }

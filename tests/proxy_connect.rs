@@ -1,6 +1,6 @@
 //! CONNECT through the in-process proxy on real sockets: an allowed tunnel to a local
-//! TLS server driven by the real `curl -x`, a denied host, the SSRF refusals, the L7
-//! fail-closed branch and an unreachable upstream.
+//! TLS server driven by the real `curl -x`, a denied host, the SSRF refusals and an
+//! unreachable upstream (inspected tunnels: tests/l7_proxy.rs).
 
 #[allow(dead_code)]
 #[path = "proxy_support/lib.rs"]
@@ -83,15 +83,6 @@ async fn a_private_address_needs_allowed_ips() {
     tokio::io::AsyncWriteExt::write_all(&mut stream, &connect("10.0.0.5:80")).await.unwrap();
     let head = read_head(&mut stream).await;
     assert!(["200", "502", "504"].iter().any(|s| head.starts_with(&format!("HTTP/1.1 {s} "))), "{head}");
-}
-
-#[tokio::test]
-async fn an_endpoint_that_needs_l7_inspection_fails_closed() {
-    let policy = format!("{}        protocol: rest\n        access: read-only\n", allow(&[("localhost", 443)]));
-    let proxy = TestProxy::start(&policy, |_| {}).await;
-    let body = json_body(&exchange(proxy.addr, &connect("localhost:443")).await);
-    assert_eq!(body["error"], "policy_denied", "{body}");
-    assert!(body["reason"].as_str().unwrap().contains("L7 inspection is not available"), "{body}");
 }
 
 #[tokio::test]

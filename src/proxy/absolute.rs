@@ -1,5 +1,6 @@
-//! Absolute-form HTTP (`GET http://host/path`): one L4 decision per request, then the
-//! request is forwarded over an SSRF-checked upstream connection with hyper, bodies
+//! Absolute-form HTTP (`GET http://host/path`): one L4 decision per request; for an
+//! endpoint with an L7 `protocol`, the L7 rules and the credential swap of inspected
+//! connections ([`crate::proxy::l7::judge`]); then the request is forwarded over an SSRF-checked upstream connection with hyper, bodies
 //! streamed both ways, hop-by-hop and `Proxy-*` headers stripped. The upstream
 //! connection is kept for the next request of the same client connection to the same
 //! host:port under the same policy generation.
@@ -16,13 +17,16 @@ use hyper::client::conn::http1::{self as client, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Mutex;
 
+use crate::policy::PolicyEngine;
 use crate::policy::host::normalize_destination;
 use crate::policy::model::Endpoint;
-use crate::policy::{L4Decision, PolicyEngine};
 
-use super::answer::{Body, INVALID_HOST, Refusal, USERINFO};
+use super::answer::{self, Body, INVALID_HOST, Refusal, USERINFO};
 use super::audit::{self, Subject};
 use super::counted::{Counted, OnEnd};
+use super::credentials::SecretStore;
+use super::l7::judge::{Verdict, judge};
+use super::l7::session::audit as audit_l7;
 use super::server::Ctx;
 use super::upstream::{self, Target};
 
@@ -60,9 +64,18 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
         return refusal.response(&host, port, subject.request);
     }
     let endpoints: Vec<&Endpoint> = engine.matched(&decision).collect();
-    if endpoints.iter().any(|e| e.protocol.is_some()) {
-        return inspect_http(req, &subject, &engine, &decision, &ctx).await;
-    }
+    let (req, path) = if endpoints.iter().any(|e| e.protocol.is_some()) {
+        match inspect_http(req, &host, port, &engine, &ctx.secrets) {
+            Ok(req) => {
+                let path = req.uri().path().to_owned();
+                (req, path)
+            }
+            Err(response) => return *response,
+        }
+    } else {
+        (req, path)
+    };
+    let subject = Subject { kind: "http", host: &host, port, request: Some((&method, &path)) };
     let started = Instant::now();
     let target = Target { host: &host, port, endpoints: &endpoints, allow_loopback: ctx.allow_loopback };
     let generation = engine.generation();
@@ -123,24 +136,25 @@ fn target_of(uri: &Uri) -> Result<(String, u16), Refusal> {
     }
 }
 
-/// The point where L7 inspection of plain HTTP plugs in: a request to an endpoint with
-/// a `protocol`. Until the L7 layer exists it is refused, never forwarded uninspected.
-async fn inspect_http(
-    _req: Request<Incoming>,
-    subject: &Subject<'_>,
+/// A request to an endpoint with an L7 `protocol`: judged like a request on an inspected
+/// connection (canonical path, L7 rules, then the credential swap). `Ok` holds the request
+/// to forward (canonical origin-form target, real credentials); `Err` the answer instead.
+fn inspect_http(
+    req: Request<Incoming>,
+    host: &str,
+    port: u16,
     engine: &PolicyEngine,
-    decision: &L4Decision,
-    _ctx: &Ctx,
-) -> Response<Body> {
-    let refusal = Refusal::Policy {
-        reason: format!(
-            "{}:{} needs L7 inspection (its endpoint has a `protocol`), and L7 inspection is not available in this build; the request is refused rather than forwarded uninspected",
-            subject.host, subject.port
-        ),
-        policy: decision.policy.clone(),
-    };
-    audit::denied(subject, &refusal, decision.policy.as_deref(), audit::rule(engine, decision));
-    refusal.response(subject.host, subject.port, subject.request)
+    secrets: &SecretStore,
+) -> Result<Request<Incoming>, Box<Response<Body>>> {
+    let (mut parts, body) = req.into_parts();
+    let (method, target) = (parts.method.to_string(), parts.uri.path().to_owned());
+    let verdict = judge(engine, host, port, secrets, &mut parts);
+    let path = if verdict.forwards() { parts.uri.path() } else { &target };
+    audit_l7(host, port, &method, path, &verdict);
+    match verdict {
+        Verdict::Forward { .. } => Ok(Request::from_parts(parts, body)),
+        Verdict::Refuse { response, .. } => Err(Box::new(response.map(answer::full))),
+    }
 }
 
 /// The kept connection when it goes to the same place, was checked under the same policy

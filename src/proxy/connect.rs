@@ -1,24 +1,33 @@
-//! CONNECT: one L4 decision, then either a byte tunnel (SSRF-checked upstream, `200`,
-//! `copy_bidirectional`) or, for endpoints with L7 rules, TLS interception, which this
-//! build does not have: those tunnels are refused (fail closed) in [`intercept_tls`].
+//! CONNECT: `inference.local:443` goes to the inference router without a network decision;
+//! anything else gets one L4 decision, then either a byte tunnel (SSRF-checked upstream,
+//! `200`, `copy_bidirectional`) or, for endpoints with an L7 `protocol` that terminate TLS,
+//! an inspected session ([`crate::proxy::l7::session`]) behind a CA-signed leaf.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::policy::host::normalize_destination;
 use crate::policy::model::Endpoint;
 use crate::policy::{L4Decision, PolicyEngine};
+use crate::shutdown::Shutdown;
 
 use super::answer::{Body, INVALID_HOST, Refusal, USERINFO, empty};
 use super::audit::{self, Subject};
+use super::l7::inference::{INFERENCE_HOST, InferenceSession, serve_inference_tls};
+use super::l7::session::{Dial, Inspected, SessionError, serve_tls};
 use super::relay::relay;
 use super::server::Ctx;
 use super::upstream::{self, Target};
+
+/// The policy name audit lines and answers give `inference.local`.
+const INFERENCE_POLICY: &str = "inference.local";
 
 /// Answers one CONNECT request; on success the tunnel runs in a tracked task.
 pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<OwnedSemaphorePermit>) -> Response<Body> {
@@ -40,6 +49,9 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
         let refusal = Refusal::BadRequest(format!("CONNECT {authority} has no port; write CONNECT {host}:443"));
         return refusal.response(host, 0, None);
     };
+    if port == 443 && host.trim_end_matches('.').eq_ignore_ascii_case(INFERENCE_HOST) {
+        return inference(req, &ctx, permit);
+    }
     let subject = Subject { kind: "connect", host, port, request: None };
     let engine = ctx.policy.current();
     let decision = engine.network(host, port);
@@ -51,7 +63,7 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
     }
     let endpoints: Vec<&Endpoint> = engine.matched(&decision).collect();
     if endpoints.iter().any(|e| e.intercepts_tls()) {
-        return intercept_tls(req, &subject, &engine, &decision, &ctx).await;
+        return intercept_tls(req, &subject, &engine, &decision, &endpoints, &ctx, permit).await;
     }
     let target = Target { host, port, endpoints: &endpoints, allow_loopback: ctx.allow_loopback };
     let stream = match upstream::open(&target, ctx.limits.connect_timeout).await {
@@ -81,23 +93,124 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
     Response::new(empty())
 }
 
-/// The point where TLS interception plugs in: a CONNECT to an endpoint with an L7
-/// `protocol` and `tls: terminate`. Until the L7 layer exists it refuses the tunnel,
-/// because relaying it would let requests pass that the policy means to inspect.
+/// A CONNECT to an endpoint with an L7 `protocol` and `tls: terminate`: the upstream's
+/// addresses are resolved and SSRF-checked now (a refusal is answered to the CONNECT), then
+/// `200`, then the client's TLS is accepted with a leaf for its SNI (else the CONNECT host)
+/// and each request is judged, its credentials swapped, and forwarded over verified TLS to
+/// those addresses only.
 async fn intercept_tls(
-    _req: Request<Incoming>,
+    mut req: Request<Incoming>,
     subject: &Subject<'_>,
     engine: &PolicyEngine,
     decision: &L4Decision,
-    _ctx: &Ctx,
+    endpoints: &[&Endpoint],
+    ctx: &Arc<Ctx>,
+    permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
-    let refusal = Refusal::Policy {
-        reason: format!(
-            "{}:{} needs L7 inspection (its endpoint has a `protocol`), and L7 inspection is not available in this build; the tunnel is refused rather than relayed uninspected",
-            subject.host, subject.port
-        ),
-        policy: decision.policy.clone(),
+    let (host, port) = (subject.host, subject.port);
+    let rule = audit::rule(engine, decision);
+    let target = Target { host, port, endpoints, allow_loopback: ctx.allow_loopback };
+    let checked = upstream::resolve(&target, ctx.limits.connect_timeout).await.and_then(|addrs| {
+        let config = ctx.leaves.sni_server_config(host).map_err(|e| {
+            Refusal::BadRequest(format!("cannot intercept TLS for {host}: {e}; CONNECT to a DNS name or IP address"))
+        })?;
+        Ok((addrs, config))
+    });
+    let (addrs, server_config) = match checked {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            audit::denied(subject, &refusal, decision.policy.as_deref(), rule);
+            return refusal.response(host, port, None);
+        }
     };
-    audit::denied(subject, &refusal, decision.policy.as_deref(), audit::rule(engine, decision));
-    refusal.response(subject.host, subject.port, None)
+    audit::allowed(subject, decision.policy.as_deref(), rule, &decision.reason);
+    let (dial_host, timeout) = (host.to_owned(), ctx.limits.connect_timeout);
+    let dial: Dial = Arc::new(move || {
+        let (host, addrs) = (dial_host.clone(), addrs.clone());
+        Box::pin(async move {
+            upstream::dial(&host, &addrs, timeout)
+                .await
+                .map_err(|refusal| std::io::Error::other(refusal.reason().to_owned()))
+        })
+    });
+    let policy = ctx.policy.clone();
+    let session = Inspected {
+        host: host.to_owned(),
+        port,
+        policy: Arc::new(move || policy.current()),
+        secrets: ctx.secrets.clone(),
+        upstream_tls: ctx.upstream_tls.clone(),
+        dial,
+        connect_timeout: ctx.limits.connect_timeout,
+        idle_timeout: ctx.limits.idle_timeout,
+    };
+    serve_upgraded(&mut req, ctx, permit, host, port, move |io, shutdown| {
+        serve_tls(io, server_config, session, shutdown)
+    })
+}
+
+/// `CONNECT inference.local:443`: no network decision; the connection is served by the
+/// inference router with a leaf for `inference.local`. Without routes: 403.
+fn inference(mut req: Request<Incoming>, ctx: &Arc<Ctx>, permit: Arc<OwnedSemaphorePermit>) -> Response<Body> {
+    let subject = Subject { kind: "connect", host: INFERENCE_HOST, port: 443, request: None };
+    let policy = Some(INFERENCE_POLICY);
+    let refuse = |refusal: Refusal| {
+        audit::denied(&subject, &refusal, policy, None);
+        refusal.response(INFERENCE_HOST, 443, None)
+    };
+    let Some(routes) = ctx.inference.clone() else {
+        return refuse(Refusal::Policy {
+            reason: "inference.local has no routes in this sandbox; configure them at the gateway or in OPENSHELL_INFERENCE_ROUTES".into(),
+            policy: Some(INFERENCE_POLICY.into()),
+        });
+    };
+    let server_config = match ctx.leaves.sni_server_config(INFERENCE_HOST) {
+        Ok(config) => config,
+        Err(e) => return refuse(Refusal::Unreachable(format!("cannot intercept TLS for {INFERENCE_HOST}: {e}"))),
+    };
+    audit::allowed(&subject, policy, None, "inference.local is served by the proxy's inference router");
+    let session = InferenceSession {
+        routes: Arc::new(move || routes.current()),
+        upstream_tls: ctx.upstream_tls.clone(),
+        connect_timeout: ctx.limits.connect_timeout,
+        idle_timeout: ctx.limits.idle_timeout,
+    };
+    serve_upgraded(&mut req, ctx, permit, INFERENCE_HOST, 443, move |io, shutdown| {
+        serve_inference_tls(io, server_config, session, shutdown)
+    })
+}
+
+/// Answers `200` and, once the client's stream is handed over, runs `serve` on it in a
+/// task of the shutdown (holding the connection permit until it ends).
+fn serve_upgraded<F, Fut>(
+    req: &mut Request<Incoming>,
+    ctx: &Ctx,
+    permit: Arc<OwnedSemaphorePermit>,
+    host: &str,
+    port: u16,
+    serve: F,
+) -> Response<Body>
+where
+    F: FnOnce(TokioIo<Upgraded>, Shutdown) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), SessionError>> + Send + 'static,
+{
+    let on_upgrade = hyper::upgrade::on(req);
+    let (host, shutdown) = (host.to_owned(), ctx.shutdown.clone());
+    ctx.shutdown.spawn(async move {
+        let _permit = permit;
+        let started = Instant::now();
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(host, port, error = %e, "CONNECT client left before the tunnel opened"),
+        };
+        match serve(TokioIo::new(upgraded), shutdown).await {
+            Ok(()) => {}
+            Err(e @ (SessionError::ClientHandshake { .. } | SessionError::HandshakeTimeout { .. })) => {
+                tracing::warn!(host, port, "{e} (the client must trust ca-bundle.pem from the shared TLS dir)")
+            }
+            Err(e) => tracing::debug!(host, port, "{e}"),
+        }
+        tracing::debug!(host, port, duration_ms = started.elapsed().as_millis() as u64, "inspected connection closed");
+    });
+    Response::new(empty())
 }

@@ -24,7 +24,10 @@ use super::accept::AcceptBackoff;
 use super::answer;
 use super::ca::CertificateAuthority;
 use super::connect;
+use super::credentials::SecretStore;
+use super::l7::routes::RoutesHandle;
 use super::policy_source::PolicyHandle;
+use super::tls::LeafIssuer;
 
 /// The smallest read buffer hyper accepts.
 const HYPER_MIN_BUF: usize = 8192;
@@ -41,6 +44,14 @@ pub struct Ctx {
     pub allow_loopback: bool,
     /// The CA, for TLS interception.
     pub ca: Arc<CertificateAuthority>,
+    /// Leaf certificates for intercepted hosts, signed by the CA.
+    pub leaves: Arc<LeafIssuer>,
+    /// Provider credentials swapped into inspected requests.
+    pub secrets: Arc<SecretStore>,
+    /// Verified upstream TLS (system roots plus `OPENSHELL_UPSTREAM_CA_FILE`).
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// The `inference.local` routes, when configured.
+    pub inference: Option<Arc<RoutesHandle>>,
     /// Stop accepting and drain.
     pub shutdown: Shutdown,
 }

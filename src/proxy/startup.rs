@@ -1,8 +1,10 @@
-//! The startup sequence of design.md section 3: policy, CA, listeners, the shared TLS
-//! dir with `.ready` last; then serving until shutdown, and the drain.
+//! The startup sequence of design.md section 3: policy, provider credentials, CA (and the
+//! leaf issuer and upstream TLS trust built from it), inference routes, listeners, the
+//! shared TLS dir with `child-env.json` and then `.ready` last; serving until shutdown, the drain.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -13,21 +15,39 @@ use crate::volume::{self, CA_BUNDLE_FILE, Ready};
 
 use super::ProxyError;
 use super::ca::CertificateAuthority;
+use super::credentials::SecretStore;
+use super::l7::routes::RoutesHandle;
 use super::policy_source::{FileReloader, PolicyHandle, load_engine};
 use super::server::{self, Ctx};
 use super::tcp_forward::{self, ForwardTarget};
+use super::tls::{LeafIssuer, upstream_client_config};
 
 /// System root bundles, first found wins (`SSL_CERT_FILE` first).
 const SYSTEM_BUNDLES: &[&str] =
     &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
 
-/// Policy, rules and CA loaded; the shared TLS dir holds `ca.pem` and `ca-bundle.pem`.
+/// The longest wait between checks of the local inference routes file (design.md: 5 s);
+/// a shorter policy poll interval applies to it too.
+const ROUTES_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most leaf certificates kept issued (one per intercepted host).
+const LEAF_CACHE: usize = 1024;
+
+/// ALPN offered to clients of intercepted connections: HTTP/2 when they want it.
+const CLIENT_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Policy, rules, credentials, CA and inference routes loaded; the shared TLS dir holds
+/// `ca.pem` and `ca-bundle.pem`.
 #[derive(Debug)]
 pub struct Prepared {
     config: ProxyConfig,
     rules: RegoRules,
     policy: PolicyHandle,
     ca: Arc<CertificateAuthority>,
+    secrets: Arc<SecretStore>,
+    leaves: Arc<LeafIssuer>,
+    upstream_tls: Arc<rustls::ClientConfig>,
+    inference: Option<Arc<RoutesHandle>>,
 }
 
 /// The bound listeners: the proxy, and the gateway forward when there is a gateway.
@@ -54,8 +74,10 @@ impl Listeners {
     }
 }
 
-/// Steps 1 to 3 of the startup: policy (exit 65 listing every error when invalid), CA,
-/// `ca.pem` and `ca-bundle.pem`. A stale `.ready` from an earlier run is removed first.
+/// Steps 1 to 4 of the startup: policy (exit 65 listing every error when invalid),
+/// provider credentials (exit 64 naming the file and line), CA with `ca.pem` and
+/// `ca-bundle.pem`, the leaf issuer and upstream TLS trust, inference routes. A stale
+/// `.ready` from an earlier run is removed first.
 pub fn prepare(config: ProxyConfig) -> Result<Prepared, ProxyError> {
     let tls_dir = config.common.tls_dir.clone();
     usable_tls_dir(&tls_dir)?;
@@ -64,14 +86,41 @@ pub fn prepare(config: ProxyConfig) -> Result<Prepared, ProxyError> {
     let rules = RegoRules::load(config.common.policy_rules.as_deref())?;
     let engine = load_engine(&path, &rules, 1)?;
     tracing::info!(path = %path.display(), "policy loaded");
+    let secrets = match &config.provider_env_file {
+        Some(path) => {
+            let store = SecretStore::from_file(path)?;
+            tracing::info!(path = %path.display(), keys = store.snapshot().keys().count(), "provider credentials loaded");
+            store
+        }
+        None => SecretStore::empty(),
+    };
     let ca = CertificateAuthority::load_or_generate(&config.state_dir, &tls_dir)?;
     write_bundle(&tls_dir, &ca)?;
+    let leaves = LeafIssuer::new(ca.cert_der(), ca.key_pem(), LEAF_CACHE)?.with_alpn(CLIENT_ALPN);
+    let upstream_tls = upstream_client_config(config.upstream_ca_file.as_deref())?;
+    let inference = match &config.inference_routes {
+        Some(path) => {
+            let routes = RoutesHandle::from_file(path)?;
+            tracing::info!(path = %path.display(), routes = routes.current().routes.len(), "inference routes loaded");
+            Some(Arc::new(routes))
+        }
+        None => None,
+    };
     if config.allow_loopback_upstreams {
         tracing::warn!(
             "--allow-loopback-upstreams is set: loopback destinations are reachable through the proxy; for development and tests only"
         );
     }
-    Ok(Prepared { config, rules, policy: PolicyHandle::new(engine), ca: Arc::new(ca) })
+    Ok(Prepared {
+        config,
+        rules,
+        policy: PolicyHandle::new(engine),
+        ca: Arc::new(ca),
+        secrets: Arc::new(secrets),
+        leaves: Arc::new(leaves),
+        upstream_tls,
+        inference,
+    })
 }
 
 impl Prepared {
@@ -109,11 +158,24 @@ impl Prepared {
             );
             shutdown.spawn(reloader.run(shutdown.clone()));
         }
+        if let (Some(routes), Some(path)) = (&self.inference, &config.inference_routes) {
+            let interval = config.common.policy_poll_interval.min(ROUTES_POLL_INTERVAL);
+            let reload = routes.clone().run_file_reloader(path.clone(), interval, shutdown.clone());
+            shutdown.spawn(reload);
+        }
+        if config.provider_env_file.is_some() {
+            let (secrets, dir) = (self.secrets.clone(), tls_dir.clone());
+            shutdown.spawn(reload_credentials(secrets, dir, config.common.policy_poll_interval, shutdown.clone()));
+        }
         let ctx = Arc::new(Ctx {
             policy: self.policy.clone(),
             limits: config.limits.clone(),
             allow_loopback: config.allow_loopback_upstreams,
             ca: self.ca.clone(),
+            leaves: self.leaves.clone(),
+            secrets: self.secrets.clone(),
+            upstream_tls: self.upstream_tls.clone(),
+            inference: self.inference.clone(),
             shutdown: shutdown.clone(),
         });
         shutdown.spawn(server::serve(listeners.proxy, ctx, config.allowed_clients.clone()));
@@ -128,6 +190,7 @@ impl Prepared {
             };
             shutdown.spawn(tcp_forward::serve(listener, target, shutdown.clone()));
         }
+        volume::write_child_env(tls_dir, &self.secrets.child_env())?;
         let ready = Ready {
             pid: std::process::id(),
             proxy_listen,
@@ -157,6 +220,28 @@ fn usable_tls_dir(dir: &Path) -> Result<(), ProxyError> {
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(fail)?;
     std::fs::remove_file(&probe).map_err(fail)
+}
+
+/// Re-reads the provider env file every `interval` until shutdown; each new set of
+/// credentials is in force for the next request and rewrites `child-env.json`. A bad file
+/// keeps the last good credentials and is reported once (never with a value).
+async fn reload_credentials(secrets: Arc<SecretStore>, tls_dir: PathBuf, interval: Duration, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = shutdown.signalled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match secrets.reload_if_changed() {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(keys = secrets.snapshot().keys().count(), "provider credentials reloaded");
+                if let Err(e) = volume::write_child_env(&tls_dir, &secrets.child_env()) {
+                    tracing::warn!("the new credentials are in force, but child-env.json was not rewritten: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("kept the previous provider credentials: {e}"),
+        }
+    }
 }
 
 /// Writes `ca-bundle.pem`: the system roots, then the sandbox CA.

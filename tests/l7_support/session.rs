@@ -89,8 +89,13 @@ pub async fn upstream_handle(seen: Arc<Seen>, mut req: Request<Incoming>) -> Res
 
 /// An HTTPS upstream for `api.test` with its own CA.
 pub async fn upstream(upstream_ca: &Ca) -> (SocketAddr, Arc<Seen>) {
+    upstream_named(upstream_ca, HOST).await
+}
+
+/// An HTTPS upstream whose certificate (from `upstream_ca`) names `host`.
+pub async fn upstream_named(upstream_ca: &Ca, host: &str) -> (SocketAddr, Arc<Seen>) {
     let issuer = LeafIssuer::new(&upstream_ca.der, &upstream_ca.key_pem, 4).unwrap();
-    let acceptor = TlsAcceptor::from(issuer.server_config(HOST).unwrap());
+    let acceptor = TlsAcceptor::from(issuer.server_config(host).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());

@@ -13,6 +13,10 @@
 //!     timeout_secs: 60                    # optional; 0 or absent: no route timeout
 //! ```
 
+mod handle;
+
+pub use handle::RoutesHandle;
+
 use std::path::{Path, PathBuf};
 
 use marked_yaml::Node;

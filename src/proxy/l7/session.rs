@@ -202,7 +202,7 @@ impl State {
 }
 
 /// One audit event per request decision (names of credentials only, never values).
-fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &Verdict) {
+pub(crate) fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &Verdict) {
     let (action, decision, credentials, reason) = match verdict {
         Verdict::Forward { decision, credentials } => {
             let action = if decision.allow { "allow" } else { "audit" };
