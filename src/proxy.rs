@@ -22,3 +22,7 @@ pub fn run(config: ProxyConfig) -> Result<Exit, ProxyError> {
     let _ = config;
     Err(ProxyError::NotBuilt)
 }
+
+pub mod credentials;
+pub mod l7;
+pub mod tls;
