@@ -15,20 +15,42 @@ fn env_name(k: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// A JSON object as its list of pairs, duplicates kept.
+struct Pairs(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Pairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Pairs, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = m.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("/shared/tls/child-env.json");
     let result = parse_child_env(path, data);
-    // The oracle: the same bytes as generic JSON (later duplicate keys win, as in the reader).
-    let expected = match serde_json::from_slice::<serde_json::Value>(data) {
-        Ok(serde_json::Value::Object(map)) => map
-            .into_iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) if env_name(&k) && !s.contains('\0') => Some((k, s)),
-                _ => None,
-            })
-            .collect::<Option<std::collections::BTreeMap<_, _>>>(),
-        _ => None,
-    };
+    // The oracle: the same bytes as generic JSON pairs. Every value must be a string (even
+    // one a later duplicate key replaces, as the typed reader requires); later keys win.
+    let expected = serde_json::from_slice::<Pairs>(data).ok().and_then(|Pairs(pairs)| {
+        let mut map = std::collections::BTreeMap::new();
+        for (k, v) in pairs {
+            let serde_json::Value::String(s) = v else { return None };
+            map.insert(k, s);
+        }
+        map.iter().all(|(k, v)| env_name(k) && !v.contains('\0')).then_some(map)
+    });
     match result {
         Ok(env) => {
             for (k, v) in &env {
