@@ -20,9 +20,11 @@ for target in $targets; do
   scratch=$(mktemp -d)
   cp -r "corpus/$target/." "$scratch/"
   log="$scratch.log"
+  dict=()
+  [ -f "$target.dict" ] && dict=(-dict="$target.dict")
   status=0
-  cargo fuzz run -s none "$target" "$scratch" -- -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 \
-    -print_final_stats=1 >"$log" 2>&1 || status=$?
+  cargo fuzz run -s none "$target" "$scratch" -- "${dict[@]}" -max_total_time="$seconds" -timeout=25 \
+    -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1 || status=$?
   grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY|Failing input|artifact_prefix|Test unit written)|panicked at' "$log" || true
   [ "$status" = 0 ] || tail -n 40 "$log" >&2
   rm -f "$log"
