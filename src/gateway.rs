@@ -21,7 +21,8 @@ pub mod logs;
 pub mod policy;
 pub mod proto;
 pub mod provider;
-mod relay;
+#[doc(hidden)]
+pub mod relay;
 pub mod session;
 
 use std::fmt;

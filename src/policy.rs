@@ -132,8 +132,28 @@ pub fn parse_yaml(text: &str, source_name: &str) -> Result<Policy, PolicyError> 
         }]));
     }
     let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
-    let root = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| invalid(vec![yaml_issue(&e)]))?;
-    validate(&root).map_err(invalid)
+    // The YAML scanner can mark a line past the end (a tag followed by a NUL byte, say):
+    // the last line is named instead.
+    let last_line = line_count(text);
+    let within = |mut issues: Vec<Issue>| {
+        for issue in &mut issues {
+            issue.line = issue.line.map(|l| l.min(last_line));
+        }
+        invalid(issues)
+    };
+    let root = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| within(vec![yaml_issue(&e)]))?;
+    validate(&root).map_err(within)
+}
+
+/// The number of lines of `text` as YAML counts them (`\r\n`, `\n` or a bare `\r` ends one).
+fn line_count(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let breaks = bytes
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| **b == b'\n' || (**b == b'\r' && bytes.get(i + 1) != Some(&b'\n')))
+        .count();
+    breaks + 1
 }
 
 /// Reads, parses and validates a policy file.
@@ -162,4 +182,32 @@ fn yaml_issue(e: &marked_yaml::LoadError) -> Issue {
         }
     };
     Issue { path: String::new(), line: marker.map(|m| m.line()).filter(|l| *l > 0), message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issues(text: &str) -> Vec<Issue> {
+        match parse_yaml(text, "t.yaml") {
+            Err(PolicyError::Invalid { issues, .. }) => issues,
+            other => panic!("expected an invalid policy, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_issue_never_names_a_line_past_the_end() {
+        // Found by the policy_yaml fuzz target: the scanner marked line 2 of a one-line text.
+        let found = issues("!\u{0}1");
+        assert!(!found.is_empty());
+        assert!(found.iter().all(|i| i.line == Some(1)), "{found:?}");
+    }
+
+    #[test]
+    fn lines_are_counted_as_yaml_counts_them() {
+        assert_eq!(line_count(""), 1);
+        assert_eq!(line_count("a\r\nb\rc\n"), 4);
+        let found = issues("\r\r- 1\n");
+        assert_eq!(found[0].line, Some(3), "{found:?}");
+    }
 }

@@ -119,24 +119,42 @@ pub fn write_child_env(dir: &Path, env: &ChildEnv) -> Result<(), VolumeError> {
 /// values that cannot be passed to a child (NUL).
 pub fn read_child_env(dir: &Path) -> Result<ChildEnv, VolumeError> {
     let path = dir.join(CHILD_ENV_FILE);
-    let env: ChildEnv = read_json(&path)?;
+    let bytes = std::fs::read(&path).map_err(|source| VolumeError::Read { path: path.clone(), source })?;
+    parse_child_env(&path, &bytes)
+}
+
+/// The parse and checks of [`read_child_env`] on the file's bytes; `path` names it in
+/// errors. Public for the fuzz target.
+#[doc(hidden)]
+pub fn parse_child_env(path: &Path, bytes: &[u8]) -> Result<ChildEnv, VolumeError> {
+    let env: ChildEnv = parse_json(path, bytes)?;
     let bad_name = |k: &str| {
         k.is_empty()
             || k.starts_with(|c: char| c.is_ascii_digit())
             || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     };
     if let Some(k) = env.keys().find(|k| bad_name(k)) {
-        return Err(VolumeError::Malformed { path, message: format!("`{k}` is not an environment variable name") });
+        return Err(VolumeError::Malformed {
+            path: path.to_owned(),
+            message: format!("`{k}` is not an environment variable name"),
+        });
     }
     if let Some(k) = env.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
-        return Err(VolumeError::Malformed { path, message: format!("the value of `{k}` contains a NUL byte") });
+        return Err(VolumeError::Malformed {
+            path: path.to_owned(),
+            message: format!("the value of `{k}` contains a NUL byte"),
+        });
     }
     Ok(env)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, VolumeError> {
     let bytes = std::fs::read(path).map_err(|source| VolumeError::Read { path: path.to_owned(), source })?;
-    serde_json::from_slice(&bytes).map_err(|e| VolumeError::Malformed { path: path.to_owned(), message: e.to_string() })
+    parse_json(path, &bytes)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, VolumeError> {
+    serde_json::from_slice(bytes).map_err(|e| VolumeError::Malformed { path: path.to_owned(), message: e.to_string() })
 }
 
 /// The current time as RFC 3339 UTC, for `.ready`.

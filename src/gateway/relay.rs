@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
@@ -110,15 +111,42 @@ fn frame(payload: relay_frame::Payload) -> RelayFrame {
 
 /// Opens the `RelayStream` and copies both ways until both directions ended.
 async fn pump(cx: &RelayContext, channel_id: &str, local: Box<dyn Local>) -> Result<(), String> {
-    let (tx, rx) = mpsc::channel::<RelayFrame>(8);
-    let _ = tx.try_send(frame(relay_frame::Payload::Init(RelayInit { channel_id: channel_id.to_owned() })));
+    let (tx, rx) = outbound_channel(channel_id);
     let mut grpc = cx.client.openshell();
     let call = grpc.relay_stream(request_stream(rx));
-    let mut inbound = match tokio::time::timeout(cx.dial_timeout, call).await {
+    let inbound = match tokio::time::timeout(cx.dial_timeout, call).await {
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(status)) => return Err(cx.client.failure(Method::RelayStream, &status).to_string()),
         Err(_) => return Err(format!("RelayStream was not answered within {:?}", cx.dial_timeout)),
     };
+    copy_both_ways(local, tx, inbound, |status| cx.client.failure(Method::RelayStream, status).to_string()).await
+}
+
+/// The outbound frames of a relay, with `init{channel_id}` already queued, so it is the
+/// first frame the gateway receives whatever happens next. Public for the fuzz target.
+#[doc(hidden)]
+pub fn outbound_channel(channel_id: &str) -> (mpsc::Sender<RelayFrame>, mpsc::Receiver<RelayFrame>) {
+    let (tx, rx) = mpsc::channel::<RelayFrame>(8);
+    // The channel is empty and its receiver alive: this send cannot fail or wait.
+    let _ = tx.try_send(frame(relay_frame::Payload::Init(RelayInit { channel_id: channel_id.to_owned() })));
+    (tx, rx)
+}
+
+/// Copies `local` into `data` frames of at most [`MAX_FRAME`] bytes on `tx`, and the `data`
+/// frames of `inbound` into `local`, until both directions ended. The local EOF drops `tx`
+/// (half-close); the end of `inbound` shuts the local write side. `fail` words an inbound
+/// error. Public for the fuzz target.
+#[doc(hidden)]
+pub async fn copy_both_ways<L, S>(
+    local: L,
+    tx: mpsc::Sender<RelayFrame>,
+    mut inbound: S,
+    fail: impl Fn(&tonic::Status) -> String,
+) -> Result<(), String>
+where
+    L: AsyncRead + AsyncWrite,
+    S: Stream<Item = Result<RelayFrame, tonic::Status>> + Unpin,
+{
     let (mut read, mut write) = tokio::io::split(local);
     let outbound = async move {
         let mut buf = vec![0u8; MAX_FRAME];
@@ -134,13 +162,13 @@ async fn pump(cx: &RelayContext, channel_id: &str, local: Box<dyn Local>) -> Res
     };
     let inbound = async move {
         loop {
-            match inbound.message().await {
-                Ok(Some(RelayFrame { payload: Some(relay_frame::Payload::Data(data)) })) => {
+            match inbound.next().await {
+                Some(Ok(RelayFrame { payload: Some(relay_frame::Payload::Data(data)) })) => {
                     write.write_all(&data).await.map_err(|e| format!("writing the local stream: {e}"))?;
                 }
-                Ok(Some(_)) => {} // init echoes or newer frames: nothing to write
-                Ok(None) => break,
-                Err(status) => return Err(cx.client.failure(Method::RelayStream, &status).to_string()),
+                Some(Ok(_)) => {} // init echoes or newer frames: nothing to write
+                None => break,
+                Some(Err(status)) => return Err(fail(&status)),
             }
         }
         // The gateway's end of stream is EOF for the local side.

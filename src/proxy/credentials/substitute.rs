@@ -128,8 +128,12 @@ fn basic(r: &mut Resolver<'_>, token: &str, place: &str) -> Result<Option<(Strin
     Ok(Some((STANDARD.encode(format!("{new_user}:{new_password}")), key)))
 }
 
-/// The new URI, if its query names placeholders. A placeholder in the path is refused.
+/// The new URI, if its query names placeholders. A placeholder in the authority (an
+/// absolute- or authority-form target's `user:password@`) or the path is refused.
 fn uri(r: &mut Resolver<'_>, uri: &Uri) -> Result<Option<Uri>, CredentialError> {
+    if uri.authority().is_some_and(|a| decoded_contains_prefix(a.as_str())) {
+        return Err(misplaced("the request authority"));
+    }
     if decoded_contains_prefix(uri.path()) {
         return Err(misplaced("the request path"));
     }

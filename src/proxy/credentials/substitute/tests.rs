@@ -241,3 +241,21 @@ fn property_never_emits_a_placeholder_or_an_unnamed_secret() {
     }
     assert!(swapped > 500 && refused > 500, "swapped {swapped}, refused {refused}");
 }
+
+#[test]
+fn a_placeholder_in_the_authority_is_refused() {
+    // Found by the l7_substitute fuzz target: the userinfo of an absolute- or
+    // authority-form target was forwarded with its placeholder.
+    for uri in [
+        format!("http://{}@api.example.com/v1", placeholder("USER")),
+        format!("{}@api.example.com:443", placeholder("USER")),
+        "http://openshell%3Aresolve%3Aenv%3AUSER@api.example.com/".to_owned(),
+    ] {
+        let mut p = parts(&uri, &[]);
+        let err = request(&store(), &mut p).unwrap_err();
+        assert!(
+            matches!(&err, CredentialError::Misplaced { place } if place == "the request authority"),
+            "{uri}: {err}"
+        );
+    }
+}
