@@ -156,9 +156,9 @@ impl Sandbox {
         must(Command::new("sh").args(["-c", &script]).current_dir(r).env("CONTAINERS_CONF", &self.conf), STEP);
     }
 
-    /// Builds the repository's Dockerfile with BINARY=prebuilt and the binary `cargo
-    /// test` built, from the base image; the context holds only what the runtime stage
-    /// copies, so nothing is compiled again.
+    /// Builds the repository's Dockerfile, target `prebuilt`, with the binary `cargo test`
+    /// built, from the base image; the context holds only what that target copies, so
+    /// nothing is compiled again.
     pub fn build_image(&self, binary: &Path) {
         let context = tempfile::tempdir().unwrap();
         let c = context.path();
@@ -177,7 +177,7 @@ impl Sandbox {
             self.host_podman()
                 // --layers=false: no intermediate stage image is left behind.
                 .args(["build", "-q", "--layers=false", "--format", "docker", "--label", &label])
-                .args(["--build-arg", "BINARY=prebuilt", "--build-arg", "PREBUILT=bin/openshell-sandbox"])
+                .args(["--target", "prebuilt", "--build-arg", "PREBUILT=bin/openshell-sandbox"])
                 .args(["--build-arg", &base, "--build-arg", &runtime, "-t", &self.image, "-f"])
                 .arg(repo.join("Dockerfile"))
                 .arg(c),
