@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use e2e_support::{BIN, HELLO, Output, Upstream, UpstreamTls, run, wait_for};
+use e2e_support::{BIN, HELLO, Output, Upstream, UpstreamTls, must, run, wait_for};
 use openshell_sandbox::volume::{self, READY_FILE};
 use sandbox::{HOST_MOUNTS, RUN_LABEL, STEP, Sandbox};
 
@@ -31,6 +31,13 @@ const UPSTREAM: Ipv4Addr = Ipv4Addr::new(10, 231, 2, 1);
 const HTTP_PORT: u16 = 8080;
 const HTTPS_PORT: u16 = 8443;
 const PROXY_PORT: u16 = 3128;
+const SSH_PORT: u16 = 2222;
+
+/// Whether main has agent mode. Until it does, the agent container runs `sleep` in place
+/// of our entrypoint and the checks run through `podman exec` with the container's
+/// environment; with it, the agent supervisor waits for `.ready` and the checks run as
+/// exec sessions through its SSH server, in the child environment it builds.
+const AGENT_MODE: bool = false;
 
 /// Set `OPENSHELL_E2E_PODMAN=required` (CI does) to fail instead of skipping when podman
 /// or root is missing.
@@ -68,16 +75,146 @@ fn args(pieces: &[&[&str]]) -> Vec<String> {
     pieces.iter().flat_map(|piece| piece.iter().map(|s| (*s).to_owned())).collect()
 }
 
-/// `podman ARGS` with owned arguments.
-fn p(sb: &Sandbox, args: &[String]) -> Output {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    sb.p(&args)
-}
-
-/// `podman exec AGENT ARGS`, bounded.
-fn agent_exec(sb: &Sandbox, args: &[&str]) -> Output {
+/// `podman exec AGENT ARGS`, bounded: a process beside the supervisor, with the
+/// container's environment.
+fn podman_exec(sb: &Sandbox, args: &[&str]) -> Output {
     let agent = format!("{}-agent", sb.name);
     run(sb.podman().args(["exec", &agent]).args(args), STEP)
+}
+
+/// Runs ARGS in the agent: with agent mode, an exec session through the supervisor's SSH
+/// server (the OpenSSH client inside the container, to its loopback listener), so the
+/// command gets the child environment; without it, `podman exec`.
+fn agent_exec(sb: &Sandbox, args: &[&str]) -> Output {
+    if !AGENT_MODE {
+        return podman_exec(sb, args);
+    }
+    let line: Vec<String> = args.iter().map(|arg| format!("'{}'", arg.replace('\'', "'\\''"))).collect();
+    let port = SSH_PORT.to_string();
+    #[rustfmt::skip]
+    let ssh = ["ssh", "-i", "/keys/id", "-p", &port, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "sandbox@127.0.0.1"];
+    let line = line.join(" ");
+    podman_exec(sb, &[&ssh[..], &[line.as_str()]].concat())
+}
+
+/// The names, files and shared arguments of one run.
+struct Run {
+    sb: Sandbox,
+    files: tempfile::TempDir,
+    int: String,
+    ext: String,
+    vol: String,
+    proxy: String,
+    agent: String,
+    /// The volume's directory on the host (rootful podman).
+    mountpoint: PathBuf,
+}
+
+impl Run {
+    fn labels(&self) -> Vec<String> {
+        let run = format!("{RUN_LABEL}={}", self.sb.id);
+        let sandbox = format!("openshell.sandbox={}", self.sb.name);
+        vec!["--label".into(), run, "--label".into(), sandbox]
+    }
+
+    /// `podman ARGS` with owned arguments.
+    fn p(&self, args: &[String]) -> Output {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.sb.p(&args)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.files.path().join(name)
+    }
+
+    /// Networks and the volume, each with the run's labels.
+    fn create_networks_and_volume(&mut self) {
+        let labels = self.labels();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        #[rustfmt::skip]
+        self.p(&args(&[&["network", "create", "--internal", "--disable-dns", "--subnet", "10.231.1.0/24"], &labels, &[&self.int]]));
+        self.p(&args(&[&["network", "create", "--disable-dns", "--subnet", "10.231.2.0/24"], &labels, &[&self.ext]]));
+        self.p(&args(&[&["volume", "create"], &labels, &[&self.vol]]));
+        let mountpoint = self.sb.p(&["volume", "inspect", "--format", "{{.Mountpoint}}", &self.vol]).stdout;
+        self.mountpoint = PathBuf::from(mountpoint.trim());
+    }
+
+    /// The proxy: both networks, the volume read-write, our binary as the entrypoint.
+    /// Its "system roots" are the upstream's test CA, mounted where the image keeps the
+    /// roots, so ca-bundle.pem carries it.
+    fn start_proxy(&self) {
+        let labels = self.labels();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let mounts = host_mounts();
+        let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+        let policy = format!("{}:/etc/openshell/policy.yaml:ro", self.file("policy.yaml").display());
+        let roots = format!("{}:/etc/ssl/certs/ca-certificates.crt:ro", self.file("roots.pem").display());
+        let (int_ip, ext_ip) = (format!("{}:ip={PROXY_INT}", self.int), format!("{}:ip={PROXY_EXT}", self.ext));
+        let rw = format!("{}:/openshell-tls:rw", self.vol);
+        let listen = format!("OPENSHELL_PROXY_LISTEN=0.0.0.0:{PROXY_PORT}");
+        #[rustfmt::skip]
+        self.p(&args(&[&["run", "-d", "--name", &self.proxy, "--label", "openshell.role=proxy"], &labels, &mounts, &[
+            "--network", &int_ip, "--network", &ext_ip,
+            "-v", &rw, "-v", &policy, "-v", &roots,
+            "-e", "OPENSHELL_MODE=proxy", "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
+            "-e", &listen, "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
+            &self.sb.image,
+        ]]));
+    }
+
+    /// Waits for `.ready` in the volume, failing early with the logs if the proxy exits.
+    fn wait_ready(&self) {
+        wait_for(".ready in the volume", STEP, || {
+            if self.mountpoint.join(READY_FILE).exists() {
+                return Some(());
+            }
+            if self.sb.p(&["inspect", "--format", "{{.State.Status}}", &self.proxy]).stdout.trim() == "exited" {
+                let logs = run(self.sb.podman().args(["logs", &self.proxy]), STEP);
+                panic!("the proxy container exited before .ready: {}", logs.all());
+            }
+            None
+        });
+    }
+
+    /// The agent: only the internal network, the volume read-only. With agent mode, our
+    /// entrypoint in agent mode with a workload that announces itself, and a loopback
+    /// SSH listener for the exec sessions.
+    fn start_agent(&self) {
+        let labels = self.labels();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let mounts = host_mounts();
+        let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+        let proxy_url = format!("http://{PROXY_INT}:{PROXY_PORT}");
+        let proxy_vars: Vec<String> = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"]
+            .iter()
+            .map(|v| format!("{v}={proxy_url}"))
+            .collect();
+        let proxy_env: Vec<&str> = proxy_vars.iter().flat_map(|var| ["-e", var.as_str()]).collect();
+        let (agent_ip, ro) = (format!("{}:ip={AGENT}", self.int), format!("{}:/openshell-tls:ro", self.vol));
+        let policy = format!("{}:/etc/openshell/policy.yaml:ro", self.file("policy.yaml").display());
+        let keys = format!("{}:/keys:ro", self.file("keys").display());
+        let ssh_listen = format!("OPENSHELL_SSH_LISTEN=127.0.0.1:{SSH_PORT}");
+        #[rustfmt::skip]
+        let common = [&["run", "-d", "--name", &self.agent, "--label", "openshell.role=agent"][..], &labels, &mounts, &proxy_env, &[
+            "--network", &agent_ip, "-v", &ro, "-v", &policy, "-v", &keys,
+            "-e", "OPENSHELL_PROXY_MODE=sidecar", "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
+            "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
+            "-e", "SSL_CERT_FILE=/openshell-tls/ca-bundle.pem",
+        ]].concat();
+        #[rustfmt::skip]
+        let tail: &[&str] = if AGENT_MODE {
+            &["-e", &ssh_listen, "-e", "OPENSHELL_SSH_AUTHORIZED_KEYS=/keys/authorized_keys",
+              &self.sb.image, "agent", "--", "sh", "-c", "echo workload-started; exec sleep infinity"]
+        } else {
+            &["--entrypoint", "/usr/bin/sleep", &self.sb.image, "infinity"]
+        };
+        self.p(&args(&[&common, tail]));
+    }
+
+    fn agent_logs(&self) -> Output {
+        run(self.sb.podman().args(["logs", &self.agent]), STEP)
+    }
 }
 
 #[test]
@@ -87,153 +224,157 @@ fn sidecar_topology_on_podman() {
         return;
     }
     let whole = Instant::now();
-    let mut sb = Sandbox::new();
-    let n = sb.name.clone();
-    let run_label = format!("{RUN_LABEL}={}", sb.id);
-    let sandbox_label = format!("openshell.sandbox={n}");
+    let sb = Sandbox::new();
     let built = Instant::now();
     sb.base_image();
-    sb.build_image(Path::new(BIN));
+    // OPENSHELL_E2E_BINARY tests another build of the binary (a release build, say).
+    let binary = std::env::var_os("OPENSHELL_E2E_BINARY").map_or_else(|| PathBuf::from(BIN), PathBuf::from);
+    sb.build_image(&binary);
     let build_time = built.elapsed();
+    let n = sb.name.clone();
+    let mut r = Run {
+        files: tempfile::tempdir().unwrap(),
+        int: format!("{n}-int"),
+        ext: format!("{n}-ext"),
+        vol: format!("{n}-tls"),
+        proxy: format!("{n}-proxy"),
+        agent: format!("{n}-agent"),
+        mountpoint: PathBuf::new(),
+        sb,
+    };
 
     // The upstream, bound in the outer namespace before the networks exist (0.0.0.0).
     let tls = UpstreamTls::new(IpAddr::V4(UPSTREAM));
     let _upstream = Upstream::start(
-        &sb.outer,
+        &r.sb.outer,
         SocketAddr::from(([0, 0, 0, 0], HTTP_PORT)),
         SocketAddr::from(([0, 0, 0, 0], HTTPS_PORT)),
         tls.config.clone(),
     );
-    let files = tempfile::tempdir().unwrap();
-    let policy = files.path().join("policy.yaml");
-    std::fs::write(&policy, e2e_support::policy(IpAddr::V4(UPSTREAM), HTTP_PORT, HTTPS_PORT)).unwrap();
-    let roots = files.path().join("roots.pem");
-    std::fs::write(&roots, &tls.ca_pem).unwrap();
+    let policy = e2e_support::policy(IpAddr::V4(UPSTREAM), HTTP_PORT, HTTPS_PORT);
+    std::fs::write(r.file("policy.yaml"), policy).unwrap();
+    std::fs::write(r.file("roots.pem"), &tls.ca_pem).unwrap();
+    std::fs::create_dir(r.file("keys")).unwrap();
+    let key = r.file("keys/id");
+    must(std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key), STEP);
+    std::fs::copy(r.file("keys/id.pub"), r.file("keys/authorized_keys")).unwrap();
+    r.create_networks_and_volume();
 
-    // Networks and the volume, each with the run's labels.
-    let (int, ext, vol) = (format!("{n}-int"), format!("{n}-ext"), format!("{n}-tls"));
-    let labels = ["--label", &run_label, "--label", &sandbox_label];
-    p(
-        &sb,
-        &args(&[&["network", "create", "--internal", "--disable-dns", "--subnet", "10.231.1.0/24"], &labels, &[&int]]),
-    );
-    p(&sb, &args(&[&["network", "create", "--disable-dns", "--subnet", "10.231.2.0/24"], &labels, &[&ext]]));
-    p(&sb, &args(&[&["volume", "create"], &labels, &[&vol]]));
-    let mountpoint = PathBuf::from(sb.p(&["volume", "inspect", "--format", "{{.Mountpoint}}", &vol]).stdout.trim());
-
-    // The proxy: both networks, the volume read-write, our binary as the entrypoint.
-    let proxy = format!("{n}-proxy");
-    let mounts = host_mounts();
-    let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
-    let policy_mount = format!("{}:/etc/openshell/policy.yaml:ro", policy.display());
-    // The proxy's "system roots" are the upstream's test CA, mounted where the image
-    // keeps the roots, so ca-bundle.pem carries it.
-    let roots_mount = format!("{}:/etc/ssl/certs/ca-certificates.crt:ro", roots.display());
+    // With agent mode the agent starts first and must wait for .ready on its own; without
+    // it, the driver's order (the agent after .ready) is all there is to check.
+    let mut agent_started = None;
+    if AGENT_MODE {
+        agent_started = Some(Instant::now());
+        r.start_agent();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let logs = r.agent_logs();
+        assert!(!logs.stdout.contains("workload-started"), "the workload ran before .ready: {}", logs.all());
+        let state = r.sb.p(&["inspect", "--format", "{{.State.Status}}", &r.agent]).stdout;
+        assert_eq!(state.trim(), "running", "the agent waits for .ready: {}", logs.all());
+    }
     let started = Instant::now();
-    let (int_ip, ext_ip) = (format!("{int}:ip={PROXY_INT}"), format!("{ext}:ip={PROXY_EXT}"));
-    let (rw, listen) = (format!("{vol}:/openshell-tls:rw"), format!("OPENSHELL_PROXY_LISTEN=0.0.0.0:{PROXY_PORT}"));
-    #[rustfmt::skip]
-    let proxy_args = args(&[&["run", "-d", "--name", &proxy, "--label", "openshell.role=proxy"], &labels, &mounts, &[
-        "--network", &int_ip, "--network", &ext_ip,
-        "-v", &rw, "-v", &policy_mount, "-v", &roots_mount,
-        "-e", "OPENSHELL_MODE=proxy", "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
-        "-e", &listen, "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
-        &sb.image,
-    ]]);
-    p(&sb, &proxy_args);
-    wait_for(".ready in the volume", STEP, || {
-        if mountpoint.join(READY_FILE).exists() {
-            return Some(());
-        }
-        let state = sb.p(&["inspect", "--format", "{{.State.Status}}", &proxy]).stdout;
-        if state.trim() == "exited" {
-            let logs = run(sb.podman().args(["logs", &proxy]), STEP);
-            panic!("the proxy container exited before .ready: {}", logs.all());
-        }
-        None
-    });
+    r.start_proxy();
+    r.wait_ready();
     let to_ready = started.elapsed();
-    let ready = volume::read_ready(&mountpoint).unwrap();
+    let ready_at = Instant::now();
+    let ready = volume::read_ready(&r.mountpoint).unwrap();
     assert_eq!(ready.proxy_listen, SocketAddr::from(([0, 0, 0, 0], PROXY_PORT)));
-    assert!(!mountpoint.join("ca-key.pem").exists(), "the CA key stays out of the shared volume");
-    let health = run(sb.podman().args(["healthcheck", "run", &proxy]), STEP);
+    assert!(!r.mountpoint.join("ca-key.pem").exists(), "the CA key stays out of the shared volume");
+    let health = run(r.sb.podman().args(["healthcheck", "run", &r.proxy]), STEP);
     assert!(health.ok(), "the image's HEALTHCHECK in proxy mode: {}", health.all());
-
-    // The agent: only the internal network, the volume read-only, started after .ready.
-    let agent = format!("{n}-agent");
-    let proxy_url = format!("http://{PROXY_INT}:{PROXY_PORT}");
-    let (agent_ip, ro) = (format!("{int}:ip={AGENT}"), format!("{vol}:/openshell-tls:ro"));
-    let proxy_vars: Vec<String> = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"]
-        .iter()
-        .map(|var| format!("{var}={proxy_url}"))
-        .collect();
-    let proxy_env: Vec<&str> = proxy_vars.iter().flat_map(|var| ["-e", var.as_str()]).collect();
-    #[rustfmt::skip]
-    let agent_args = args(&[&["run", "-d", "--name", &agent, "--label", "openshell.role=agent"], &labels, &mounts, &proxy_env, &[
-        "--network", &agent_ip, "-v", &ro,
-        "-e", "OPENSHELL_PROXY_MODE=sidecar", "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
-        "-e", "SSL_CERT_FILE=/openshell-tls/ca-bundle.pem",
-        // Agent mode is not on main yet: the agent container runs `sleep` in place of
-        // our entrypoint until it is.
-        "--entrypoint", "/usr/bin/sleep", &sb.image, "infinity",
-    ]]);
-    let agent_started = Instant::now();
-    p(&sb, &agent_args);
-    wait_for("a first exec in the agent", STEP, || agent_exec(&sb, &["true"]).ok().then_some(()));
-    let to_first_exec = agent_started.elapsed();
+    if !AGENT_MODE {
+        agent_started = Some(Instant::now());
+        r.start_agent();
+    }
+    let mut last = None;
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !last.as_ref().is_some_and(Output::ok) {
+        if Instant::now() > deadline {
+            let last = last.map(|out| out.all()).unwrap_or_default();
+            panic!("no exec in the agent within 30 s; last: {last}\nagent logs: {}", r.agent_logs().all());
+        }
+        last = Some(agent_exec(&r.sb, &["true"]));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let to_first_exec = agent_started.unwrap().elapsed();
+    let ready_to_first_exec = ready_at.elapsed();
+    if AGENT_MODE {
+        let logs = r.agent_logs();
+        assert!(logs.stdout.contains("workload-started"), "the workload runs after .ready: {}", logs.all());
+    }
 
     // Labels on the three kinds of resources.
-    assert_eq!(label(&sb, "container", &proxy, "openshell.role"), "proxy");
-    assert_eq!(label(&sb, "container", &agent, "openshell.role"), "agent");
-    for (kind, name) in
-        [("container", &proxy), ("container", &agent), ("network", &int), ("network", &ext), ("volume", &vol)]
-    {
-        assert_eq!(label(&sb, kind, name, RUN_LABEL), sb.id, "{kind} {name}");
-        assert_eq!(label(&sb, kind, name, "openshell.sandbox"), n, "{kind} {name}");
+    let sb = &r.sb;
+    assert_eq!(label(sb, "container", &r.proxy, "openshell.role"), "proxy");
+    assert_eq!(label(sb, "container", &r.agent, "openshell.role"), "agent");
+    let all = [
+        ("container", &r.proxy),
+        ("container", &r.agent),
+        ("network", &r.int),
+        ("network", &r.ext),
+        ("volume", &r.vol),
+    ];
+    for (kind, name) in all {
+        assert_eq!(label(sb, kind, name, RUN_LABEL), sb.id, "{kind} {name}");
+        assert_eq!(label(sb, kind, name, "openshell.sandbox"), n, "{kind} {name}");
     }
 
     // Through the proxy: HTTP forwarded, HTTPS tunnelled (L4, no `protocol`) and verified
     // against ca-bundle.pem through SSL_CERT_FILE.
     let http_url = format!("http://{UPSTREAM}:{HTTP_PORT}/index.txt");
     let https_url = format!("https://{UPSTREAM}:{HTTPS_PORT}/index.txt");
-    let out = agent_exec(&sb, &["curl", "-sS", "-m", "10", &http_url]);
+    let out = agent_exec(sb, &["curl", "-sS", "-m", "10", &http_url]);
     assert!(out.ok() && out.stdout == HELLO, "HTTP through the proxy: {}", out.all());
-    let out = agent_exec(&sb, &["curl", "-sS", "-m", "10", &https_url]);
+    let out = agent_exec(sb, &["curl", "-sS", "-m", "10", &https_url]);
     assert!(out.ok() && out.stdout == HELLO, "HTTPS through the proxy: {}", out.all());
-    let out = agent_exec(&sb, &["env", "SSL_CERT_FILE=/openshell-tls/ca.pem", "curl", "-sS", "-m", "10", &https_url]);
+    let out = agent_exec(sb, &["env", "SSL_CERT_FILE=/openshell-tls/ca.pem", "curl", "-sS", "-m", "10", &https_url]);
     assert_eq!(out.code, Some(60), "trusting only ca.pem must fail to verify the upstream: {}", out.all());
 
     // Without the proxy variables: no route.
     let unset = ["env", "-u", "HTTP_PROXY", "-u", "http_proxy", "-u", "HTTPS_PROXY", "-u", "https_proxy"];
     for url in [&http_url, &https_url] {
-        let out = agent_exec(&sb, &[&unset[..], &["curl", "-sS", "-v", "-m", "10", url]].concat());
+        let out = agent_exec(sb, &[&unset[..], &["curl", "-sS", "-v", "-m", "10", url]].concat());
         assert!(!out.ok() && out.stderr.contains("Network is unreachable"), "direct {url}: {}", out.all());
     }
-    let out = agent_exec(&sb, &["ip", "route", "show", "default"]);
+    let out = podman_exec(sb, &["ip", "route", "show", "default"]);
     assert!(out.ok() && out.stdout.trim().is_empty(), "the agent has no default route: {}", out.all());
 
     // A denied host: 403 with the JSON body.
-    let out = agent_exec(&sb, &["curl", "-sS", "-m", "10", "-w", "\n%{http_code}", "http://denied.example/"]);
+    let out = agent_exec(sb, &["curl", "-sS", "-m", "10", "-w", "\n%{http_code}", "http://denied.example/"]);
     let (body, code) = out.stdout.rsplit_once('\n').unwrap_or_default();
     assert_eq!(code, "403", "denied host: {}", out.all());
     let json: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
     assert_eq!(json["error"], "policy_denied", "{json}");
 
+    // Git over SSH, in the child environment agent mode builds.
+    if AGENT_MODE {
+        let out = agent_exec(sb, &["git", "ls-remote", &format!("ssh://git@{UPSTREAM}/r.git")]);
+        assert!(!out.ok() && out.stderr.contains("transport 'ssh' not allowed"), "git over SSH: {}", out.all());
+        let out = agent_exec(sb, &["sh", "-c", "eval \"$GIT_SSH_COMMAND\" git@host git-upload-pack"]);
+        assert!(
+            out.code == Some(1) && out.stderr.contains("SSH disabled: use HTTPS"),
+            "GIT_SSH_COMMAND: {}",
+            out.all()
+        );
+    }
+
     // The agent reads the volume but cannot write it.
-    let out = agent_exec(&sb, &["sh", "-c", "cat /openshell-tls/ca.pem >/dev/null && touch /openshell-tls/x"]);
+    let out = podman_exec(sb, &["sh", "-c", "cat /openshell-tls/ca.pem >/dev/null && touch /openshell-tls/x"]);
     assert!(!out.ok() && out.stderr.contains("Read-only file system"), "agent write to the volume: {}", out.all());
 
-    // Not yet (not built on main): an exec session through the gateway relay, and the
-    // credential placeholder swap (the upstream sees the secret, `env` shows only the
-    // placeholder) need the gateway wiring and L7 interception.
+    // Not yet (not built on main): an exec session through the gateway relay (here the
+    // sessions use the agent's own SSH listener), and the credential placeholder swap (the
+    // upstream sees the secret, `env` shows only the placeholder), which needs L7
+    // interception and child-env.json from the proxy.
 
     // Deleting in the driver's order leaves nothing.
+    let mut sb = r.sb;
     sb.delete();
     let left = sb.leftovers();
     assert!(left.is_empty(), "left after delete: {left:?}");
     eprintln!(
         "figures (podman): image build {build_time:?}; proxy `podman run` to .ready {to_ready:?}; \
-         agent start to first exec {to_first_exec:?}; whole run {:?}",
+         agent start to first exec {to_first_exec:?} (.ready to first exec {ready_to_first_exec:?}); whole run {:?}",
         whole.elapsed()
     );
 }

@@ -14,7 +14,8 @@ pub const PREFIX: &str = "ose2p";
 /// Label carrying the run id on every container, network, volume and image.
 pub const RUN_LABEL: &str = "openshell.e2e-run";
 /// The base image (an empty root file system, imported, never pulled); kept as a cache.
-pub const BASE_IMAGE: &str = "localhost/openshell-e2e-base";
+/// Bump the tag when its contents change.
+pub const BASE_IMAGE: &str = "localhost/openshell-e2e-base:2";
 /// Host directories mounted read-only into the containers: the base image has an empty
 /// /usr, so glibc (for the binary) and curl, git, ssh, sh come from the host.
 pub const HOST_MOUNTS: &[&str] =
@@ -124,8 +125,9 @@ impl Sandbox {
     }
 
     /// Imports the base image unless it exists: an empty root file system with the
-    /// usr-merged symlinks, a tiny passwd/group, and an empty system root bundle (the
-    /// test mounts its own roots into the proxy). 0.3 s, no registry.
+    /// usr-merged symlinks, a tiny passwd/group with the `sandbox` user children run as
+    /// (uid 1000, shell /bin/sh), and an empty system root bundle (the test mounts its own
+    /// roots into the proxy). 0.3 s, no registry.
     pub fn base_image(&self) {
         if run(self.host_podman().args(["image", "exists", BASE_IMAGE]), STEP).ok() {
             return;
@@ -135,7 +137,7 @@ impl Sandbox {
         for dir in ["usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "usr/share", "usr/local/bin", "etc/ssl/certs"] {
             std::fs::create_dir_all(r.join(dir)).unwrap();
         }
-        for dir in ["tmp", "var/tmp", "proc", "sys", "dev", "root", "run"] {
+        for dir in ["tmp", "var/tmp", "proc", "sys", "dev", "root", "run", "home/sandbox"] {
             std::fs::create_dir_all(r.join(dir)).unwrap();
         }
         for link in ["bin", "lib", "lib64", "sbin"] {
@@ -143,14 +145,15 @@ impl Sandbox {
         }
         std::fs::write(
             r.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+             sandbox:x:1000:1000:sandbox:/home/sandbox:/bin/sh\n",
         )
         .unwrap();
-        std::fs::write(r.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+        std::fs::write(r.join("etc/group"), "root:x:0:\nnogroup:x:65534:\nsandbox:x:1000:\n").unwrap();
         std::fs::write(r.join("etc/nsswitch.conf"), "hosts: files\npasswd: files\ngroup: files\n").unwrap();
         std::fs::write(r.join("etc/ssl/certs/ca-certificates.crt"), "").unwrap();
         let script = format!(
-            "chmod 1777 tmp var/tmp && tar -C {} -c . | podman import -q - {BASE_IMAGE} >/dev/null",
+            "chmod 1777 tmp var/tmp && chown 1000:1000 home/sandbox && tar -C {} -c . | podman import -q - {BASE_IMAGE} >/dev/null",
             r.display()
         );
         must(Command::new("sh").args(["-c", &script]).current_dir(r).env("CONTAINERS_CONF", &self.conf), STEP);
