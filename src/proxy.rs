@@ -92,3 +92,7 @@ pub fn run(config: ProxyConfig) -> Result<Exit, ProxyError> {
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(Exit::Success)
 }
+
+pub mod credentials;
+pub mod l7;
+pub mod tls;

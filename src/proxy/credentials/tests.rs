@@ -1,0 +1,137 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+
+fn provider(pairs: &[(&str, &str)], non_secret: &[&str]) -> ProviderEnvironment {
+    ProviderEnvironment {
+        environment: pairs.iter().map(|(k, v)| (k.to_string(), Secret::new(*v))).collect(),
+        revision: 7,
+        non_secret_keys: non_secret.iter().map(|k| k.to_string()).collect(),
+    }
+}
+
+#[test]
+fn placeholders_and_keys() {
+    assert_eq!(placeholder("API_KEY"), "openshell:resolve:env:API_KEY");
+    assert_eq!(placeholder_key("openshell:resolve:env:API_KEY"), Some("API_KEY"));
+    for s in
+        ["openshell:resolve:env:", "openshell:resolve:env:A-B", "xopenshell:resolve:env:A", "openshell:resolve:env:A "]
+    {
+        assert_eq!(placeholder_key(s), None, "{s}");
+    }
+    assert!(is_key("_A1") && !is_key("1A") && !is_key("") && !is_key("A.B"));
+}
+
+#[test]
+fn child_env_maps_secrets_to_placeholders_and_keeps_non_secrets() {
+    let store =
+        SecretStore::from_provider(&provider(&[("API_KEY", "sk-1"), ("REGION", "eu-west-1")], &["REGION"])).unwrap();
+    let env = store.child_env();
+    let want: BTreeMap<String, String> = [
+        ("API_KEY".to_owned(), "openshell:resolve:env:API_KEY".to_owned()),
+        ("REGION".to_owned(), "eu-west-1".to_owned()),
+    ]
+    .into();
+    assert_eq!(env, want);
+    let dir = tempfile::tempdir().unwrap();
+    crate::volume::write_child_env(dir.path(), &env).unwrap();
+    assert_eq!(crate::volume::read_child_env(dir.path()).unwrap(), want);
+}
+
+#[test]
+fn unsafe_provider_values_are_refused_naming_the_key_only() {
+    for (value, what) in [("a\r\nX-Evil: 1", "carriage return"), ("a\nb", "line feed"), ("a\0b", "NUL")] {
+        let e = SecretStore::from_provider(&provider(&[("OK", "v"), ("TOKEN", value)], &[])).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("`TOKEN`") && text.contains(what) && text.contains("gateway"), "{text}");
+        assert!(!text.contains("X-Evil") && !format!("{e:?}").contains("X-Evil"), "{text}");
+        assert_eq!(e.exit_status(), Exit::Usage);
+    }
+    let e = SecretStore::from_provider(&provider(&[("BAD-KEY", "v")], &[])).unwrap_err();
+    assert!(e.to_string().contains("`BAD-KEY`"));
+}
+
+#[test]
+fn a_bad_install_keeps_the_previous_credentials() {
+    let store = SecretStore::from_provider(&provider(&[("A", "one")], &[])).unwrap();
+    assert!(store.install(&provider(&[("A", "two\n")], &[])).is_err());
+    assert_eq!(store.snapshot().get("A").unwrap().expose(), "one");
+    store.install(&provider(&[("B", "three")], &[])).unwrap();
+    assert!(store.snapshot().get("A").is_none());
+    assert_eq!(store.snapshot().keys().collect::<Vec<_>>(), ["B"]);
+}
+
+#[test]
+fn debug_output_never_shows_a_value() {
+    let store = SecretStore::from_provider(&provider(&[("A", "hunter2-secret")], &[])).unwrap();
+    let debug = format!("{store:?} {:?}", store.snapshot());
+    assert!(!debug.contains("hunter2") && debug.contains("redacted"), "{debug}");
+}
+
+#[test]
+fn file_store_loads_and_reloads_on_change_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider.env");
+    std::fs::write(&path, "API_KEY=first\n").unwrap();
+    let store = SecretStore::from_file(&path).unwrap();
+    assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "first");
+    assert!(!store.reload_if_changed().unwrap(), "unchanged file");
+    let old = store.snapshot();
+
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&path, "API_KEY=second-value\nOTHER=x\n").unwrap();
+    assert!(store.reload_if_changed().unwrap());
+    assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "second-value");
+    assert_eq!(old.get("API_KEY").unwrap().expose(), "first", "a taken snapshot does not change");
+    assert!(!store.reload_if_changed().unwrap());
+    assert_eq!(store.child_env()["OTHER"], "openshell:resolve:env:OTHER");
+}
+
+#[test]
+fn a_bad_reload_keeps_the_last_good_file_and_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider.env");
+    std::fs::write(&path, "API_KEY=good\n").unwrap();
+    let store = SecretStore::from_file(&path).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&path, "API_KEY=bad\r\n").unwrap();
+    let e = store.reload_if_changed().unwrap_err().to_string();
+    assert!(e.contains("`API_KEY`") && e.contains("line 1") && !e.contains("bad\r"), "{e}");
+    assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "good");
+    assert!(!store.reload_if_changed().unwrap(), "the same bad file is not reported again");
+
+    let tmp = dir.path().join("provider.env.tmp");
+    std::fs::write(&tmp, "API_KEY=renamed\n").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    assert!(store.reload_if_changed().unwrap(), "an atomic replace is seen");
+    assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "renamed");
+}
+
+#[test]
+fn missing_file_is_an_error_naming_the_path() {
+    let e = SecretStore::from_file(Path::new("/nonexistent/provider.env")).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/provider.env"));
+    assert_eq!(e.exit_status(), Exit::Usage);
+    assert!(!SecretStore::empty().reload_if_changed().unwrap());
+    assert!(SecretStore::empty().child_env().is_empty());
+}
+
+#[tokio::test]
+async fn the_reloader_picks_up_a_changed_file_until_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider.env");
+    std::fs::write(&path, "API_KEY=one\n").unwrap();
+    let store = Arc::new(SecretStore::from_file(&path).unwrap());
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(store.clone().run_reloader(Duration::from_millis(10), shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(&path, "API_KEY=two-longer\n").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.snapshot().get("API_KEY").unwrap().expose() != "two-longer" {
+        assert!(tokio::time::Instant::now() < deadline, "the change was not picked up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("the reloader stops at shutdown").unwrap();
+}

@@ -1,0 +1,194 @@
+//! `inference.local` request shaping: which API shape a request is (OpenAI or Anthropic),
+//! which route serves it, and the upstream request: the route's base URL, API key and model,
+//! with every caller credential removed; [`serve_inference_tls`] serves a connection with it.
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, Uri};
+
+use super::deny::{self, Refused};
+use crate::gateway::inference::{InferenceBundle, Route};
+
+mod session;
+
+pub use session::{CurrentRoutes, InferenceSession, serve_inference_tls};
+
+/// The host name agents use for inference.
+pub const INFERENCE_HOST: &str = "inference.local";
+
+/// Largest request body accepted (a larger one is answered 413).
+pub const MAX_BODY: u64 = 10 * 1024 * 1024;
+
+/// The Anthropic API version sent when the caller gave none.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Headers that carry the caller's credentials; never forwarded.
+const CALLER_CREDENTIALS: &[&str] = &["authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"];
+
+/// The API shapes `inference.local` serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/responses`.
+    Responses,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// `GET /v1/models`.
+    Models,
+    /// `POST /v1/messages` (Anthropic).
+    Messages,
+}
+
+impl Shape {
+    /// The shape of a request, from its method and canonical path; `None`: not served.
+    pub fn of(method: &Method, path: &str) -> Option<Shape> {
+        let shape = match path {
+            "/v1/chat/completions" => Shape::ChatCompletions,
+            "/v1/completions" => Shape::Completions,
+            "/v1/responses" => Shape::Responses,
+            "/v1/embeddings" => Shape::Embeddings,
+            "/v1/models" => Shape::Models,
+            "/v1/messages" => Shape::Messages,
+            _ => return None,
+        };
+        let expected = if shape == Shape::Models { Method::GET } else { Method::POST };
+        (*method == expected).then_some(shape)
+    }
+
+    /// The API family: `openai` or `anthropic`.
+    pub fn family(self) -> &'static str {
+        if self == Shape::Messages { "anthropic" } else { "openai" }
+    }
+
+    /// The specific protocol name, like `openai_chat_completions`.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Shape::ChatCompletions => "openai_chat_completions",
+            Shape::Completions => "openai_completions",
+            Shape::Responses => "openai_responses",
+            Shape::Embeddings => "openai_embeddings",
+            Shape::Models => "openai_models",
+            Shape::Messages => "anthropic_messages",
+        }
+    }
+
+    /// Whether a route lists this shape's family or its specific protocol.
+    pub fn served_by(self, route: &Route) -> bool {
+        route.protocols.iter().any(|p| p.eq_ignore_ascii_case(self.family()) || p.eq_ignore_ascii_case(self.protocol()))
+    }
+}
+
+/// The route for a request: the one named by the body's `model` when it serves the shape,
+/// else the first route that serves it.
+pub fn select<'a>(bundle: &'a InferenceBundle, shape: Shape, requested_model: Option<&str>) -> Option<&'a Route> {
+    let serving = || bundle.routes.iter().filter(move |r| shape.served_by(r));
+    requested_model.and_then(|m| serving().find(|r| r.name == m)).or_else(|| serving().next())
+}
+
+/// A request ready to send upstream.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The head: absolute upstream URI, route credentials, no caller credentials.
+    pub parts: Parts,
+    /// The body (with the route's model when it has one).
+    pub body: Bytes,
+    /// The route's name, for the audit line.
+    pub route: String,
+    /// The route's timeout, if any.
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// Shapes one complete request (head with a canonical path, and body) for its route, or the
+/// answer to give instead: 403 for a path not served or no route, 413 for a body over
+/// [`MAX_BODY`], 400 for a body that is not a JSON object.
+pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Result<Prepared, Box<Response<Bytes>>> {
+    let method = parts.method.as_str().to_owned();
+    let path = parts.uri.path().to_owned();
+    let refused = Refused { host: INFERENCE_HOST, port: 443, method: &method, path: &path };
+    let Some(shape) = Shape::of(&parts.method, &path) else {
+        return Err(Box::new(deny::inference_path_denied(refused)));
+    };
+    if body.len() as u64 > MAX_BODY {
+        return Err(Box::new(deny::body_too_large(refused, MAX_BODY)));
+    }
+    let mut json = match shape {
+        Shape::Models => None,
+        _ => match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v @ serde_json::Value::Object(_)) => Some(v),
+            _ => return Err(Box::new(deny::bad_inference_body(refused))),
+        },
+    };
+    let requested = json.as_ref().and_then(|j| j["model"].as_str());
+    let Some(route) = select(bundle, shape, requested) else {
+        return Err(Box::new(deny::no_inference_route(refused, shape.family())));
+    };
+    let uri = upstream_uri(&route.base_url, &path, parts.uri.query())
+        .ok_or_else(|| Box::new(deny::no_inference_route(refused, shape.family())))?;
+    let body = match json.as_mut() {
+        Some(j) if !route.model_id.is_empty() => {
+            j["model"] = serde_json::Value::from(route.model_id.as_str());
+            Bytes::from(j.to_string())
+        }
+        _ => body,
+    };
+    for name in CALLER_CREDENTIALS {
+        parts.headers.remove(*name);
+    }
+    if !set_auth(&mut parts, route, shape) {
+        return Err(Box::new(deny::unusable_route_key(refused, &route.name)));
+    }
+    if let Some(authority) = uri.authority() {
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_str(authority.as_str()).expect("an authority is a header value"));
+    }
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    if shape == Shape::Models {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    } else {
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    parts.uri = uri;
+    Ok(Prepared { parts, body, route: route.name.clone(), timeout: route.timeout })
+}
+
+/// The route's API key as `x-api-key` (Anthropic providers and shapes) or `Authorization:
+/// Bearer`; `false` when the key cannot be a header value (the gateway's keys are not
+/// checked at load).
+fn set_auth(parts: &mut Parts, route: &Route, shape: Shape) -> bool {
+    let anthropic = route.provider_type.eq_ignore_ascii_case("anthropic") || shape == Shape::Messages;
+    if anthropic && !parts.headers.contains_key("anthropic-version") {
+        parts.headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static(ANTHROPIC_VERSION));
+    }
+    let key = route.api_key.expose();
+    if key.is_empty() {
+        return true;
+    }
+    let (name, value) = if anthropic {
+        (HeaderName::from_static("x-api-key"), HeaderValue::from_str(key))
+    } else {
+        (header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")))
+    };
+    let Ok(mut value) = value else { return false };
+    value.set_sensitive(true);
+    parts.headers.insert(name, value);
+    true
+}
+
+/// `base_url` joined with the request path (a base ending in `/v1` takes the path without
+/// its `/v1`), keeping the query.
+pub fn upstream_uri(base_url: &str, path: &str, query: Option<&str>) -> Option<Uri> {
+    let base: Uri = base_url.parse().ok()?;
+    let base_path = base.path().trim_end_matches('/');
+    let rest = if base_path.ends_with("/v1") { path.strip_prefix("/v1").unwrap_or(path) } else { path };
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    let target = format!("{}://{}{base_path}{rest}{query}", base.scheme_str()?, base.authority()?);
+    target.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! An `inference.local` connection (HTTP/1.1, or HTTP/2 when the client picks `h2`): each
+//! request is shaped for its route ([`super::prepare`]) and sent over HTTP/1.1 on a new
+//! connection to the route's base URL (TLS verified for `https`); the answer streams back as
+//! it arrives, so server-sent events are not held.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{INFERENCE_HOST, MAX_BODY, Prepared, Shape, prepare};
+use crate::gateway::inference::InferenceBundle;
+use crate::proxy::l7::deny::{self, Refused};
+use crate::proxy::l7::path::{EncodedSlash, PathError, canonicalize};
+use crate::proxy::l7::session::{
+    Body, SessionError, accept_client_tls, full, serve_h2_requests, serve_requests, strip_hop_by_hop,
+};
+use crate::shutdown::Shutdown;
+use crate::telemetry::AUDIT_TARGET;
+
+/// The routes in force now (a new bundle applies to the next request).
+pub type CurrentRoutes = Arc<dyn Fn() -> Arc<InferenceBundle> + Send + Sync>;
+
+/// Everything an `inference.local` connection needs.
+#[derive(Clone)]
+pub struct InferenceSession {
+    /// The current routes.
+    pub routes: CurrentRoutes,
+    /// TLS for `https` base URLs ([`crate::proxy::tls::upstream_client_config`]).
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// Bound on connecting (and each TLS handshake).
+    pub connect_timeout: Duration,
+    /// Bound on a request head, and on an answer head when the route sets no timeout.
+    pub idle_timeout: Duration,
+}
+
+/// Accepts TLS (a leaf for `inference.local`), then serves the connection's requests.
+pub async fn serve_inference_tls<IO>(
+    raw: IO,
+    server_config: Arc<rustls::ServerConfig>,
+    session: InferenceSession,
+    shutdown: Shutdown,
+) -> Result<(), SessionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = accept_client_tls(raw, server_config, session.connect_timeout, INFERENCE_HOST).await?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let idle = session.idle_timeout;
+    let session = Arc::new(session);
+    let handle = move |request| {
+        let session = session.clone();
+        async move { handle(&session, request).await }
+    };
+    let served = if h2 {
+        serve_h2_requests(tls, idle, shutdown, handle).await
+    } else {
+        serve_requests(tls, idle, shutdown, handle).await
+    };
+    served.map_err(|source| SessionError::Http { host: INFERENCE_HOST.to_owned(), source })
+}
+
+async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    let method = parts.method.as_str().to_owned();
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    let refused = |path| Refused { host: INFERENCE_HOST, port: 443, method: &method, path };
+    let answer = |response: Response<Bytes>, path: &str| {
+        let reason: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
+        let reason = reason["reason"].as_str().unwrap_or_default();
+        tracing::info!(target: AUDIT_TARGET, action = "deny", kind = "inference", method, path, reason, "inference request refused");
+        response.map(full)
+    };
+    let canonical = match canonicalize(&target, EncodedSlash::Refuse) {
+        Ok(c) => c,
+        Err(e) => return answer(deny::bad_path(refused(&target), &e), &target),
+    };
+    let path = canonical.path.clone();
+    if Shape::of(&parts.method, &path).is_none() {
+        return answer(deny::inference_path_denied(refused(&path)), &path);
+    }
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return answer(deny::body_too_large(refused(&path), MAX_BODY), &path);
+    }
+    let body = match Limited::new(body, MAX_BODY as usize).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return answer(deny::body_too_large(refused(&path), MAX_BODY), &path),
+    };
+    let Ok(uri) = canonical.target().parse() else {
+        return answer(deny::bad_path(refused(&target), &PathError::NotOriginForm), &path);
+    };
+    parts.uri = uri;
+    let prepared = match prepare(&(session.routes)(), parts, body) {
+        Ok(prepared) => prepared,
+        Err(response) => return answer(*response, &path),
+    };
+    let route = prepared.route.clone();
+    tracing::info!(target: AUDIT_TARGET, action = "allow", kind = "inference", route, method, path, "inference request routed");
+    match send(session, prepared).await {
+        Ok(mut response) => {
+            strip_hop_by_hop(response.headers_mut(), false);
+            response.map(BodyExt::boxed)
+        }
+        Err(e) => {
+            tracing::warn!(route, method, path, "inference upstream failed: {e}");
+            let upstream = refused(&path);
+            let response = match e {
+                SendError::Timeout(what) => deny::upstream_timeout(upstream, what),
+                SendError::Failed(detail) => deny::upstream_unreachable(upstream, &detail),
+            };
+            response.map(full)
+        }
+    }
+}
+
+#[derive(Debug)]
+enum SendError {
+    Timeout(&'static str),
+    Failed(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Timeout(what) => write!(f, "did not {what} in time"),
+            SendError::Failed(detail) => f.write_str(detail),
+        }
+    }
+}
+
+/// Sends the prepared request on a new connection to its route; returns the answer head.
+async fn send(session: &InferenceSession, prepared: Prepared) -> Result<Response<Incoming>, SendError> {
+    let Prepared { mut parts, body, timeout, .. } = prepared;
+    let uri = parts.uri.clone();
+    let host = uri.host().ok_or_else(|| SendError::Failed("the route's base URL has no host".into()))?.to_owned();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    parts.uri = uri.path_and_query().map_or("/", |pq| pq.as_str()).parse().expect("a path is a valid URI");
+    parts.version = http::Version::HTTP_11;
+    let request = Request::from_parts(parts, Full::new(body));
+    let bound = |what| move |_| SendError::Timeout(what);
+    let tcp = tokio::time::timeout(session.connect_timeout, TcpStream::connect((host.trim_matches(['[', ']']), port)))
+        .await
+        .map_err(bound("connect"))?
+        .map_err(|e| SendError::Failed(format!("cannot connect to {host}:{port}: {e}")))?;
+    let answer = timeout.unwrap_or(session.idle_timeout);
+    if https {
+        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+            .map_err(|_| SendError::Failed(format!("`{host}` is not a TLS server name")))?;
+        let tls = tokio::time::timeout(
+            session.connect_timeout,
+            TlsConnector::from(session.upstream_tls.clone()).connect(name, tcp),
+        )
+        .await
+        .map_err(bound("complete the TLS handshake"))?
+        .map_err(|e| SendError::Failed(format!("TLS with {host} failed: {e}")))?;
+        exchange(tls, request, answer).await
+    } else {
+        exchange(tcp, request, answer).await
+    }
+}
+
+async fn exchange<IO>(io: IO, request: Request<Full<Bytes>>, answer: Duration) -> Result<Response<Incoming>, SendError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| SendError::Failed(format!("HTTP/1.1 handshake failed: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("inference upstream connection ended: {e}");
+        }
+    });
+    tokio::time::timeout(answer, sender.send_request(request))
+        .await
+        .map_err(|_| SendError::Timeout("answer"))?
+        .map_err(|e| SendError::Failed(format!("the exchange failed: {e}")))
+}

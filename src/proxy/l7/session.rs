@@ -1,0 +1,224 @@
+//! An inspected connection: after the proxy answered `200` to a CONNECT for an endpoint with
+//! an L7 `protocol`, it hands the client stream here. Each request (HTTP/1.1, or HTTP/2 when
+//! the client negotiated `h2`) is judged ([`super::judge`]), then forwarded on a reused,
+//! verified upstream connection with both bodies streamed (chunked, `Expect: 100-continue`,
+//! server-sent events as they arrive, trailers); a WebSocket upgrade is judged as its GET,
+//! then relayed as bytes after the `101`.
+
+mod conn;
+mod headers;
+mod relay;
+mod upstream;
+
+pub(in crate::proxy::l7) use conn::{accept_client_tls, serve_h2_requests, serve_requests};
+pub(in crate::proxy::l7) use headers::strip_hop_by_hop;
+
+use headers::wants_upgrade;
+use relay::relay_upgraded;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::deny::{self, Refused};
+use super::judge::{Verdict, judge};
+use crate::policy::PolicyEngine;
+use crate::proxy::credentials::SecretStore;
+use crate::shutdown::Shutdown;
+use crate::telemetry::AUDIT_TARGET;
+use crate::{Exit, ExitStatus};
+use upstream::Upstream;
+
+/// The body of every answer: a forwarded upstream body or the proxy's own JSON.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Opens a TCP connection to the upstream's already validated (SSRF-checked) addresses.
+pub type Dial = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> + Send + Sync>;
+
+/// The policy engine in force now (a reload between two requests applies to the second).
+pub type CurrentPolicy = Arc<dyn Fn() -> Arc<PolicyEngine> + Send + Sync>;
+
+/// Everything one inspected connection needs.
+#[derive(Clone)]
+pub struct Inspected {
+    /// The CONNECT host: policy subject, upstream SNI and certificate name.
+    pub host: String,
+    /// The CONNECT port.
+    pub port: u16,
+    /// The current policy.
+    pub policy: CurrentPolicy,
+    /// The credentials swapped into allowed requests.
+    pub secrets: Arc<SecretStore>,
+    /// Upstream TLS ([`crate::proxy::tls::upstream_client_config`]).
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// Dials the upstream.
+    pub dial: Dial,
+    /// Bound on dialing, each TLS handshake and each upstream answer head.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for a request head (also the keep-alive idle bound).
+    pub idle_timeout: Duration,
+}
+
+/// Why an inspected connection ended abnormally (logged by the caller; never exits).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client's TLS handshake failed.
+    #[error("TLS handshake with the client for {host} failed: {source}")]
+    ClientHandshake {
+        /// The CONNECT host.
+        host: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The client did not complete the TLS handshake in time.
+    #[error("the client did not complete the TLS handshake for {host} in time")]
+    HandshakeTimeout {
+        /// The CONNECT host.
+        host: String,
+    },
+    /// The HTTP exchange with the client failed.
+    #[error("HTTP/1.1 with the client for {host} failed: {source}")]
+    Http {
+        /// The CONNECT host.
+        host: String,
+        /// The error.
+        source: hyper::Error,
+    },
+}
+
+impl ExitStatus for SessionError {
+    fn exit_status(&self) -> Exit {
+        Exit::Internal
+    }
+}
+
+/// Accepts TLS from the client with `server_config` (a leaf for the CONNECT host, see
+/// [`crate::proxy::tls::LeafIssuer`]), then serves it like [`serve`].
+pub async fn serve_tls<IO>(
+    raw: IO,
+    server_config: Arc<rustls::ServerConfig>,
+    session: Inspected,
+    shutdown: Shutdown,
+) -> Result<(), SessionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = accept_client_tls(raw, server_config, session.connect_timeout, &session.host).await?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_as(tls, session, shutdown, h2).await
+}
+
+/// Serves HTTP/1.1 requests from a decrypted client stream until it closes, idles out, or
+/// shutdown (which lets the request in flight finish).
+pub async fn serve<IO>(client: IO, session: Inspected, shutdown: Shutdown) -> Result<(), SessionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_as(client, session, shutdown, false).await
+}
+
+/// Serves HTTP/2 (`h2`: the client chose it by ALPN) or HTTP/1.1.
+async fn serve_as<IO>(client: IO, session: Inspected, shutdown: Shutdown, h2: bool) -> Result<(), SessionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let host = session.host.clone();
+    let timeouts = (session.connect_timeout, session.idle_timeout);
+    let upstream =
+        Upstream::new(&session.host, session.port, &session.upstream_tls, h2, session.dial.clone(), timeouts);
+    let idle = session.idle_timeout;
+    let state = Arc::new(State { session, upstream, shutdown: shutdown.clone() });
+    let handle = move |request| {
+        let state = state.clone();
+        async move { state.handle(request).await }
+    };
+    let served = if h2 {
+        serve_h2_requests(client, idle, shutdown, handle).await
+    } else {
+        serve_requests(client, idle, shutdown, handle).await
+    };
+    served.map_err(|source| SessionError::Http { host, source })
+}
+
+struct State {
+    session: Inspected,
+    upstream: Upstream,
+    shutdown: Shutdown,
+}
+
+impl State {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let upgrade = wants_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        let (host, port) = (self.session.host.as_str(), self.session.port);
+        let engine = (self.session.policy)();
+        let verdict = judge(&engine, host, port, &self.session.secrets, &mut parts);
+        audit(host, port, parts.method.as_str(), parts.uri.path(), &verdict);
+        if let Verdict::Refuse { response, .. } = verdict {
+            return response.map(full);
+        }
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        parts.headers.remove(header::EXPECT);
+        let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
+        let mut response = match self.upstream.send(Request::from_parts(parts, body)).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::warn!(host, port, method, path, "upstream exchange failed: {e:?}");
+                let refused = Refused { host, port, method: &method, path: &path };
+                return e.response(refused).map(full);
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                let refused = Refused { host, port, method: &method, path: &path };
+                let detail = "it answered 101 to a request that did not ask to upgrade";
+                return deny::upstream_unreachable(refused, detail).map(full);
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let (shutdown, host, idle) = (self.shutdown.clone(), host.to_owned(), self.session.idle_timeout);
+            self.shutdown.spawn(async move {
+                tokio::select! {
+                    () = relay_upgraded(client_upgrade, upstream_upgrade, &host, idle) => {}
+                    () = shutdown.signalled() => tracing::debug!(host, "upgraded connection closed at shutdown"),
+                }
+            });
+            return response.map(|_| full(Bytes::new()));
+        }
+        strip_hop_by_hop(response.headers_mut(), false);
+        response.map(BodyExt::boxed)
+    }
+}
+
+/// One audit event per request decision (names of credentials only, never values).
+fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &Verdict) {
+    let (action, decision, credentials, reason) = match verdict {
+        Verdict::Forward { decision, credentials } => {
+            let action = if decision.allow { "allow" } else { "audit" };
+            (action, Some(decision), credentials.join(","), decision.reason.clone())
+        }
+        Verdict::Refuse { decision, response } => {
+            let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
+            ("deny", decision.as_ref(), String::new(), body["reason"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let policy = decision.and_then(|d| d.policy.as_deref());
+    let rule = decision.and_then(|d| d.rule.as_deref());
+    tracing::info!(target: AUDIT_TARGET, action, kind = "l7", host, port, policy, rule, reason, method, path, credentials, "l7 decision");
+}
+
+/// A body from bytes.
+pub(super) fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}

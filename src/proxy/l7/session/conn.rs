@@ -1,0 +1,100 @@
+//! The client side of a session: the TLS handshake, then hyper serving HTTP/1.1 (with
+//! upgrades) or HTTP/2 with each request answered by a handler, until close or shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+
+use super::{Body, SessionError};
+use crate::shutdown::Shutdown;
+
+/// The client's TLS handshake, bounded by `timeout`.
+pub(in crate::proxy::l7) async fn accept_client_tls<IO>(
+    raw: IO,
+    server_config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+    host: &str,
+) -> Result<tokio_rustls::server::TlsStream<IO>, SessionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let accept = TlsAcceptor::from(server_config).accept(raw);
+    tokio::time::timeout(timeout, accept)
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout { host: host.to_owned() })?
+        .map_err(|source| SessionError::ClientHandshake { host: host.to_owned(), source })
+}
+
+/// Serves HTTP/1.1 (with upgrades) on `client`, answering each request with `handle`,
+/// until the client closes, a request head takes longer than `idle`, or shutdown.
+pub(in crate::proxy::l7) async fn serve_requests<IO, F, Fut>(
+    client: IO,
+    idle: Duration,
+    shutdown: Shutdown,
+    handle: F,
+) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let service = service_fn(move |request| {
+        let handle = handle.clone();
+        async move { Ok::<_, Infallible>(handle(request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .serve_connection(TokioIo::new(client), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.signalled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
+}
+
+/// Like [`serve_requests`] for HTTP/2: streams are judged and forwarded concurrently.
+pub(in crate::proxy::l7) async fn serve_h2_requests<IO, F, Fut>(
+    client: IO,
+    idle: Duration,
+    shutdown: Shutdown,
+    handle: F,
+) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let service = service_fn(move |request| {
+        let handle = handle.clone();
+        async move { Ok::<_, Infallible>(handle(request).await) }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(idle / 2))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(TokioIo::new(client), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.signalled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
+}

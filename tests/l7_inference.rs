@@ -1,0 +1,261 @@
+//! `inference.local` end to end on 127.0.0.1: a client trusting only the sandbox CA sends
+//! OpenAI and Anthropic shaped requests; the session routes them to a local upstream with
+//! the route's key and model, strips the caller's credentials, and streams answers back.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use openshell_sandbox::config::Secret;
+use openshell_sandbox::gateway::inference::{InferenceBundle, Route};
+use openshell_sandbox::proxy::l7::inference::{InferenceSession, serve_inference_tls};
+use openshell_sandbox::proxy::tls::{LeafIssuer, upstream_client_config};
+use openshell_sandbox::shutdown::Shutdown;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio_rustls::TlsAcceptor;
+
+#[path = "l7_support/lib.rs"]
+mod l7_support;
+use l7_support::{Ca, ca, connect, write_pem};
+
+type ClientBody = BoxBody<Bytes, Infallible>;
+
+/// What the model server saw, and the switch that lets a stream finish.
+#[derive(Default)]
+struct Seen {
+    requests: Mutex<Vec<Value>>,
+    release: Notify,
+}
+
+async fn model_server(seen: Arc<Seen>, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut record = json!({"method": req.method().as_str(), "target": req.uri().to_string(),
+        "authorization": header("authorization"), "x-api-key": header("x-api-key"), "cookie": header("cookie")});
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    record["body"] = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let streaming = record["body"]["stream"] == true;
+    seen.requests.lock().unwrap().push(record.clone());
+    if !streaming {
+        return Response::new(Full::new(Bytes::from(record.to_string())).boxed());
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        tx.send(Bytes::from_static(b"data: {\"delta\":\"Hel\"}\n\n")).await.unwrap();
+        seen.release.notified().await;
+        tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await.unwrap();
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder().header("content-type", "text/event-stream").body(StreamBody::new(stream).boxed()).unwrap()
+}
+
+/// A model server on 127.0.0.1:0, plain HTTP or HTTPS with a leaf for 127.0.0.1.
+async fn upstream(tls: Option<&Ca>) -> (SocketAddr, Arc<Seen>) {
+    let acceptor = tls.map(|ca| {
+        let issuer = LeafIssuer::new(&ca.der, &ca.key_pem, 2).unwrap();
+        TlsAcceptor::from(issuer.server_config("127.0.0.1").unwrap())
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let state = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, state) = (acceptor.clone(), state.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(model_server(state, req).await) }
+                });
+                let builder = hyper::server::conn::http1::Builder::new();
+                let _ = match acceptor {
+                    Some(a) => match a.accept(tcp).await {
+                        Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
+                        Err(_) => return,
+                    },
+                    None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                };
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn route(name: &str, base_url: String, protocols: &[&str], provider_type: &str) -> Route {
+    Route {
+        name: name.into(),
+        base_url,
+        protocols: protocols.iter().map(|p| p.to_string()).collect(),
+        api_key: Secret::new(format!("route-key-{name}")),
+        model_id: format!("model-of-{name}"),
+        provider_type: provider_type.into(),
+        timeout: Some(Duration::from_secs(10)),
+    }
+}
+
+/// Serves `inference.local` on 127.0.0.1:0 with `routes`; upstream TLS trusts `upstream_ca`.
+/// Clients may pick `h2` or `http/1.1`.
+async fn proxy(sandbox_ca: &Ca, routes: Vec<Route>, upstream_ca: &Ca) -> SocketAddr {
+    let issuer = LeafIssuer::new(&sandbox_ca.der, &sandbox_ca.key_pem, 4).unwrap().with_alpn(&[b"h2", b"http/1.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_pem(dir.path(), "ca.pem", upstream_ca);
+    let bundle = Arc::new(InferenceBundle { routes, revision: "t".into(), generated_at_ms: 0 });
+    let session = InferenceSession {
+        routes: Arc::new(move || bundle.clone()),
+        upstream_tls: upstream_client_config(Some(&ca_file)).unwrap(),
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+    };
+    let config = issuer.server_config("inference.local").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(serve_inference_tls(tcp, config.clone(), session.clone(), Shutdown::new()));
+        }
+    });
+    addr
+}
+
+async fn client(proxy: SocketAddr, sandbox_ca: &Ca) -> SendRequest<ClientBody> {
+    let tls = connect(proxy, "inference.local", sandbox_ca, &[]).await;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+fn post(path: &str, body: Value) -> Request<ClientBody> {
+    Request::post(path)
+        .header("host", "inference.local")
+        .header("authorization", "Bearer caller-placeholder")
+        .header("cookie", "session=1")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+async fn send(c: &mut SendRequest<ClientBody>, req: Request<ClientBody>) -> (StatusCode, Value) {
+    tokio::time::timeout(Duration::from_secs(5), c.ready()).await.unwrap().unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), c.send_request(req)).await.unwrap().unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or_else(|_| json!(String::from_utf8_lossy(&body))))
+}
+
+#[tokio::test]
+async fn a_chat_completion_is_routed_with_the_routes_key_and_model_and_streams() {
+    let (sandbox_ca, unused_ca) = (ca("Sandbox CA"), ca("Unused CA"));
+    let (addr, seen) = upstream(None).await;
+    let routes = vec![route("default", format!("http://{addr}/v1"), &["openai"], "openai")];
+    let mut c = client(proxy(&sandbox_ca, routes, &unused_ca).await, &sandbox_ca).await;
+
+    let (status, echo) = send(&mut c, post("/v1/chat/completions", json!({"model": "gpt-x", "messages": []}))).await;
+    assert_eq!(status, StatusCode::OK, "{echo}");
+    assert_eq!(echo["target"], "/v1/chat/completions");
+    assert_eq!(echo["authorization"], "Bearer route-key-default", "the caller's credentials are replaced");
+    assert_eq!(echo["cookie"], Value::Null);
+    assert_eq!(echo["body"]["model"], "model-of-default");
+
+    tokio::time::timeout(Duration::from_secs(5), c.ready()).await.unwrap().unwrap();
+    let req = post("/v1/chat/completions", json!({"model": "gpt-x", "messages": [], "stream": true}));
+    let response = c.send_request(req).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let first =
+        tokio::time::timeout(Duration::from_secs(5), body.frame()).await.expect("the first event before the end");
+    assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "data: {\"delta\":\"Hel\"}\n\n");
+    seen.release.notify_one();
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "data: [DONE]\n\n");
+}
+
+#[tokio::test]
+async fn anthropic_messages_go_to_an_https_route_with_x_api_key() {
+    let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Model CA"));
+    let (addr, seen) = upstream(Some(&upstream_ca)).await;
+    let routes = vec![
+        route("default", "http://127.0.0.1:9/v1".into(), &["openai"], "openai"),
+        route("claude", format!("https://{addr}"), &["anthropic"], "anthropic"),
+    ];
+    let mut c = client(proxy(&sandbox_ca, routes, &upstream_ca).await, &sandbox_ca).await;
+    let (status, echo) = send(&mut c, post("/v1/messages", json!({"model": "m", "max_tokens": 1}))).await;
+    assert_eq!(status, StatusCode::OK, "{echo}");
+    assert_eq!((echo["x-api-key"].as_str(), echo["authorization"].as_str()), (Some("route-key-claude"), None));
+    assert_eq!(echo["body"]["model"], "model-of-claude");
+    assert_eq!(seen.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_https_route_with_an_unknown_ca_is_a_502() {
+    let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Model CA"));
+    let (addr, seen) = upstream(Some(&upstream_ca)).await;
+    let routes = vec![route("default", format!("https://{addr}/v1"), &["openai"], "openai")];
+    let mut c = client(proxy(&sandbox_ca, routes, &ca("Other CA")).await, &sandbox_ca).await;
+    let (status, body) = send(&mut c, post("/v1/embeddings", json!({"input": "x"}))).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_GATEWAY, Some("upstream_unreachable")));
+    assert!(!body.to_string().contains("route-key"), "{body}");
+    assert!(seen.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn other_paths_are_403_and_large_bodies_413() {
+    let (sandbox_ca, unused_ca) = (ca("Sandbox CA"), ca("Unused CA"));
+    let (addr, seen) = upstream(None).await;
+    let routes = vec![route("default", format!("http://{addr}/v1"), &["openai"], "openai")];
+    let proxy = proxy(&sandbox_ca, routes, &unused_ca).await;
+
+    let mut c = client(proxy, &sandbox_ca).await;
+    let (status, body) = send(&mut c, post("/v1/files", json!({}))).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("policy_denied")));
+
+    let mut c = client(proxy, &sandbox_ca).await;
+    let big = Request::post("/v1/chat/completions")
+        .header("host", "inference.local")
+        .body(Full::new(Bytes::from(vec![b' '; 10 * 1024 * 1024 + 1])).boxed())
+        .unwrap();
+    let (status, body) = send(&mut c, big).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+
+    let mut c = client(proxy, &sandbox_ca).await;
+    let chunks = (0..11).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b' '; 1024 * 1024]))));
+    let streamed = Request::post("/v1/chat/completions")
+        .header("host", "inference.local")
+        .body(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
+        .unwrap();
+    let (status, _) = send(&mut c, streamed).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "a chunked body is counted too");
+    assert!(seen.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_http2_client_is_served_and_routed_over_http1() {
+    let (sandbox_ca, unused_ca) = (ca("Sandbox CA"), ca("Unused CA"));
+    let (addr, _) = upstream(None).await;
+    let routes = vec![route("default", format!("http://{addr}/v1"), &["openai"], "openai")];
+    let proxy = proxy(&sandbox_ca, routes, &unused_ca).await;
+    let tls = connect(proxy, "inference.local", &sandbox_ca, &[b"h2"]).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    let req = Request::post("https://inference.local/v1/embeddings")
+        .header("authorization", "Bearer caller")
+        .body(Full::new(Bytes::from(json!({"input": "x"}).to_string())).boxed())
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        (echo["target"].as_str(), echo["authorization"].as_str()),
+        (Some("/v1/embeddings"), Some("Bearer route-key-default"))
+    );
+}

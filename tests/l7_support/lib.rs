@@ -1,0 +1,65 @@
+//! Shared pieces of the L7 tests: test CAs made by rcgen (shaped like the proxy's own CA)
+//! and TLS clients that trust only a given CA.
+//!
+//! Included from tests as `#[path = "l7_support/lib.rs"] mod l7_support;`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// A test CA: certificate DER and PEM, and its PKCS#8 key PEM.
+pub struct Ca {
+    /// Certificate, DER.
+    pub der: Vec<u8>,
+    /// Certificate, PEM.
+    pub pem: String,
+    /// Private key, PKCS#8 PEM.
+    pub key_pem: String,
+}
+
+/// A CA named `name`: ECDSA P-256, path length 0, like the proxy's generated CA.
+pub fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.distinguished_name.push(DnType::OrganizationName, "OpenShell tests");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let cert = params.self_signed(&key).unwrap();
+    Ca { der: cert.der().to_vec(), pem: cert.pem(), key_pem: key.serialize_pem() }
+}
+
+/// Writes the CA's PEM as `name` in `dir` (an `OPENSHELL_UPSTREAM_CA_FILE`).
+pub fn write_pem(dir: &Path, name: &str, ca: &Ca) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, &ca.pem).unwrap();
+    path
+}
+
+/// A client configuration trusting only `ca`, offering `alpn`.
+pub fn client_config(ca: &Ca, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone().into()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// TLS to `addr` as `name`, trusting only `ca`.
+pub async fn connect(addr: std::net::SocketAddr, name: &str, ca: &Ca, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    TlsConnector::from(client_config(ca, alpn)).connect(name, tcp).await.unwrap()
+}
