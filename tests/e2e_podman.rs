@@ -3,7 +3,7 @@
 //! `cargo test` built, one sandbox laid out as the Podman driver does (proxy on the
 //! internal and the bridge network, agent on the internal one only, the shared TLS
 //! volume), and the checks of issue 7 that the built modes allow. Addresses are
-//! 10.231.1.0/24 and 10.231.2.0/24 inside a network namespace made for the run.
+//! two /24s of 10.231.0.0/16 inside a network namespace made for the run.
 //!
 //! Not yet checked, because they are not built: the exec session through the gateway
 //! relay and the credential placeholder swap (L7 interception). They are left out, not
@@ -16,7 +16,7 @@ mod sandbox;
 #[path = "e2e_podman/steps.rs"]
 mod steps;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -25,12 +25,6 @@ use openshell_sandbox::volume;
 use sandbox::{RUN_LABEL, STEP, Sandbox};
 use steps::{Run, agent_exec, label, podman_exec};
 
-const PROXY_INT: Ipv4Addr = Ipv4Addr::new(10, 231, 1, 2);
-const AGENT: Ipv4Addr = Ipv4Addr::new(10, 231, 1, 3);
-const PROXY_EXT: Ipv4Addr = Ipv4Addr::new(10, 231, 2, 2);
-/// The bridge network's gateway: the upstream listens there, in the outer namespace, on
-/// the bridge side (where the internet would be).
-const UPSTREAM: Ipv4Addr = Ipv4Addr::new(10, 231, 2, 1);
 const HTTP_PORT: u16 = 8080;
 const HTTPS_PORT: u16 = 8443;
 const PROXY_PORT: u16 = 3128;
@@ -79,26 +73,29 @@ fn sidecar_topology_on_podman() {
         vol: format!("{n}-tls"),
         proxy: format!("{n}-proxy"),
         agent: format!("{n}-agent"),
+        net: 0,
         mountpoint: PathBuf::new(),
         sb,
     };
+    r.create_networks_and_volume();
+    let upstream = r.upstream();
 
-    // The upstream, bound in the outer namespace before the networks exist (0.0.0.0).
-    let tls = UpstreamTls::new(IpAddr::V4(UPSTREAM));
+    // The upstream, bound in the outer namespace (0.0.0.0: the bridge appears only when
+    // the first container joins it).
+    let tls = UpstreamTls::new(IpAddr::V4(upstream));
     let _upstream = Upstream::start(
         &r.sb.outer,
         SocketAddr::from(([0, 0, 0, 0], HTTP_PORT)),
         SocketAddr::from(([0, 0, 0, 0], HTTPS_PORT)),
         tls.config.clone(),
     );
-    let policy = e2e_support::policy(IpAddr::V4(UPSTREAM), HTTP_PORT, HTTPS_PORT);
+    let policy = e2e_support::policy(IpAddr::V4(upstream), HTTP_PORT, HTTPS_PORT);
     std::fs::write(r.file("policy.yaml"), policy).unwrap();
     std::fs::write(r.file("roots.pem"), &tls.ca_pem).unwrap();
     std::fs::create_dir(r.file("keys")).unwrap();
     let key = r.file("keys/id");
     must(std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key), STEP);
     std::fs::copy(r.file("keys/id.pub"), r.file("keys/authorized_keys")).unwrap();
-    r.create_networks_and_volume();
 
     // With agent mode the agent starts first and must wait for .ready on its own; without
     // it, the driver's order (the agent after .ready) is all there is to check.
@@ -161,8 +158,8 @@ fn sidecar_topology_on_podman() {
 
     // Through the proxy: HTTP forwarded, HTTPS tunnelled (L4, no `protocol`) and verified
     // against ca-bundle.pem through SSL_CERT_FILE.
-    let http_url = format!("http://{UPSTREAM}:{HTTP_PORT}/index.txt");
-    let https_url = format!("https://{UPSTREAM}:{HTTPS_PORT}/index.txt");
+    let http_url = format!("http://{upstream}:{HTTP_PORT}/index.txt");
+    let https_url = format!("https://{upstream}:{HTTPS_PORT}/index.txt");
     let out = agent_exec(sb, &["curl", "-sS", "-m", "10", &http_url]);
     assert!(out.ok() && out.stdout == HELLO, "HTTP through the proxy: {}", out.all());
     let out = agent_exec(sb, &["curl", "-sS", "-m", "10", &https_url]);
@@ -188,7 +185,7 @@ fn sidecar_topology_on_podman() {
 
     // Git over SSH, in the child environment agent mode builds.
     if AGENT_MODE {
-        let out = agent_exec(sb, &["git", "ls-remote", &format!("ssh://git@{UPSTREAM}/r.git")]);
+        let out = agent_exec(sb, &["git", "ls-remote", &format!("ssh://git@{upstream}/r.git")]);
         assert!(!out.ok() && out.stderr.contains("transport 'ssh' not allowed"), "git over SSH: {}", out.all());
         let out = agent_exec(sb, &["sh", "-c", "eval \"$GIT_SSH_COMMAND\" git@host git-upload-pack"]);
         assert!(

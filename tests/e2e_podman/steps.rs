@@ -2,11 +2,12 @@
 //! proxy and the agent with the driver's arguments, waiting for `.ready`, labels, and
 //! running a command in the agent (over its SSH server once agent mode is on main).
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::e2e_support::{Output, run, wait_for};
 use super::sandbox::{HOST_MOUNTS, RUN_LABEL, STEP, Sandbox};
-use super::{AGENT, AGENT_MODE, PROXY_EXT, PROXY_INT, PROXY_PORT, SSH_PORT};
+use super::{AGENT_MODE, PROXY_PORT, SSH_PORT};
 use openshell_sandbox::volume::READY_FILE;
 
 /// `-v` arguments for the host directories the base image borrows.
@@ -62,6 +63,8 @@ pub struct Run {
     pub vol: String,
     pub proxy: String,
     pub agent: String,
+    /// Third octet of the internal network; the bridge network is the next one.
+    pub net: u8,
     /// The volume's directory on the host (rootful podman).
     pub mountpoint: PathBuf,
 }
@@ -83,16 +86,61 @@ impl Run {
         self.files.path().join(name)
     }
 
-    /// Networks and the volume, each with the run's labels.
+    /// Networks and the volume, each with the run's labels. The two /24s are picked per
+    /// run (podman refuses a subnet another of its networks holds, so concurrent runs on
+    /// one machine take the next free pair): internal 10.231.N.0/24, bridge N+1.
     pub fn create_networks_and_volume(&mut self) {
         let labels = self.labels();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-        #[rustfmt::skip]
-        self.p(&args(&[&["network", "create", "--internal", "--disable-dns", "--subnet", "10.231.1.0/24"], &labels, &[&self.int]]));
-        self.p(&args(&[&["network", "create", "--disable-dns", "--subnet", "10.231.2.0/24"], &labels, &[&self.ext]]));
+        let first = 2 * (std::process::id() % 100);
+        let mut created = None;
+        for attempt in 0..100 {
+            let net = u8::try_from(20 + (first + 2 * attempt) % 200).expect("at most 218");
+            let subnet = format!("10.231.{net}.0/24");
+            #[rustfmt::skip]
+            let out = run(self.sb.podman().args(args(&[&["network", "create", "--internal", "--disable-dns", "--subnet", &subnet], &labels, &[&self.int]])), STEP);
+            if out.ok() {
+                created = Some(net);
+                break;
+            }
+            assert!(out.stderr.contains("already used"), "network create {}: {}", self.int, out.all());
+        }
+        let net = created.expect("a free pair of /24s in 10.231.20.0-10.231.219.0");
+        self.net = net;
+        let subnet = format!("10.231.{}.0/24", net + 1);
+        let created = run(
+            self.sb.podman().args(args(&[
+                &["network", "create", "--disable-dns", "--subnet", &subnet],
+                &labels,
+                &[&self.ext],
+            ])),
+            STEP,
+        );
+        assert!(created.ok(), "network create {}: {}", self.ext, created.all());
         self.p(&args(&[&["volume", "create"], &labels, &[&self.vol]]));
         let mountpoint = self.sb.p(&["volume", "inspect", "--format", "{{.Mountpoint}}", &self.vol]).stdout;
         self.mountpoint = PathBuf::from(mountpoint.trim());
+    }
+
+    /// The proxy on the internal network.
+    pub fn proxy_int(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.net, 2)
+    }
+
+    /// The agent.
+    pub fn agent_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.net, 3)
+    }
+
+    /// The proxy on the bridge network.
+    pub fn proxy_ext(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.net + 1, 2)
+    }
+
+    /// The bridge network's gateway: the upstream listens there, in the outer namespace,
+    /// on the bridge side (where the internet would be).
+    pub fn upstream(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.net + 1, 1)
     }
 
     /// The proxy: both networks, the volume read-write, our binary as the entrypoint.
@@ -105,7 +153,8 @@ impl Run {
         let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
         let policy = format!("{}:/etc/openshell/policy.yaml:ro", self.file("policy.yaml").display());
         let roots = format!("{}:/etc/ssl/certs/ca-certificates.crt:ro", self.file("roots.pem").display());
-        let (int_ip, ext_ip) = (format!("{}:ip={PROXY_INT}", self.int), format!("{}:ip={PROXY_EXT}", self.ext));
+        let (int_ip, ext_ip) =
+            (format!("{}:ip={}", self.int, self.proxy_int()), format!("{}:ip={}", self.ext, self.proxy_ext()));
         let rw = format!("{}:/openshell-tls:rw", self.vol);
         let listen = format!("OPENSHELL_PROXY_LISTEN=0.0.0.0:{PROXY_PORT}");
         #[rustfmt::skip]
@@ -140,13 +189,14 @@ impl Run {
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
         let mounts = host_mounts();
         let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
-        let proxy_url = format!("http://{PROXY_INT}:{PROXY_PORT}");
+        let proxy_url = format!("http://{}:{PROXY_PORT}", self.proxy_int());
         let proxy_vars: Vec<String> = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"]
             .iter()
             .map(|v| format!("{v}={proxy_url}"))
             .collect();
         let proxy_env: Vec<&str> = proxy_vars.iter().flat_map(|var| ["-e", var.as_str()]).collect();
-        let (agent_ip, ro) = (format!("{}:ip={AGENT}", self.int), format!("{}:/openshell-tls:ro", self.vol));
+        let (agent_ip, ro) =
+            (format!("{}:ip={}", self.int, self.agent_ip()), format!("{}:/openshell-tls:ro", self.vol));
         let policy = format!("{}:/etc/openshell/policy.yaml:ro", self.file("policy.yaml").display());
         let keys = format!("{}:/keys:ro", self.file("keys").display());
         let ssh_listen = format!("OPENSHELL_SSH_LISTEN=127.0.0.1:{SSH_PORT}");
