@@ -22,27 +22,38 @@ use cli::{AgentArgs, Cli, Command, Mode, ModeCommand, ProxyArgs};
 use config::layers::LogLayer;
 use config::{AgentConfig, CommonConfig, ConfigError, FileConfig, ProxyConfig};
 
-/// Process exit statuses (design.md section 5, plus 1 for "denied" / "unhealthy").
+/// Process exit statuses (design.md section 5, plus 1 for "denied" / "unhealthy", and the
+/// workload's own status in agent mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// Success.
-    Success = 0,
+    Success,
     /// A negative answer that is not an error: `policy eval` denied, `healthcheck` unhealthy.
-    No = 1,
+    No,
     /// Usage or configuration error.
-    Usage = 64,
+    Usage,
     /// Invalid policy.
-    InvalidPolicy = 65,
+    InvalidPolicy,
     /// A required service is unreachable (gateway, proxy not ready).
-    Unavailable = 69,
+    Unavailable,
     /// Internal error.
-    Internal = 70,
+    Internal,
+    /// Agent mode: the workload's exit status (128 + n when a signal ended it).
+    Workload(u8),
 }
 
 impl Exit {
     /// The numeric status.
     pub fn code(self) -> u8 {
-        self as u8
+        match self {
+            Exit::Success => 0,
+            Exit::No => 1,
+            Exit::Usage => 64,
+            Exit::InvalidPolicy => 65,
+            Exit::Unavailable => 69,
+            Exit::Internal => 70,
+            Exit::Workload(code) => code,
+        }
     }
 }
 

@@ -8,11 +8,14 @@ pub mod audit;
 pub mod ca;
 pub mod connect;
 pub mod counted;
+pub mod credentials;
+pub mod l7;
 pub mod policy_source;
 pub mod relay;
 pub mod server;
 mod startup;
 pub mod tcp_forward;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -92,7 +95,3 @@ pub fn run(config: ProxyConfig) -> Result<Exit, ProxyError> {
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(Exit::Success)
 }
-
-pub mod credentials;
-pub mod l7;
-pub mod tls;
