@@ -1,13 +1,13 @@
 //! The steps of the Podman test that touch one container or resource: starting the
 //! proxy and the agent with the driver's arguments, waiting for `.ready`, labels, and
-//! running a command in the agent (over its SSH server once agent mode is on main).
+//! running a command in the agent over its SSH server.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::e2e_support::{Output, run, wait_for};
 use super::sandbox::{HOST_MOUNTS, RUN_LABEL, STEP, Sandbox};
-use super::{AGENT_MODE, PROXY_PORT, SSH_PORT};
+use super::{PROXY_PORT, SSH_PORT};
 use openshell_sandbox::volume::READY_FILE;
 
 /// `-v` arguments for the host directories the base image borrows.
@@ -38,13 +38,10 @@ pub fn podman_exec(sb: &Sandbox, args: &[&str]) -> Output {
     run(sb.podman().args(["exec", &agent]).args(args), STEP)
 }
 
-/// Runs ARGS in the agent: with agent mode, an exec session through the supervisor's SSH
-/// server (the OpenSSH client inside the container, to its loopback listener), so the
-/// command gets the child environment; without it, `podman exec`.
+/// Runs ARGS in the agent as an exec session through the supervisor's SSH server (the
+/// OpenSSH client inside the container, to its loopback listener), so the command gets
+/// the child environment the supervisor builds.
 pub fn agent_exec(sb: &Sandbox, args: &[&str]) -> Output {
-    if !AGENT_MODE {
-        return podman_exec(sb, args);
-    }
     let line: Vec<String> = args.iter().map(|arg| format!("'{}'", arg.replace('\'', "'\\''"))).collect();
     let port = SSH_PORT.to_string();
     #[rustfmt::skip]
@@ -181,8 +178,8 @@ impl Run {
         });
     }
 
-    /// The agent: only the internal network, the volume read-only. With agent mode, our
-    /// entrypoint in agent mode with a workload that announces itself, and a loopback
+    /// The agent: only the internal network, the volume read-only, our entrypoint in agent
+    /// mode with a workload that announces itself, and a loopback
     /// SSH listener for the exec sessions.
     pub fn start_agent(&self) {
         let labels = self.labels();
@@ -208,13 +205,11 @@ impl Run {
             "-e", "SSL_CERT_FILE=/openshell-tls/ca-bundle.pem",
         ]].concat();
         #[rustfmt::skip]
-        let tail: &[&str] = if AGENT_MODE {
-            &["-e", &ssh_listen, "-e", "OPENSHELL_SSH_AUTHORIZED_KEYS=/keys/authorized_keys",
-              &self.sb.image, "agent", "--", "sh", "-c", "echo workload-started; exec sleep infinity"]
-        } else {
-            &["--entrypoint", "/usr/bin/sleep", &self.sb.image, "infinity"]
-        };
-        self.p(&args(&[&common, tail]));
+        let tail = [
+            "-e", &ssh_listen, "-e", "OPENSHELL_SSH_AUTHORIZED_KEYS=/keys/authorized_keys",
+            &self.sb.image, "agent", "--", "sh", "-c", "echo workload-started; exec sleep infinity",
+        ];
+        self.p(&args(&[&common, &tail]));
     }
 
     pub fn agent_logs(&self) -> Output {
