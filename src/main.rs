@@ -24,6 +24,19 @@ fn main() -> ExitCode {
 }
 
 fn fail(status: Exit, error: anyhow::Error) -> ExitCode {
-    eprintln!("openshell-sandbox: error: {error:#}");
+    eprintln!("openshell-sandbox: error: {}", describe(&error));
     ExitCode::from(status.code())
+}
+
+/// The error and its causes, each cause once: most messages already name their source
+/// (`cannot read {path}: {source}`), so a cause whose text is already there is skipped.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
