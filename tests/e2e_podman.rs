@@ -125,6 +125,8 @@ fn sidecar_topology_on_podman() {
     let ready_to_first_exec = ready_at.elapsed();
     let logs = r.agent_logs();
     assert!(logs.stdout.contains("workload-started"), "the workload runs after .ready: {}", logs.all());
+    let health = run(r.sb.podman().args(["healthcheck", "run", &r.agent]), STEP);
+    assert!(health.ok(), "the image's HEALTHCHECK in agent mode: {}", health.all());
     // The session runs in the child environment, as the sandbox user, with no control
     // variable but OPENSHELL_SANDBOX.
     let out = agent_exec(&r.sb, &["sh", "-c", "id -u; env"]);
