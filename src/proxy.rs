@@ -3,6 +3,7 @@
 //! writes the shared TLS dir with `.ready` last, and serves until SIGTERM/SIGINT.
 
 pub mod absolute;
+pub mod accept;
 pub mod answer;
 pub mod audit;
 pub mod ca;
@@ -46,8 +47,10 @@ pub enum ProxyError {
     /// The shared TLS dir could not be written.
     #[error(transparent)]
     Volume(#[from] VolumeError),
-    /// The shared TLS dir could not be created.
-    #[error("cannot create the shared TLS dir {path} (OPENSHELL_TLS_DIR): {source}")]
+    /// The shared TLS dir could not be created or written.
+    #[error(
+        "point OPENSHELL_TLS_DIR (--tls-dir) at a directory the proxy can create and write (the volume the agent mounts read-only); the shared TLS dir {path} cannot be created or written"
+    )]
     TlsDir {
         /// The directory.
         path: PathBuf,

@@ -16,10 +16,11 @@ use hyper::client::conn::http1::{self as client, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Mutex;
 
+use crate::policy::host::normalize_destination;
 use crate::policy::model::Endpoint;
 use crate::policy::{L4Decision, PolicyEngine};
 
-use super::answer::{Body, Refusal};
+use super::answer::{Body, INVALID_HOST, Refusal, USERINFO};
 use super::audit::{self, Subject};
 use super::counted::{Counted, OnEnd};
 use super::server::Ctx;
@@ -103,9 +104,13 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
 /// Host and port of an absolute-form `http://` request; anything else is a 400.
 fn target_of(uri: &Uri) -> Result<(String, u16), Refusal> {
     match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(host)) if !host.is_empty() => {
+        (Some("http"), _) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            Err(Refusal::BadRequest(format!("{uri}: {USERINFO}")))
+        }
+        (Some("http"), Some(host)) if normalize_destination(host).is_some() => {
             Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), uri.port_u16().unwrap_or(80)))
         }
+        (Some("http"), _) => Err(Refusal::BadRequest(format!("{uri}: {INVALID_HOST}"))),
         (Some("https"), _) => Err(Refusal::BadRequest(format!(
             "{uri}: https:// URLs go through the proxy with CONNECT (curl -x does this); the proxy does not send plain requests over TLS for the client"
         ))),
@@ -232,5 +237,7 @@ mod tests {
         assert_eq!(t("http://[::1]:8080/").unwrap(), ("::1".into(), 8080));
         assert!(t("https://example.com/").unwrap_err().reason().contains("CONNECT"));
         assert!(t("/index.html").unwrap_err().reason().contains("not absolute"));
+        assert!(t("http://a..b/").unwrap_err().reason().contains("not a valid name"));
+        assert!(t("http://allowed.example@denied.example/").unwrap_err().reason().contains("user@"));
     }
 }

@@ -16,6 +16,13 @@ pub type Body = BoxBody<Bytes, BodyError>;
 /// The header that marks an answer as the proxy's own.
 pub const POLICY_HEADER: &str = "x-openshell-policy";
 
+/// What a 400 says about a target host that is not a valid name or IP literal.
+pub const INVALID_HOST: &str = "the host is not a valid name: letters, digits, `-` and `_` in dot-separated labels, or an IP literal; write an internationalised name in its `xn--` form";
+
+/// What a 400 says about userinfo (`user@`) in a target (RFC 9110 section 4.2.4).
+pub const USERINFO: &str =
+    "a proxy target carries no `user@` part (RFC 9110 section 4.2.4); send credentials in a header instead";
+
 /// Why the proxy answers instead of the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {

@@ -10,10 +10,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::policy::host::normalize_destination;
 use crate::policy::model::Endpoint;
 use crate::policy::{L4Decision, PolicyEngine};
 
-use super::answer::{Body, Refusal, empty};
+use super::answer::{Body, INVALID_HOST, Refusal, USERINFO, empty};
 use super::audit::{self, Subject};
 use super::relay::relay;
 use super::server::Ctx;
@@ -25,7 +26,16 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
         let refusal = Refusal::BadRequest("CONNECT needs a host:port target (CONNECT example.com:443)".into());
         return refusal.response("", 0, None);
     };
-    let host = authority.host();
+    // `[::1]` is named `::1` in answers, audit and dialing, as in the absolute form.
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    if authority.as_str().contains('@') {
+        let refusal = Refusal::BadRequest(format!("CONNECT `{authority}`: {USERINFO}"));
+        return refusal.response(host, authority.port_u16().unwrap_or(0), None);
+    }
+    if normalize_destination(host).is_none() {
+        let refusal = Refusal::BadRequest(format!("CONNECT `{authority}`: {}", INVALID_HOST));
+        return refusal.response(host, authority.port_u16().unwrap_or(0), None);
+    }
     let Some(port) = authority.port_u16() else {
         let refusal = Refusal::BadRequest(format!("CONNECT {authority} has no port; write CONNECT {host}:443"));
         return refusal.response(host, 0, None);

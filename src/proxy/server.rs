@@ -20,6 +20,7 @@ use crate::config::ProxyLimits;
 use crate::shutdown::Shutdown;
 
 use super::absolute::{self, Kept};
+use super::accept::AcceptBackoff;
 use super::answer;
 use super::ca::CertificateAuthority;
 use super::connect;
@@ -48,19 +49,19 @@ pub struct Ctx {
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, allowed_clients: Vec<IpNet>) {
     let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let shutdown = ctx.shutdown.clone();
+    let mut backoff = AcceptBackoff::new("proxy");
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.signalled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed on the proxy listener");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backoff.failed(&e).await;
                     continue;
                 }
             },
         };
+        backoff.succeeded();
         if !allowed_clients.is_empty() && !allowed_clients.iter().any(|net| net.contains(&peer.ip().to_canonical())) {
             tracing::warn!(client = %peer, "client is not in OPENSHELL_PROXY_ALLOWED_CLIENTS; connection closed");
             continue;

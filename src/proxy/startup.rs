@@ -58,7 +58,7 @@ impl Listeners {
 /// `ca.pem` and `ca-bundle.pem`. A stale `.ready` from an earlier run is removed first.
 pub fn prepare(config: ProxyConfig) -> Result<Prepared, ProxyError> {
     let tls_dir = config.common.tls_dir.clone();
-    std::fs::create_dir_all(&tls_dir).map_err(|source| ProxyError::TlsDir { path: tls_dir.clone(), source })?;
+    usable_tls_dir(&tls_dir)?;
     volume::remove_ready(&tls_dir)?;
     let path = config.common.policy_file.clone().ok_or(ProxyError::NoPolicySource)?;
     let rules = RegoRules::load(config.common.policy_rules.as_deref())?;
@@ -146,6 +146,17 @@ impl Prepared {
         removed?;
         Ok(())
     }
+}
+
+/// Creates the shared TLS dir and proves that a file can be created in it, before the
+/// policy or the CA is touched: root ignores permission bits, so only a real write tells
+/// (a read-only mount, a directory of /proc, a path under a regular file).
+fn usable_tls_dir(dir: &Path) -> Result<(), ProxyError> {
+    let fail = |source| ProxyError::TlsDir { path: dir.to_owned(), source };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
 }
 
 /// Writes `ca-bundle.pem`: the system roots, then the sandbox CA.

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::shutdown::Shutdown;
 
+use super::accept::AcceptBackoff;
 use super::relay::relay;
 
 /// Where the forward goes and how long it may wait.
@@ -29,18 +30,19 @@ pub struct ForwardTarget {
 /// Accepts on `listener` until shutdown.
 pub async fn serve(listener: TcpListener, target: ForwardTarget, shutdown: Shutdown) {
     let target = Arc::new(target);
+    let mut backoff = AcceptBackoff::new("gateway forward");
     loop {
         let (client, peer) = tokio::select! {
             _ = shutdown.signalled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed on the gateway forward");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backoff.failed(&e).await;
                     continue;
                 }
             },
         };
+        backoff.succeeded();
         let target = target.clone();
         shutdown.spawn(async move {
             let Some((upstream, addr)) = connect(&target).await else {

@@ -27,8 +27,11 @@ pub struct Target<'a> {
 }
 
 /// Resolves the target and checks every address; any refused address refuses all.
+/// The name resolved is the one the policy matched: lower case, without a trailing dot
+/// (`LocalHost.` resolves as `localhost`, which /etc/hosts knows).
 pub async fn resolve(target: &Target<'_>, timeout: Duration) -> Result<Vec<SocketAddr>, Refusal> {
-    let host = target.host.trim_start_matches('[').trim_end_matches(']');
+    let normalized = normalize_destination(target.host);
+    let host = normalized.as_deref().unwrap_or_else(|| target.host.trim_start_matches('[').trim_end_matches(']'));
     let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host((host, target.port)));
     let addrs: Vec<SocketAddr> = match lookup.await {
         Err(_) => return Err(Refusal::Timeout(format!("resolving {host} took longer than {timeout:?}"))),
