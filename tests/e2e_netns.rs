@@ -1,0 +1,210 @@
+//! End to end on plain network namespaces (no Podman), in every `cargo test`: the proxy
+//! binary in a "proxy" namespace joined by veth pairs to an "agent" namespace that has no
+//! route out, and to an "upstream" namespace serving HTTP and HTTPS. Only 10.231.11.0/24
+//! and 10.231.12.0/24 inside namespaces this test creates are ever dialled.
+
+#[path = "e2e_support/lib.rs"]
+mod e2e_support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e_support::{BIN, HELLO, Output, Upstream, UpstreamTls, must, netns_add, netns_delete, run, wait_for};
+use openshell_sandbox::volume::{self, READY_FILE};
+
+/// Every namespace of this test starts with this, then the pid of the run.
+const PREFIX: &str = "ose2e-";
+const PROXY_INT: Ipv4Addr = Ipv4Addr::new(10, 231, 11, 2);
+const AGENT: Ipv4Addr = Ipv4Addr::new(10, 231, 11, 3);
+const PROXY_EXT: Ipv4Addr = Ipv4Addr::new(10, 231, 12, 2);
+const UPSTREAM: Ipv4Addr = Ipv4Addr::new(10, 231, 12, 10);
+const HTTP_PORT: u16 = 8080;
+const HTTPS_PORT: u16 = 8443;
+const PROXY_PORT: u16 = 3128;
+const STEP: Duration = Duration::from_secs(20);
+
+/// The three namespaces, the upstream and the proxy process; Drop (also on panic) kills
+/// the processes and deletes the namespaces, which destroys the veths.
+struct Topology {
+    agent: String,
+    proxy_ns: String,
+    upstream_ns: String,
+    dir: tempfile::TempDir,
+    proxy: Option<Child>,
+    upstream: Option<Upstream>,
+}
+
+impl Topology {
+    fn build() -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        // Leftovers of killed runs: namespaces named after a pid that no longer exists.
+        for stale in e2e_support::stale_names(e2e_support::netns_list(), PREFIX) {
+            eprintln!("sweeping the namespace {stale} of a dead run");
+            netns_delete(&stale);
+        }
+        let topo = Topology {
+            agent: format!("{PREFIX}{id}-agent"),
+            proxy_ns: format!("{PREFIX}{id}-proxy"),
+            upstream_ns: format!("{PREFIX}{id}-upstream"),
+            dir: tempfile::tempdir().unwrap(),
+            proxy: None,
+            upstream: None,
+        };
+        for ns in [&topo.agent, &topo.proxy_ns, &topo.upstream_ns] {
+            netns_add(ns);
+        }
+        // Interface names: at most 15 characters, unique per run (they live only inside
+        // this run's namespaces, so even a pid reuse cannot collide).
+        let short = format!("{}", std::process::id() % 10_000_000);
+        topo.veth(&topo.agent, &format!("ea{short}"), AGENT, &topo.proxy_ns, &format!("ei{short}"), PROXY_INT);
+        topo.veth(&topo.proxy_ns, &format!("ex{short}"), PROXY_EXT, &topo.upstream_ns, &format!("eu{short}"), UPSTREAM);
+        topo
+    }
+
+    /// A veth pair between two namespaces, each end with its /24 address and up.
+    fn veth(&self, ns_a: &str, a: &str, ip_a: Ipv4Addr, ns_b: &str, b: &str, ip_b: Ipv4Addr) {
+        let ip = |args: &[&str]| must(Command::new("ip").args(args), STEP);
+        ip(&["link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b]);
+        for (ns, dev, addr) in [(ns_a, a, ip_a), (ns_b, b, ip_b)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// Starts the proxy binary inside the proxy namespace; returns how long `.ready` took.
+    fn start_proxy(&mut self, roots: &Path) -> Duration {
+        let policy = self.dir.path().join("policy.yaml");
+        std::fs::write(&policy, e2e_support::policy(IpAddr::V4(UPSTREAM), HTTP_PORT, HTTPS_PORT)).unwrap();
+        let log = self.dir.path().join("proxy.log");
+        let started = Instant::now();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.proxy_ns, BIN, "proxy"])
+            .arg("--policy")
+            .arg(&policy)
+            .args(["--listen", &SocketAddr::from((PROXY_INT, PROXY_PORT)).to_string()])
+            .arg("--tls-dir")
+            .arg(self.tls_dir())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            // The "system roots" the proxy bundles into ca-bundle.pem: the upstream's CA.
+            .env("SSL_CERT_FILE", roots)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        self.proxy = Some(child);
+        let ready = self.tls_dir().join(READY_FILE);
+        wait_for(".ready from the proxy", STEP, || {
+            if let Some(status) = self.proxy.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the proxy exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            ready.exists().then_some(())
+        });
+        started.elapsed()
+    }
+
+    /// `curl` run inside the agent namespace with only PATH and `env` set.
+    fn agent_curl(&self, env: &[(&str, String)], args: &[&str]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.agent, "curl", "-sS", "-m", "10"]).args(args);
+        cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        run(&mut cmd, STEP)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.proxy.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.upstream.take();
+        for ns in [&self.agent, &self.proxy_ns, &self.upstream_ns] {
+            netns_delete(ns);
+        }
+    }
+}
+
+#[test]
+fn agent_reaches_upstream_only_through_the_proxy() {
+    if let Some(reason) = e2e_support::netns_unsupported() {
+        eprintln!("SKIPPED agent_reaches_upstream_only_through_the_proxy: {reason}");
+        return;
+    }
+    let whole = Instant::now();
+    let mut topo = Topology::build();
+    let tls = UpstreamTls::new(IpAddr::V4(UPSTREAM));
+    topo.upstream = Some(Upstream::start(
+        &topo.upstream_ns,
+        SocketAddr::from((UPSTREAM, HTTP_PORT)),
+        SocketAddr::from((UPSTREAM, HTTPS_PORT)),
+        tls.config.clone(),
+    ));
+    let roots = topo.dir.path().join("roots.pem");
+    std::fs::write(&roots, &tls.ca_pem).unwrap();
+    let to_ready = topo.start_proxy(&roots);
+
+    // .ready names the listener the agent side uses.
+    let ready = volume::read_ready(&topo.tls_dir()).unwrap();
+    assert_eq!(ready.proxy_listen, SocketAddr::from((PROXY_INT, PROXY_PORT)));
+    let proxy_url = format!("http://{PROXY_INT}:{PROXY_PORT}");
+    let http_url = format!("http://{UPSTREAM}:{HTTP_PORT}/index.txt");
+    let https_url = format!("https://{UPSTREAM}:{HTTPS_PORT}/index.txt");
+    let via_proxy = vec![
+        ("HTTP_PROXY", proxy_url.clone()),
+        ("http_proxy", proxy_url.clone()),
+        ("HTTPS_PROXY", proxy_url.clone()),
+        ("https_proxy", proxy_url.clone()),
+    ];
+
+    // Through the proxy: plain HTTP (forwarded) and HTTPS (CONNECT, L4 relay), the latter
+    // verified against ca-bundle.pem, which carries the system roots and the sandbox CA.
+    let out = topo.agent_curl(&via_proxy, &[&http_url]);
+    assert!(out.ok() && out.stdout == HELLO, "HTTP through the proxy: {}", out.all());
+    let mut env = via_proxy.clone();
+    env.push(("SSL_CERT_FILE", topo.tls_dir().join("ca-bundle.pem").display().to_string()));
+    let out = topo.agent_curl(&env, &[&https_url]);
+    assert!(out.ok() && out.stdout == HELLO, "HTTPS through the proxy with ca-bundle.pem: {}", out.all());
+    // Control: ca.pem alone lacks the upstream's root, so the same request fails to verify.
+    let mut env = via_proxy.clone();
+    env.push(("SSL_CERT_FILE", topo.tls_dir().join("ca.pem").display().to_string()));
+    let out = topo.agent_curl(&env, &[&https_url]);
+    assert_eq!(out.code, Some(60), "HTTPS trusting only ca.pem must fail verification: {}", out.all());
+
+    // Without the proxy: no route at all.
+    let out = topo.agent_curl(&[], &["-v", &http_url]);
+    assert!(!out.ok() && out.stderr.contains("Network is unreachable"), "direct: {}", out.all());
+    let err = e2e_support::direct_connect_error(&topo.agent, SocketAddr::from((UPSTREAM, HTTP_PORT)));
+    assert_eq!(err.kind(), std::io::ErrorKind::NetworkUnreachable, "direct connect: {err}");
+    let err = e2e_support::direct_connect_error(&topo.agent, SocketAddr::from((PROXY_EXT, PROXY_PORT)));
+    assert_eq!(err.kind(), std::io::ErrorKind::NetworkUnreachable, "the proxy's outer address: {err}");
+
+    // A host the policy does not name: 403 with the JSON body, for forward and CONNECT.
+    let out = topo.agent_curl(&via_proxy, &["-w", "\n%{http_code}", "http://denied.example/"]);
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or_default();
+    assert_eq!(code, "403", "denied host: {}", out.all());
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
+    assert_eq!(json["error"], "policy_denied", "{json}");
+    assert_eq!(json["host"], "denied.example", "{json}");
+    let out = topo.agent_curl(&via_proxy, &["-w", "%{http_connect}", "https://denied.example/"]);
+    assert!(!out.ok() && out.stdout.ends_with("403"), "denied CONNECT: {}", out.all());
+    // The upstream's address on a port the policy does not list is denied too.
+    let out = topo.agent_curl(&via_proxy, &["-o", "/dev/null", "-w", "%{http_code}", &format!("http://{UPSTREAM}:9/")]);
+    assert_eq!(out.stdout, "403", "unlisted port: {}", out.all());
+
+    drop(topo);
+    eprintln!("figures (netns): proxy start to .ready {:?}; whole run {:?}", to_ready, whole.elapsed());
+}

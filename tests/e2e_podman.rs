@@ -1,0 +1,205 @@
+//! End to end on real Podman (root, podman + runc + netavark + iptables, as `.ci/run`
+//! installs them): the image built from the repository's Dockerfile with the binary this
+//! `cargo test` built, one sandbox laid out as the Podman driver does (proxy on the
+//! internal and the bridge network, agent on the internal one only, the shared TLS
+//! volume), and the checks of issue 7 that the built modes allow. Addresses are
+//! two /24s of 10.231.0.0/16 inside a network namespace made for the run.
+//!
+//! Exec sessions go through the agent supervisor's SSH server (its loopback TCP
+//! listener), not yet through the gateway relay, and the credential placeholder swap is
+//! not checked: neither is wired on main yet. They are left out, not faked; see the
+//! comment near the end of the test.
+
+#[path = "e2e_support/lib.rs"]
+mod e2e_support;
+#[path = "e2e_podman/sandbox.rs"]
+mod sandbox;
+#[path = "e2e_podman/steps.rs"]
+mod steps;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use e2e_support::{BIN, HELLO, Output, Upstream, UpstreamTls, must, run};
+use openshell_sandbox::volume;
+use sandbox::{RUN_LABEL, STEP, Sandbox};
+use steps::{Run, agent_exec, label, podman_exec};
+
+const HTTP_PORT: u16 = 8080;
+const HTTPS_PORT: u16 = 8443;
+const PROXY_PORT: u16 = 3128;
+const SSH_PORT: u16 = 2222;
+
+/// Set `OPENSHELL_E2E_PODMAN=required` (CI does) to fail instead of skipping when podman
+/// or root is missing.
+fn unsupported() -> Option<String> {
+    let reason = e2e_support::netns_unsupported().or_else(|| {
+        ["podman", "nsenter", "runc"]
+            .into_iter()
+            .find(|cmd| !e2e_support::has_command(cmd))
+            .map(|cmd| format!("`{cmd}` is not installed (apt-get install podman runc netavark iptables)"))
+    })?;
+    if std::env::var("OPENSHELL_E2E_PODMAN").as_deref() == Ok("required") {
+        panic!("OPENSHELL_E2E_PODMAN=required but {reason}");
+    }
+    Some(reason)
+}
+
+#[test]
+fn sidecar_topology_on_podman() {
+    if let Some(reason) = unsupported() {
+        eprintln!("SKIPPED sidecar_topology_on_podman: {reason}");
+        return;
+    }
+    let whole = Instant::now();
+    let sb = Sandbox::new();
+    let built = Instant::now();
+    sb.base_image();
+    // OPENSHELL_E2E_BINARY tests another build of the binary (a release build, say).
+    let binary = std::env::var_os("OPENSHELL_E2E_BINARY").map_or_else(|| PathBuf::from(BIN), PathBuf::from);
+    sb.build_image(&binary);
+    let build_time = built.elapsed();
+    let n = sb.name.clone();
+    let mut r = Run {
+        files: tempfile::tempdir().unwrap(),
+        int: format!("{n}-int"),
+        ext: format!("{n}-ext"),
+        vol: format!("{n}-tls"),
+        proxy: format!("{n}-proxy"),
+        agent: format!("{n}-agent"),
+        net: 0,
+        mountpoint: PathBuf::new(),
+        sb,
+    };
+    r.create_networks_and_volume();
+    let upstream = r.upstream();
+
+    // The upstream, bound in the outer namespace (0.0.0.0: the bridge appears only when
+    // the first container joins it).
+    let tls = UpstreamTls::new(IpAddr::V4(upstream));
+    let _upstream = Upstream::start(
+        &r.sb.outer,
+        SocketAddr::from(([0, 0, 0, 0], HTTP_PORT)),
+        SocketAddr::from(([0, 0, 0, 0], HTTPS_PORT)),
+        tls.config.clone(),
+    );
+    let policy = e2e_support::policy(IpAddr::V4(upstream), HTTP_PORT, HTTPS_PORT);
+    std::fs::write(r.file("policy.yaml"), policy).unwrap();
+    std::fs::write(r.file("roots.pem"), &tls.ca_pem).unwrap();
+    std::fs::create_dir(r.file("keys")).unwrap();
+    let key = r.file("keys/id");
+    must(std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key), STEP);
+    std::fs::copy(r.file("keys/id.pub"), r.file("keys/authorized_keys")).unwrap();
+
+    // The agent starts first and must wait for .ready on its own: no workload, no SSH.
+    let agent_started = Instant::now();
+    r.start_agent();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let logs = r.agent_logs();
+    assert!(!logs.stdout.contains("workload-started"), "the workload ran before .ready: {}", logs.all());
+    let state = r.sb.p(&["inspect", "--format", "{{.State.Status}}", &r.agent]).stdout;
+    assert_eq!(state.trim(), "running", "the agent waits for .ready: {}", logs.all());
+    assert!(!agent_exec(&r.sb, &["true"]).ok(), "an exec session before .ready");
+    let started = Instant::now();
+    r.start_proxy();
+    r.wait_ready();
+    let to_ready = started.elapsed();
+    let ready_at = Instant::now();
+    let ready = volume::read_ready(&r.mountpoint).unwrap();
+    assert_eq!(ready.proxy_listen, SocketAddr::from(([0, 0, 0, 0], PROXY_PORT)));
+    assert!(!r.mountpoint.join("ca-key.pem").exists(), "the CA key stays out of the shared volume");
+    let health = run(r.sb.podman().args(["healthcheck", "run", &r.proxy]), STEP);
+    assert!(health.ok(), "the image's HEALTHCHECK in proxy mode: {}", health.all());
+    let mut last = None;
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !last.as_ref().is_some_and(Output::ok) {
+        if Instant::now() > deadline {
+            let last = last.map(|out| out.all()).unwrap_or_default();
+            panic!("no exec in the agent within 30 s; last: {last}\nagent logs: {}", r.agent_logs().all());
+        }
+        last = Some(agent_exec(&r.sb, &["true"]));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let to_first_exec = agent_started.elapsed();
+    let ready_to_first_exec = ready_at.elapsed();
+    let logs = r.agent_logs();
+    assert!(logs.stdout.contains("workload-started"), "the workload runs after .ready: {}", logs.all());
+    let health = run(r.sb.podman().args(["healthcheck", "run", &r.agent]), STEP);
+    assert!(health.ok(), "the image's HEALTHCHECK in agent mode: {}", health.all());
+    // The session runs in the child environment, as the sandbox user, with no control
+    // variable but OPENSHELL_SANDBOX.
+    let out = agent_exec(&r.sb, &["sh", "-c", "id -u; env"]);
+    assert!(out.ok() && out.stdout.starts_with("1000\n"), "exec as the sandbox user: {}", out.all());
+    assert!(out.stdout.contains("\nOPENSHELL_SANDBOX=1\n"), "{}", out.all());
+    assert!(!out.stdout.contains("OPENSHELL_PROXY_MODE") && !out.stdout.contains("OPENSHELL_SSH"), "{}", out.all());
+
+    // Labels on the three kinds of resources.
+    let sb = &r.sb;
+    assert_eq!(label(sb, "container", &r.proxy, "openshell.role"), "proxy");
+    assert_eq!(label(sb, "container", &r.agent, "openshell.role"), "agent");
+    let all = [
+        ("container", &r.proxy),
+        ("container", &r.agent),
+        ("network", &r.int),
+        ("network", &r.ext),
+        ("volume", &r.vol),
+    ];
+    for (kind, name) in all {
+        assert_eq!(label(sb, kind, name, RUN_LABEL), sb.id, "{kind} {name}");
+        assert_eq!(label(sb, kind, name, "openshell.sandbox"), n, "{kind} {name}");
+    }
+
+    // Through the proxy: HTTP forwarded, HTTPS tunnelled (L4, no `protocol`) and verified
+    // against ca-bundle.pem through SSL_CERT_FILE.
+    let http_url = format!("http://{upstream}:{HTTP_PORT}/index.txt");
+    let https_url = format!("https://{upstream}:{HTTPS_PORT}/index.txt");
+    let out = agent_exec(sb, &["curl", "-sS", "-m", "10", &http_url]);
+    assert!(out.ok() && out.stdout == HELLO, "HTTP through the proxy: {}", out.all());
+    let out = agent_exec(sb, &["curl", "-sS", "-m", "10", &https_url]);
+    assert!(out.ok() && out.stdout == HELLO, "HTTPS through the proxy: {}", out.all());
+    let out = agent_exec(sb, &["env", "SSL_CERT_FILE=/openshell-tls/ca.pem", "curl", "-sS", "-m", "10", &https_url]);
+    assert_eq!(out.code, Some(60), "trusting only ca.pem must fail to verify the upstream: {}", out.all());
+
+    // Without the proxy variables: no route.
+    let unset = ["env", "-u", "HTTP_PROXY", "-u", "http_proxy", "-u", "HTTPS_PROXY", "-u", "https_proxy"];
+    for url in [&http_url, &https_url] {
+        let out = agent_exec(sb, &[&unset[..], &["curl", "-sS", "-v", "-m", "10", url]].concat());
+        assert!(!out.ok() && out.stderr.contains("Network is unreachable"), "direct {url}: {}", out.all());
+    }
+    let out = podman_exec(sb, &["ip", "route", "show", "default"]);
+    assert!(out.ok() && out.stdout.trim().is_empty(), "the agent has no default route: {}", out.all());
+
+    // A denied host: 403 with the JSON body.
+    let out = agent_exec(sb, &["curl", "-sS", "-m", "10", "-w", "\n%{http_code}", "http://denied.example/"]);
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or_default();
+    assert_eq!(code, "403", "denied host: {}", out.all());
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
+    assert_eq!(json["error"], "policy_denied", "{json}");
+
+    // Git over SSH, in the child environment: both guards.
+    let out = agent_exec(sb, &["git", "ls-remote", &format!("ssh://git@{upstream}/r.git")]);
+    assert!(!out.ok() && out.stderr.contains("transport 'ssh' not allowed"), "git over SSH: {}", out.all());
+    let out = agent_exec(sb, &["sh", "-c", "eval \"$GIT_SSH_COMMAND\" git@host git-upload-pack"]);
+    assert!(out.code == Some(1) && out.stderr.contains("SSH disabled: use HTTPS"), "GIT_SSH_COMMAND: {}", out.all());
+
+    // The agent reads the volume but cannot write it.
+    let out = podman_exec(sb, &["sh", "-c", "cat /openshell-tls/ca.pem >/dev/null && touch /openshell-tls/x"]);
+    assert!(!out.ok() && out.stderr.contains("Read-only file system"), "agent write to the volume: {}", out.all());
+
+    // Not yet (not built on main): an exec session through the gateway relay (here the
+    // sessions use the agent's own SSH listener), and the credential placeholder swap (the
+    // upstream sees the secret, `env` shows only the placeholder), which needs L7
+    // interception and child-env.json from the proxy.
+
+    // Deleting in the driver's order leaves nothing.
+    let mut sb = r.sb;
+    sb.delete();
+    let left = sb.leftovers();
+    assert!(left.is_empty(), "left after delete: {left:?}");
+    eprintln!(
+        "figures (podman): image build {build_time:?}; proxy `podman run` to .ready {to_ready:?}; \
+         agent start to first exec {to_first_exec:?} (.ready to first exec {ready_to_first_exec:?}); whole run {:?}",
+        whole.elapsed()
+    );
+}

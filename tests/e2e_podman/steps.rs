@@ -1,0 +1,218 @@
+//! The steps of the Podman test that touch one container or resource: starting the
+//! proxy and the agent with the driver's arguments, waiting for `.ready`, labels, and
+//! running a command in the agent over its SSH server.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use super::e2e_support::{Output, run, wait_for};
+use super::sandbox::{HOST_MOUNTS, RUN_LABEL, STEP, Sandbox};
+use super::{PROXY_PORT, SSH_PORT};
+use openshell_sandbox::volume::READY_FILE;
+
+/// `-v` arguments for the host directories the base image borrows.
+pub fn host_mounts() -> Vec<String> {
+    HOST_MOUNTS
+        .iter()
+        .filter(|dir| Path::new(dir).exists())
+        .flat_map(|dir| ["-v".to_owned(), format!("{dir}:{dir}:ro")])
+        .collect()
+}
+
+/// The label `key` of a container, network or volume.
+pub fn label(sb: &Sandbox, kind: &str, name: &str, key: &str) -> String {
+    let labels = if kind == "container" { ".Config.Labels" } else { ".Labels" };
+    let format = format!("{{{{index {labels} \"{key}\"}}}}");
+    sb.p(&[kind, "inspect", "--format", &format, name]).stdout.trim().to_owned()
+}
+
+/// Owned arguments from pieces.
+pub fn args(pieces: &[&[&str]]) -> Vec<String> {
+    pieces.iter().flat_map(|piece| piece.iter().map(|s| (*s).to_owned())).collect()
+}
+
+/// `podman exec AGENT ARGS`, bounded: a process beside the supervisor, with the
+/// container's environment.
+pub fn podman_exec(sb: &Sandbox, args: &[&str]) -> Output {
+    let agent = format!("{}-agent", sb.name);
+    run(sb.podman().args(["exec", &agent]).args(args), STEP)
+}
+
+/// Runs ARGS in the agent as an exec session through the supervisor's SSH server (the
+/// OpenSSH client inside the container, to its loopback listener), so the command gets
+/// the child environment the supervisor builds.
+pub fn agent_exec(sb: &Sandbox, args: &[&str]) -> Output {
+    let line: Vec<String> = args.iter().map(|arg| format!("'{}'", arg.replace('\'', "'\\''"))).collect();
+    let port = SSH_PORT.to_string();
+    #[rustfmt::skip]
+    let ssh = ["ssh", "-i", "/keys/id", "-p", &port, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "sandbox@127.0.0.1"];
+    let line = line.join(" ");
+    podman_exec(sb, &[&ssh[..], &[line.as_str()]].concat())
+}
+
+/// The names, files and shared arguments of one run.
+pub struct Run {
+    pub sb: Sandbox,
+    pub files: tempfile::TempDir,
+    pub int: String,
+    pub ext: String,
+    pub vol: String,
+    pub proxy: String,
+    pub agent: String,
+    /// Third octet of the internal network; the bridge network is the next one.
+    pub net: u8,
+    /// The volume's directory on the host (rootful podman).
+    pub mountpoint: PathBuf,
+}
+
+impl Run {
+    pub fn labels(&self) -> Vec<String> {
+        let run = format!("{RUN_LABEL}={}", self.sb.id);
+        let sandbox = format!("openshell.sandbox={}", self.sb.name);
+        vec!["--label".into(), run, "--label".into(), sandbox]
+    }
+
+    /// `podman ARGS` with owned arguments.
+    pub fn p(&self, args: &[String]) -> Output {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.sb.p(&args)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.files.path().join(name)
+    }
+
+    /// Networks and the volume, each with the run's labels. The two /24s are picked per
+    /// run (podman refuses a subnet another of its networks holds, so concurrent runs on
+    /// one machine take the next free pair): internal 10.231.N.0/24, bridge N+1.
+    pub fn create_networks_and_volume(&mut self) {
+        let labels = self.labels();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let first = 2 * (std::process::id() % 100);
+        let mut created = None;
+        for attempt in 0..100 {
+            let net = u8::try_from(20 + (first + 2 * attempt) % 200).expect("at most 218");
+            let subnet = format!("10.231.{net}.0/24");
+            #[rustfmt::skip]
+            let out = run(self.sb.podman().args(args(&[&["network", "create", "--internal", "--disable-dns", "--subnet", &subnet], &labels, &[&self.int]])), STEP);
+            if out.ok() {
+                created = Some(net);
+                break;
+            }
+            assert!(out.stderr.contains("already used"), "network create {}: {}", self.int, out.all());
+        }
+        let net = created.expect("a free pair of /24s in 10.231.20.0-10.231.219.0");
+        self.net = net;
+        let subnet = format!("10.231.{}.0/24", net + 1);
+        let created = run(
+            self.sb.podman().args(args(&[
+                &["network", "create", "--disable-dns", "--subnet", &subnet],
+                &labels,
+                &[&self.ext],
+            ])),
+            STEP,
+        );
+        assert!(created.ok(), "network create {}: {}", self.ext, created.all());
+        self.p(&args(&[&["volume", "create"], &labels, &[&self.vol]]));
+        let mountpoint = self.sb.p(&["volume", "inspect", "--format", "{{.Mountpoint}}", &self.vol]).stdout;
+        self.mountpoint = PathBuf::from(mountpoint.trim());
+    }
+
+    /// The proxy on the internal network.
+    pub fn proxy_int(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.net, 2)
+    }
+
+    /// The agent.
+    pub fn agent_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.net, 3)
+    }
+
+    /// The proxy on the bridge network.
+    pub fn proxy_ext(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.net + 1, 2)
+    }
+
+    /// The bridge network's gateway: the upstream listens there, in the outer namespace,
+    /// on the bridge side (where the internet would be).
+    pub fn upstream(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.net + 1, 1)
+    }
+
+    /// The proxy: both networks, the volume read-write, our binary as the entrypoint.
+    /// Its "system roots" are the upstream's test CA, mounted where the image keeps the
+    /// roots, so ca-bundle.pem carries it.
+    pub fn start_proxy(&self) {
+        let labels = self.labels();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let mounts = host_mounts();
+        let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+        let policy = format!("{}:/etc/openshell/policy.yaml:ro", self.file("policy.yaml").display());
+        let roots = format!("{}:/etc/ssl/certs/ca-certificates.crt:ro", self.file("roots.pem").display());
+        let (int_ip, ext_ip) =
+            (format!("{}:ip={}", self.int, self.proxy_int()), format!("{}:ip={}", self.ext, self.proxy_ext()));
+        let rw = format!("{}:/openshell-tls:rw", self.vol);
+        let listen = format!("OPENSHELL_PROXY_LISTEN=0.0.0.0:{PROXY_PORT}");
+        #[rustfmt::skip]
+        self.p(&args(&[&["run", "-d", "--name", &self.proxy, "--label", "openshell.role=proxy"], &labels, &mounts, &[
+            "--network", &int_ip, "--network", &ext_ip,
+            "-v", &rw, "-v", &policy, "-v", &roots,
+            "-e", "OPENSHELL_MODE=proxy", "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
+            "-e", &listen, "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
+            &self.sb.image,
+        ]]));
+    }
+
+    /// Waits for `.ready` in the volume, failing early with the logs if the proxy exits.
+    pub fn wait_ready(&self) {
+        wait_for(".ready in the volume", STEP, || {
+            if self.mountpoint.join(READY_FILE).exists() {
+                return Some(());
+            }
+            if self.sb.p(&["inspect", "--format", "{{.State.Status}}", &self.proxy]).stdout.trim() == "exited" {
+                let logs = run(self.sb.podman().args(["logs", &self.proxy]), STEP);
+                panic!("the proxy container exited before .ready: {}", logs.all());
+            }
+            None
+        });
+    }
+
+    /// The agent: only the internal network, the volume read-only, our entrypoint in agent
+    /// mode with a workload that announces itself, and a loopback
+    /// SSH listener for the exec sessions.
+    pub fn start_agent(&self) {
+        let labels = self.labels();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let mounts = host_mounts();
+        let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+        let proxy_url = format!("http://{}:{PROXY_PORT}", self.proxy_int());
+        let proxy_vars: Vec<String> = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"]
+            .iter()
+            .map(|v| format!("{v}={proxy_url}"))
+            .collect();
+        let proxy_env: Vec<&str> = proxy_vars.iter().flat_map(|var| ["-e", var.as_str()]).collect();
+        let (agent_ip, ro) =
+            (format!("{}:ip={}", self.int, self.agent_ip()), format!("{}:/openshell-tls:ro", self.vol));
+        let policy = format!("{}:/etc/openshell/policy.yaml:ro", self.file("policy.yaml").display());
+        let keys = format!("{}:/keys:ro", self.file("keys").display());
+        let ssh_listen = format!("OPENSHELL_SSH_LISTEN=127.0.0.1:{SSH_PORT}");
+        #[rustfmt::skip]
+        let common = [&["run", "-d", "--name", &self.agent, "--label", "openshell.role=agent"][..], &labels, &mounts, &proxy_env, &[
+            "--network", &agent_ip, "-v", &ro, "-v", &policy, "-v", &keys,
+            "-e", "OPENSHELL_PROXY_MODE=sidecar", "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
+            "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
+            "-e", "SSL_CERT_FILE=/openshell-tls/ca-bundle.pem",
+        ]].concat();
+        #[rustfmt::skip]
+        let tail = [
+            "-e", &ssh_listen, "-e", "OPENSHELL_SSH_AUTHORIZED_KEYS=/keys/authorized_keys",
+            &self.sb.image, "agent", "--", "sh", "-c", "echo workload-started; exec sleep infinity",
+        ];
+        self.p(&args(&[&common, &tail]));
+    }
+
+    pub fn agent_logs(&self) -> Output {
+        run(self.sb.podman().args(["logs", &self.agent]), STEP)
+    }
+}
