@@ -4,6 +4,7 @@
 
 pub mod child;
 pub mod env;
+pub mod gateway;
 pub mod ready;
 pub mod ssh;
 pub mod workload;
@@ -107,7 +108,15 @@ pub fn run(config: AgentConfig) -> Result<Exit, AgentError> {
 }
 
 async fn supervise(config: AgentConfig) -> Result<Exit, AgentError> {
-    let policy = load_policy(&config).await?;
+    let client = match &config.gateway {
+        Some(gateway) => {
+            let client = crate::gateway::GatewayClient::new(gateway)?;
+            client.check_token()?;
+            Some(client)
+        }
+        None => None,
+    };
+    let policy = load_policy(&config, client.as_ref()).await?;
     let workdir = match &config.workdir {
         Some(dir) => dir.clone(),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
@@ -136,13 +145,18 @@ async fn supervise(config: AgentConfig) -> Result<Exit, AgentError> {
     tracing::info!(socket = %config.ssh_socket.display(), tcp = ?config.ssh_listen, "serving SSH");
     let shutdown = Shutdown::new();
     let server_task = tokio::spawn(server.serve(unix, tcp, shutdown.clone()));
+    let session = client.as_ref().map(|c| gateway::spawn_supervisor(c, &config.ssh_socket, &shutdown));
 
     let result = if config.command.is_empty() {
         shutdown.trigger_on_signals().map_err(|source| AgentError::Runtime { what: "signal handling", source })?;
         shutdown.signalled().await;
         Ok(Exit::Success)
     } else {
-        workload::run(&launcher, &config.command).await.map_err(AgentError::from)
+        let result = workload::run(&launcher, &config.command).await.map_err(AgentError::from);
+        if let (Some(client), Some(instance_id), Ok(exit)) = (&client, &session, &result) {
+            gateway::report_exit(client, instance_id, *exit).await;
+        }
+        result
     };
 
     let left = shutdown.drain(DRAIN_GRACE).await;
@@ -155,17 +169,18 @@ async fn supervise(config: AgentConfig) -> Result<Exit, AgentError> {
 }
 
 /// Step 2: the policy from the local file, or from the gateway through the proxy.
-async fn load_policy(config: &AgentConfig) -> Result<Policy, AgentError> {
+async fn load_policy(
+    config: &AgentConfig,
+    client: Option<&crate::gateway::GatewayClient>,
+) -> Result<Policy, AgentError> {
     if let Some(path) = &config.common.policy_file {
         let policy = crate::policy::load_file(path)?;
         crate::policy::log_warnings(&policy);
         return Ok(policy);
     }
-    let Some(gateway) = &config.gateway else { return Err(AgentError::NoPolicySource) };
-    let client = crate::gateway::GatewayClient::new(gateway)?;
-    client.check_token()?;
+    let Some(client) = client else { return Err(AgentError::NoPolicySource) };
     let fetched =
-        crate::gateway::config::fetch_with_retries(&client, &crate::gateway::backoff::RetrySchedule::startup()).await?;
+        crate::gateway::config::fetch_with_retries(client, &crate::gateway::backoff::RetrySchedule::startup()).await?;
     fetched.log_warnings();
     Ok(fetched.policy)
 }

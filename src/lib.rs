@@ -108,8 +108,17 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
     match command {
         Command::Proxy(args) => {
             let config = proxy_config(&cli.log, &args, &file)?;
-            telemetry::init(config.common.log_format, &config.common.log_level)?;
-            Ok(proxy::run(config)?)
+            // The gateway's log layer exists from the first line; its queue is shipped
+            // once the runtime runs (the log stream is the first call of the startup).
+            let (layer, queue) = match &config.gateway {
+                Some(g) => {
+                    let (layer, queue) = gateway::logs::queue(&g.sandbox_id, gateway::logs::DEFAULT_CAPACITY);
+                    (Some(layer), Some(queue))
+                }
+                None => (None, None),
+            };
+            telemetry::init_with(config.common.log_format, &config.common.log_level, layer)?;
+            Ok(proxy::run(config, queue)?)
         }
         Command::Agent(args) => {
             let config = agent_config(&cli.log, args, &file)?;

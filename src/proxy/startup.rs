@@ -13,6 +13,7 @@ use crate::volume::{self, CA_BUNDLE_FILE, Ready};
 
 use super::ProxyError;
 use super::ca::CertificateAuthority;
+use super::gateway_source::GatewayStart;
 use super::policy_source::{FileReloader, PolicyHandle, load_engine};
 use super::server::{self, Ctx};
 use super::tcp_forward::{self, ForwardTarget};
@@ -28,6 +29,7 @@ pub struct Prepared {
     rules: RegoRules,
     policy: PolicyHandle,
     ca: Arc<CertificateAuthority>,
+    gateway: Option<GatewayStart>,
 }
 
 /// The bound listeners: the proxy, and the gateway forward when there is a gateway.
@@ -57,13 +59,25 @@ impl Listeners {
 /// Steps 1 to 3 of the startup: policy (exit 65 listing every error when invalid), CA,
 /// `ca.pem` and `ca-bundle.pem`. A stale `.ready` from an earlier run is removed first.
 pub fn prepare(config: ProxyConfig) -> Result<Prepared, ProxyError> {
+    prepare_with(config, None)
+}
+
+/// [`prepare`] with what the gateway gave at startup: its policy engine unless a local
+/// file wins; its pollers are spawned once `.ready` is written.
+pub fn prepare_with(config: ProxyConfig, mut gateway: Option<GatewayStart>) -> Result<Prepared, ProxyError> {
     let tls_dir = config.common.tls_dir.clone();
     std::fs::create_dir_all(&tls_dir).map_err(|source| ProxyError::TlsDir { path: tls_dir.clone(), source })?;
     volume::remove_ready(&tls_dir)?;
-    let path = config.common.policy_file.clone().ok_or(ProxyError::NoPolicySource)?;
     let rules = RegoRules::load(config.common.policy_rules.as_deref())?;
-    let engine = load_engine(&path, &rules, 1)?;
-    tracing::info!(path = %path.display(), "policy loaded");
+    let engine = match gateway.as_mut().and_then(GatewayStart::take_engine) {
+        Some(engine) => engine,
+        None => {
+            let path = config.common.policy_file.clone().ok_or(ProxyError::NoPolicySource)?;
+            let engine = load_engine(&path, &rules, 1)?;
+            tracing::info!(path = %path.display(), "policy loaded");
+            engine
+        }
+    };
     let ca = CertificateAuthority::load_or_generate(&config.state_dir, &tls_dir)?;
     write_bundle(&tls_dir, &ca)?;
     if config.allow_loopback_upstreams {
@@ -71,7 +85,7 @@ pub fn prepare(config: ProxyConfig) -> Result<Prepared, ProxyError> {
             "--allow-loopback-upstreams is set: loopback destinations are reachable through the proxy; for development and tests only"
         );
     }
-    Ok(Prepared { config, rules, policy: PolicyHandle::new(engine), ca: Arc::new(ca) })
+    Ok(Prepared { config, rules, policy: PolicyHandle::new(engine), ca: Arc::new(ca), gateway })
 }
 
 impl Prepared {
@@ -92,7 +106,7 @@ impl Prepared {
 
     /// Serves on `listeners` until `shutdown` is triggered: spawns the reloader and the
     /// accept loops, writes `.ready`; at shutdown removes `.ready` and drains.
-    pub async fn serve(self, listeners: Listeners, shutdown: Shutdown) -> Result<(), ProxyError> {
+    pub async fn serve(mut self, listeners: Listeners, shutdown: Shutdown) -> Result<(), ProxyError> {
         let config = &self.config;
         let tls_dir = &config.common.tls_dir;
         let proxy_listen = listeners.proxy.local_addr().map_err(ProxyError::Runtime)?;
@@ -135,8 +149,14 @@ impl Prepared {
             ca_sha256: self.ca.fingerprint_sha256(),
             time: volume::now_rfc3339(),
         };
+        if let Some(gateway) = &self.gateway {
+            gateway.write_child_env()?;
+        }
         volume::write_ready(tls_dir, &ready)?;
         tracing::info!(proxy = %proxy_listen, forward = ?forward_listen, "proxy ready");
+        if let Some(gateway) = self.gateway.take() {
+            gateway.spawn_pollers(&self.policy, &self.rules, &shutdown);
+        }
         shutdown.signalled().await;
         let removed = volume::remove_ready(tls_dir);
         let left = shutdown.drain(config.limits.shutdown_grace).await;

@@ -1,0 +1,222 @@
+//! Proxy mode with only the test gateway (no local policy file), as the real binary:
+//! the contract's startup order with `.ready` last, CONNECT decided by the gateway's
+//! policy, updates applied and reported LOADED, a bad update kept out and reported
+//! FAILED, and a gateway that goes away neither slows the proxy nor floods its log.
+
+#[allow(dead_code, unused_imports)]
+#[path = "gateway_support/lib.rs"]
+mod gateway_support;
+#[allow(dead_code)]
+#[path = "proxy_support/lib.rs"]
+mod proxy_support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway_support::{Payload, SANDBOX_ID, TOKEN, TestGateway, eventually};
+use openshell_sandbox::gateway::proto::PolicyStatus;
+use openshell_sandbox::gateway::proto::sandbox::{NetworkEndpoint, NetworkPolicyRule, SandboxPolicy};
+use openshell_sandbox::volume::{self, READY_FILE};
+use proxy_support::EchoServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_openshell-sandbox");
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A policy allowing each `host:port` (L4), with protocol `protocol` ("" for none).
+fn policy(entries: &[(&str, u16)], protocol: &str) -> SandboxPolicy {
+    let endpoints = entries
+        .iter()
+        .map(|(host, port)| NetworkEndpoint {
+            host: (*host).into(),
+            port: u32::from(*port),
+            protocol: protocol.into(),
+            ..Default::default()
+        })
+        .collect();
+    let rule = NetworkPolicyRule { name: "test".into(), endpoints, ..Default::default() };
+    SandboxPolicy { version: 1, network_policies: [("test".to_owned(), rule)].into(), ..Default::default() }
+}
+
+struct Proxy {
+    child: Child,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    /// Starts the binary against `gateway` and waits for `.ready`; returns the calls the
+    /// gateway had recorded when `.ready` was first seen.
+    fn start(gateway: &TestGateway, log_level: &str) -> (Self, Vec<gateway_support::Call>) {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(BIN)
+            .args(["proxy", "--listen", "127.0.0.1:0", "--forward-listen", "127.0.0.1:0", "--allow-loopback-upstreams"])
+            .args(["--policy-poll-interval-secs", "1", "--log-level", log_level, "--endpoint", &gateway.url()])
+            .args(["--sandbox-id", SANDBOX_ID, "--tls-dir"])
+            .arg(dir.path().join("tls"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env_clear()
+            .env("OPENSHELL_SANDBOX_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proxy = Proxy { child, dir, addr: "127.0.0.1:1".parse().unwrap() };
+        let deadline = Instant::now() + WAIT;
+        let calls = loop {
+            let calls = gateway.state.calls();
+            if proxy.tls().join(READY_FILE).exists() {
+                break calls;
+            }
+            if let Some(status) = proxy.child.try_wait().unwrap() {
+                panic!("the proxy exited ({status}) before .ready: {}", proxy.log());
+            }
+            assert!(Instant::now() < deadline, "no .ready: {}", proxy.log());
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        proxy.addr = volume::read_ready(&proxy.tls()).unwrap().proxy_listen;
+        (proxy, calls)
+    }
+
+    fn tls(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    async fn connect_status(&self, target: SocketAddr) -> String {
+        let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+        let head = proxy_support::read_head(&mut stream).await;
+        head.lines().next().unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn statuses(gateway: &TestGateway) -> Vec<(u32, i32, String)> {
+    gateway
+        .state
+        .calls_of("ReportPolicyStatus")
+        .into_iter()
+        .filter_map(|c| match c.payload {
+            Payload::PolicyStatus(r) => Some((r.version, r.status, r.load_error)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_follows_the_contract_order_and_the_gateway_policy_decides() {
+    let allowed = EchoServer::start().await;
+    let denied = EchoServer::start().await;
+    let gateway = TestGateway::start().await;
+    gateway.state.set_policy(policy(&[("127.0.0.1", allowed.addr.port())], ""), 1, "h1", 1);
+    let (proxy, at_ready) = tokio::task::block_in_place(|| Proxy::start(&gateway, "info"));
+
+    let order: Vec<&str> =
+        at_ready.iter().map(|c| c.method).filter(|m| *m != "ReportPolicyStatus").fold(Vec::new(), |mut seen, m| {
+            if !seen.contains(&m) {
+                seen.push(m);
+            }
+            seen
+        });
+    assert_eq!(
+        order,
+        ["PushSandboxLogs", "GetSandboxConfig", "GetSandboxProviderEnvironment", "GetInferenceBundle"],
+        "the calls before .ready: {at_ready:?}"
+    );
+    assert!(matches!(at_ready[0].payload, Payload::LogsOpened), "the log stream is opened first");
+    assert!(at_ready.iter().all(|c| c.token.as_deref() == Some(&format!("Bearer {TOKEN}"))), "{at_ready:?}");
+    assert_eq!(statuses(&gateway), [(1, PolicyStatus::Loaded as i32, String::new())]);
+
+    assert!(proxy.connect_status(allowed.addr).await.starts_with("HTTP/1.1 200"), "{}", proxy.log());
+    assert!(proxy.connect_status(denied.addr).await.starts_with("HTTP/1.1 403"), "{}", proxy.log());
+    let lines = eventually(WAIT, "the proxy's log lines at the gateway", || {
+        let lines = gateway.state.log_lines();
+        lines.iter().any(|l| l.message.contains("proxy ready")).then_some(lines)
+    })
+    .await;
+    assert!(lines.iter().all(|l| l.sandbox_id == SANDBOX_ID && l.source == "sandbox"), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_apply_to_new_connections_and_bad_ones_are_reported_failed() {
+    let first = EchoServer::start().await;
+    let second = EchoServer::start().await;
+    let gateway = TestGateway::start().await;
+    gateway.state.set_policy(policy(&[("127.0.0.1", first.addr.port())], ""), 1, "h1", 1);
+    let (proxy, _) = tokio::task::block_in_place(|| Proxy::start(&gateway, "info"));
+    assert!(proxy.connect_status(first.addr).await.contains(" 200 "));
+
+    gateway.state.set_policy(policy(&[("127.0.0.1", second.addr.port())], ""), 2, "h2", 2);
+    eventually(WAIT, "LOADED for version 2", || statuses(&gateway).iter().any(|s| s.0 == 2).then_some(())).await;
+    assert_eq!(statuses(&gateway).last().unwrap(), &(2, PolicyStatus::Loaded as i32, String::new()));
+    assert!(proxy.connect_status(second.addr).await.contains(" 200 "), "{}", proxy.log());
+    assert!(proxy.connect_status(first.addr).await.starts_with("HTTP/1.1 403"));
+
+    gateway.state.set_policy(policy(&[("127.0.0.1", first.addr.port())], "gopher"), 3, "h3", 3);
+    eventually(WAIT, "a status for version 3", || statuses(&gateway).iter().any(|s| s.0 == 3).then_some(())).await;
+    let (version, status, error) = statuses(&gateway).last().unwrap().clone();
+    assert_eq!((version, status), (3, PolicyStatus::Failed as i32));
+    assert!(error.contains("protocol") && error.contains("network_policies.test"), "{error}");
+    assert!(proxy.connect_status(second.addr).await.contains(" 200 "), "the last good policy stays");
+    assert!(proxy.connect_status(first.addr).await.starts_with("HTTP/1.1 403"));
+}
+
+async fn timed_connects(proxy: &Proxy, target: SocketAddr, n: usize) -> Duration {
+    let start = Instant::now();
+    for _ in 0..n {
+        assert!(proxy.connect_status(target).await.contains(" 200 "));
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_gateway_gone_the_proxy_serves_as_fast_and_logs_the_outage_once() {
+    let upstream = EchoServer::start().await;
+    let mut gateway = TestGateway::start().await;
+    gateway.state.set_policy(policy(&[("127.0.0.1", upstream.addr.port())], ""), 1, "h1", 1);
+    let (proxy, _) = tokio::task::block_in_place(|| Proxy::start(&gateway, "warn"));
+    let before = timed_connects(&proxy, upstream.addr, 100).await;
+
+    gateway.stop().await;
+    let lines_at_stop = proxy.log().lines().count();
+    // Several poll intervals (1 s) and log flushes pass while the gateway is gone.
+    let mut during = Duration::ZERO;
+    for _ in 0..6 {
+        during += timed_connects(&proxy, upstream.addr, 100).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let per_request_before = before / 100;
+    let per_request_during = during / 600;
+    assert!(
+        per_request_during < per_request_before * 3 + Duration::from_millis(2),
+        "{per_request_before:?} per CONNECT before, {per_request_during:?} with the gateway gone"
+    );
+    let log = proxy.log();
+    let outage_lines = log.lines().count() - lines_at_stop;
+    assert!(outage_lines <= 6, "the outage is logged once per poller, not per poll or request:\n{log}");
+}
+
+#[test]
+fn an_endpoint_without_a_token_stops_the_proxy_with_64() {
+    let output = Command::new(BIN)
+        .args(["proxy", "--endpoint", "http://127.0.0.1:9", "--sandbox-id", "sb-1", "--tls-dir", "/nonexistent/tls"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{err}");
+    assert!(err.contains("no sandbox token") && err.contains("OPENSHELL_SANDBOX_TOKEN"), "{err}");
+}
