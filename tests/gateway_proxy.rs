@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway_support::{Payload, SANDBOX_ID, TOKEN, TestGateway, eventually};
-use openshell_sandbox::gateway::proto::PolicyStatus;
 use openshell_sandbox::gateway::proto::sandbox::{NetworkEndpoint, NetworkPolicyRule, SandboxPolicy};
+use openshell_sandbox::gateway::proto::{GetSandboxProviderEnvironmentResponse, PolicyStatus};
 use openshell_sandbox::volume::{self, READY_FILE};
 use proxy_support::EchoServer;
 
@@ -207,6 +207,40 @@ async fn with_the_gateway_gone_the_proxy_serves_as_fast_and_logs_the_outage_once
     let log = proxy.log();
     let outage_lines = log.lines().count() - lines_at_stop;
     assert!(outage_lines <= 6, "the outage is logged once per poller, not per poll or request:\n{log}");
+}
+
+fn provider_env(revision: u64, entries: &[(&str, &str)]) -> GetSandboxProviderEnvironmentResponse {
+    GetSandboxProviderEnvironmentResponse {
+        environment: entries.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        provider_env_revision: revision,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_revision_change_swaps_the_credentials_and_child_env() {
+    let gateway = TestGateway::start().await;
+    gateway.state.set_policy(policy(&[("127.0.0.1", 9)], ""), 1, "h1", 1);
+    gateway.state.set_provider_revision(1);
+    gateway.state.set_provider_env(provider_env(1, &[("API_KEY", "first-secret-value")]));
+    let (proxy, _) = tokio::task::block_in_place(|| Proxy::start(&gateway, "info"));
+    let env = volume::read_child_env(&proxy.tls()).unwrap();
+    assert_eq!(env, [("API_KEY".to_owned(), "openshell:resolve:env:API_KEY".to_owned())].into());
+
+    gateway.state.set_provider_env(provider_env(2, &[("OTHER_KEY", "second-secret-value")]));
+    gateway.state.set_provider_revision(2);
+    let env = eventually(WAIT, "child-env.json with the new key", || {
+        volume::read_child_env(&proxy.tls()).ok().filter(|env| env.contains_key("OTHER_KEY"))
+    })
+    .await;
+    assert_eq!(env.len(), 1, "{env:?}");
+    assert_eq!(gateway.state.calls_of("GetSandboxProviderEnvironment").len(), 2);
+    let log = proxy.log();
+    assert!(!log.contains("first-secret-value") && !log.contains("second-secret-value"), "{log}");
+    let tls_files = std::fs::read_dir(proxy.tls()).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap());
+    for contents in tls_files {
+        assert!(!String::from_utf8_lossy(&contents).contains("secret-value"), "a secret in the shared TLS dir");
+    }
 }
 
 #[test]
