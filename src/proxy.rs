@@ -1,5 +1,5 @@
-//! Proxy mode: the egress proxy sidecar (design.md section 3). Loads the policy and the
-//! CA, binds the proxy listener (and the gateway forward when there is a gateway),
+//! Proxy mode: the egress proxy sidecar (design.md section 3). Loads the policy (local
+//! file, else the gateway: `gateway_source`) and the CA, binds the proxy listener (and the gateway forward when there is a gateway),
 //! writes the shared TLS dir with `.ready` last, and serves until SIGTERM/SIGINT.
 
 pub mod absolute;
