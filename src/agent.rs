@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::config::AgentConfig;
 use crate::gateway::GatewayError;
+use crate::gateway::logs::{LogQueue, LogShipper};
 use crate::policy::{Policy, PolicyError};
 use crate::sandbox::{ChildSandbox, SandboxError};
 use crate::shutdown::Shutdown;
@@ -90,7 +91,9 @@ impl ExitStatus for AgentError {
 }
 
 /// Runs the agent supervisor; returns the workload's exit status or 0 after SIGTERM.
-pub fn run(config: AgentConfig) -> Result<Exit, AgentError> {
+/// `logs` is the queue of the gateway log layer installed with telemetry (`None` without
+/// a gateway); its lines are shipped with `PushSandboxLogs` through the proxy's forward.
+pub fn run(config: AgentConfig, logs: Option<LogQueue>) -> Result<Exit, AgentError> {
     if config.nested {
         tracing::warn!("nested mode: children run as this process, without privilege drop, Landlock or seccomp");
     } else {
@@ -102,16 +105,20 @@ pub fn run(config: AgentConfig) -> Result<Exit, AgentError> {
         .enable_all()
         .build()
         .map_err(|source| AgentError::Runtime { what: "the async runtime", source })?;
-    let result = runtime.block_on(supervise(config));
+    let result = runtime.block_on(supervise(config, logs));
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn supervise(config: AgentConfig) -> Result<Exit, AgentError> {
+async fn supervise(config: AgentConfig, logs: Option<LogQueue>) -> Result<Exit, AgentError> {
+    let shutdown = Shutdown::new();
     let client = match &config.gateway {
         Some(gateway) => {
             let client = crate::gateway::GatewayClient::new(gateway)?;
             client.check_token()?;
+            if let Some(queue) = logs {
+                shutdown.spawn(LogShipper::new(client.clone(), queue).run(shutdown.clone()));
+            }
             Some(client)
         }
         None => None,
@@ -143,7 +150,6 @@ async fn supervise(config: AgentConfig) -> Result<Exit, AgentError> {
         None => None,
     };
     tracing::info!(socket = %config.ssh_socket.display(), tcp = ?config.ssh_listen, "serving SSH");
-    let shutdown = Shutdown::new();
     let server_task = tokio::spawn(server.serve(unix, tcp, shutdown.clone()));
     let session = client.as_ref().map(|c| gateway::spawn_supervisor(c, &config.ssh_socket, &shutdown));
 

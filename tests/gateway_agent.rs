@@ -2,7 +2,7 @@
 //! gateway): the supervisor session says hello once SSH is served, an SSH relay the
 //! gateway opens reaches the agent's SSH server (its banner comes back through
 //! RelayStream), a TCP relay to a non-loopback target is refused, and the workload's
-//! exit code reaches the gateway with the session's instance id.
+//! exit code reaches the gateway with the session's instance id, and its log lines too.
 
 #[path = "agent_support/lib.rs"]
 mod agent_support;
@@ -85,6 +85,8 @@ async fn the_session_relays_ssh_refuses_remote_tcp_and_reports_the_workload_exit
     assert_eq!(exits.len(), 1, "{exits:?}");
     assert_eq!((exits[0].exit_code, exits[0].instance_id.as_str()), (7, instance_id.as_str()));
     assert_eq!(exits[0].sandbox_id, SANDBOX_ID);
+    let shipped = gateway.state.log_lines();
+    assert!(shipped.iter().any(|l| l.message == "the workload ended" && l.fields["code"] == "7"), "{shipped:?}");
 }
 
 #[test]
