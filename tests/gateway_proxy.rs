@@ -1,7 +1,9 @@
 //! Proxy mode with only the test gateway (no local policy file), as the real binary:
 //! the contract's startup order with `.ready` last, CONNECT decided by the gateway's
 //! policy, updates applied and reported LOADED, a bad update kept out and reported
-//! FAILED, and a gateway that goes away neither slows the proxy nor floods its log.
+//! FAILED, a provider revision change swaps the credentials, a gateway that goes away
+//! neither slows the proxy nor floods its log; in process: config retries on
+//! UNAVAILABLE and inference routes following the gateway's bundle.
 
 #[allow(dead_code, unused_imports)]
 #[path = "gateway_support/lib.rs"]
@@ -16,8 +18,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway_support::{Payload, SANDBOX_ID, TOKEN, TestGateway, eventually};
+use openshell_sandbox::gateway::backoff::RetrySchedule;
+use openshell_sandbox::gateway::proto::inference::{GetInferenceBundleResponse, ResolvedRoute};
 use openshell_sandbox::gateway::proto::sandbox::{NetworkEndpoint, NetworkPolicyRule, SandboxPolicy};
 use openshell_sandbox::gateway::proto::{GetSandboxProviderEnvironmentResponse, PolicyStatus};
+use openshell_sandbox::policy::RegoRules;
+use openshell_sandbox::proxy::gateway_source;
+use openshell_sandbox::proxy::policy_source::PolicyHandle;
+use openshell_sandbox::shutdown::Shutdown;
 use openshell_sandbox::volume::{self, READY_FILE};
 use proxy_support::EchoServer;
 
@@ -253,4 +261,37 @@ fn an_endpoint_without_a_token_stops_the_proxy_with_64() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "{err}");
     assert!(err.contains("no sandbox token") && err.contains("OPENSHELL_SANDBOX_TOKEN"), "{err}");
+}
+
+fn bundle(revision: &str, route: &str) -> GetInferenceBundleResponse {
+    let route = ResolvedRoute { name: route.into(), base_url: "https://llm.example".into(), ..Default::default() };
+    GetInferenceBundleResponse { routes: vec![route], revision: revision.into(), generated_at_ms: 1 }
+}
+
+/// In process: `GetSandboxConfig` is tried again on UNAVAILABLE, and the inference
+/// routes handed to the proxy follow the gateway's bundle (polled every 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_retries_the_config_and_the_routes_follow_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = TestGateway::start().await;
+    gateway.state.set_policy(policy(&[("127.0.0.1", 9)], ""), 1, "h1", 1);
+    gateway.state.set_bundle(bundle("r1", "first"));
+    gateway.state.fail("GetSandboxConfig", 2, tonic::Code::Unavailable);
+    let mut config = proxy_support::config(dir.path(), "version: 1\n");
+    config.common.policy_file = None;
+    config.gateway = Some(gateway.client_config());
+    let schedule = RetrySchedule { delays: vec![Duration::from_millis(10); 4] };
+    let shutdown = Shutdown::new();
+    let mut started = gateway_source::start(&config, None, &schedule, &shutdown).await.unwrap().unwrap();
+    assert_eq!(gateway.state.calls_of("GetSandboxConfig").len(), 3, "two UNAVAILABLE, then the answer");
+    let engine = started.take_engine().expect("the gateway's policy");
+    assert!(engine.network("127.0.0.1", 9).allow);
+    let routes = started.current_routes().expect("routes from the gateway");
+    assert_eq!((routes().revision.as_str(), routes().routes[0].name.as_str()), ("r1", "first"));
+
+    gateway.state.set_bundle(bundle("r2", "second"));
+    started.spawn_pollers(&PolicyHandle::new(engine), &RegoRules::builtin(), &shutdown);
+    eventually(Duration::from_secs(12), "the new bundle", || (routes().revision == "r2").then_some(())).await;
+    assert_eq!(routes().routes[0].name, "second");
+    shutdown.trigger();
 }
