@@ -4,6 +4,7 @@
 
 pub mod child;
 pub mod env;
+pub mod gateway;
 pub mod ready;
 pub mod ssh;
 pub mod workload;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use crate::config::AgentConfig;
 use crate::gateway::GatewayError;
+use crate::gateway::logs::{LogQueue, LogShipper};
 use crate::policy::{Policy, PolicyError};
 use crate::sandbox::{ChildSandbox, SandboxError};
 use crate::shutdown::Shutdown;
@@ -89,7 +91,9 @@ impl ExitStatus for AgentError {
 }
 
 /// Runs the agent supervisor; returns the workload's exit status or 0 after SIGTERM.
-pub fn run(config: AgentConfig) -> Result<Exit, AgentError> {
+/// `logs` is the queue of the gateway log layer installed with telemetry (`None` without
+/// a gateway); its lines are shipped with `PushSandboxLogs` through the proxy's forward.
+pub fn run(config: AgentConfig, logs: Option<LogQueue>) -> Result<Exit, AgentError> {
     if config.nested {
         tracing::warn!("nested mode: children run as this process, without privilege drop, Landlock or seccomp");
     } else {
@@ -101,13 +105,25 @@ pub fn run(config: AgentConfig) -> Result<Exit, AgentError> {
         .enable_all()
         .build()
         .map_err(|source| AgentError::Runtime { what: "the async runtime", source })?;
-    let result = runtime.block_on(supervise(config));
+    let result = runtime.block_on(supervise(config, logs));
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn supervise(config: AgentConfig) -> Result<Exit, AgentError> {
-    let policy = load_policy(&config).await?;
+async fn supervise(config: AgentConfig, logs: Option<LogQueue>) -> Result<Exit, AgentError> {
+    let shutdown = Shutdown::new();
+    let client = match &config.gateway {
+        Some(gateway) => {
+            let client = crate::gateway::GatewayClient::new(gateway)?;
+            client.check_token()?;
+            if let Some(queue) = logs {
+                shutdown.spawn(LogShipper::new(client.clone(), queue).run(shutdown.clone()));
+            }
+            Some(client)
+        }
+        None => None,
+    };
+    let policy = load_policy(&config, client.as_ref()).await?;
     let workdir = match &config.workdir {
         Some(dir) => dir.clone(),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
@@ -134,15 +150,19 @@ async fn supervise(config: AgentConfig) -> Result<Exit, AgentError> {
         None => None,
     };
     tracing::info!(socket = %config.ssh_socket.display(), tcp = ?config.ssh_listen, "serving SSH");
-    let shutdown = Shutdown::new();
     let server_task = tokio::spawn(server.serve(unix, tcp, shutdown.clone()));
+    let session = client.as_ref().map(|c| gateway::spawn_supervisor(c, &config.ssh_socket, &shutdown));
 
     let result = if config.command.is_empty() {
         shutdown.trigger_on_signals().map_err(|source| AgentError::Runtime { what: "signal handling", source })?;
         shutdown.signalled().await;
         Ok(Exit::Success)
     } else {
-        workload::run(&launcher, &config.command).await.map_err(AgentError::from)
+        let result = workload::run(&launcher, &config.command).await.map_err(AgentError::from);
+        if let (Some(client), Some(instance_id), Ok(exit)) = (&client, &session, &result) {
+            gateway::report_exit(client, instance_id, *exit).await;
+        }
+        result
     };
 
     let left = shutdown.drain(DRAIN_GRACE).await;
@@ -155,17 +175,18 @@ async fn supervise(config: AgentConfig) -> Result<Exit, AgentError> {
 }
 
 /// Step 2: the policy from the local file, or from the gateway through the proxy.
-async fn load_policy(config: &AgentConfig) -> Result<Policy, AgentError> {
+async fn load_policy(
+    config: &AgentConfig,
+    client: Option<&crate::gateway::GatewayClient>,
+) -> Result<Policy, AgentError> {
     if let Some(path) = &config.common.policy_file {
         let policy = crate::policy::load_file(path)?;
         crate::policy::log_warnings(&policy);
         return Ok(policy);
     }
-    let Some(gateway) = &config.gateway else { return Err(AgentError::NoPolicySource) };
-    let client = crate::gateway::GatewayClient::new(gateway)?;
-    client.check_token()?;
+    let Some(client) = client else { return Err(AgentError::NoPolicySource) };
     let fetched =
-        crate::gateway::config::fetch_with_retries(&client, &crate::gateway::backoff::RetrySchedule::startup()).await?;
+        crate::gateway::config::fetch_with_retries(client, &crate::gateway::backoff::RetrySchedule::startup()).await?;
     fetched.log_warnings();
     Ok(fetched.policy)
 }

@@ -108,13 +108,17 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
     match command {
         Command::Proxy(args) => {
             let config = proxy_config(&cli.log, &args, &file)?;
-            telemetry::init(config.common.log_format, &config.common.log_level)?;
-            Ok(proxy::run(config)?)
+            // The gateway's log layer exists from the first line; its queue is shipped
+            // once the runtime runs (the log stream is the first call of the startup).
+            let (layer, queue) = log_queue(config.gateway.as_ref());
+            telemetry::init_with(config.common.log_format, &config.common.log_level, layer)?;
+            Ok(proxy::run(config, queue)?)
         }
         Command::Agent(args) => {
             let config = agent_config(&cli.log, args, &file)?;
-            telemetry::init(config.common.log_format, &config.common.log_level)?;
-            Ok(agent::run(config)?)
+            let (layer, queue) = log_queue(config.gateway.as_ref());
+            telemetry::init_with(config.common.log_format, &config.common.log_level, layer)?;
+            Ok(agent::run(config, queue)?)
         }
         Command::Policy(cmd) => Ok(policy_cmd::run(cmd)?),
         Command::Healthcheck(select) => match mode_command(select.mode)? {
@@ -142,6 +146,20 @@ fn mode_command(given: Option<ModeCommand>) -> Result<ModeCommand, ConfigError> 
         Mode::Proxy => ModeCommand::Proxy(cli::env_only::<ProxyArgs>("proxy").map_err(from_env)?),
         Mode::Agent | Mode::Nested => ModeCommand::Agent(cli::env_only::<AgentArgs>("agent").map_err(from_env)?),
     })
+}
+
+/// With a gateway, the log layer (installed with telemetry, so it sees the first line)
+/// and its queue (shipped once the mode's runtime runs).
+fn log_queue(
+    gateway: Option<&config::GatewayConfig>,
+) -> (Option<gateway::logs::LogLayer>, Option<gateway::logs::LogQueue>) {
+    match gateway {
+        Some(g) => {
+            let (layer, queue) = gateway::logs::queue(&g.sandbox_id, gateway::logs::DEFAULT_CAPACITY);
+            (Some(layer), Some(queue))
+        }
+        None => (None, None),
+    }
 }
 
 fn env_token() -> Option<String> {

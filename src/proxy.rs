@@ -1,5 +1,5 @@
-//! Proxy mode: the egress proxy sidecar (design.md section 3). Loads the policy and the
-//! CA, binds the proxy listener (and the gateway forward when there is a gateway),
+//! Proxy mode: the egress proxy sidecar (design.md section 3). Loads the policy (local
+//! file, else the gateway: `gateway_source`) and the CA, binds the proxy listener (and the gateway forward when there is a gateway),
 //! writes the shared TLS dir with `.ready` last, and serves until SIGTERM/SIGINT.
 
 pub mod absolute;
@@ -10,6 +10,7 @@ pub mod ca;
 pub mod connect;
 pub mod counted;
 pub mod credentials;
+pub mod gateway_source;
 pub mod l7;
 pub mod policy_source;
 pub mod relay;
@@ -22,9 +23,11 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use startup::{Listeners, Prepared, prepare};
+pub use startup::{Listeners, Prepared, prepare, prepare_with};
 
 use crate::config::ProxyConfig;
+use crate::gateway::backoff::RetrySchedule;
+use crate::gateway::logs::LogQueue;
 use crate::policy::PolicyError;
 use crate::shutdown::Shutdown;
 use crate::volume::VolumeError;
@@ -33,11 +36,14 @@ use crate::{Exit, ExitStatus};
 /// Failures that end proxy mode.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// No local policy file, and the gateway policy source is not wired into proxy mode yet.
+    /// Neither a local policy file nor a gateway is configured.
     #[error(
-        "no local policy file: set OPENSHELL_POLICY_DATA (or --policy) to a policy YAML file; loading the policy from the gateway (OPENSHELL_ENDPOINT) is not available in proxy mode in this build"
+        "no policy source: set OPENSHELL_POLICY_DATA (or --policy) to a policy YAML file, or OPENSHELL_ENDPOINT to the gateway"
     )]
     NoPolicySource,
+    /// The gateway could not be used at startup (its variant names the method).
+    #[error(transparent)]
+    Gateway(Box<crate::gateway::GatewayError>),
     /// The policy or rules could not be loaded (65 when invalid, every error listed).
     #[error(transparent)]
     Policy(#[from] PolicyError),
@@ -91,19 +97,28 @@ impl ExitStatus for ProxyError {
             ProxyError::Credentials(e) => e.exit_status(),
             ProxyError::Tls(e) => e.exit_status(),
             ProxyError::Routes(e) => e.exit_status(),
+            ProxyError::Gateway(e) => e.exit_status(),
             ProxyError::Runtime(_) => Exit::Internal,
         }
     }
 }
 
-/// Runs the proxy until SIGTERM/SIGINT; returns the exit status.
-pub fn run(config: ProxyConfig) -> Result<Exit, ProxyError> {
-    let prepared = prepare(config)?;
+/// Runs the proxy until SIGTERM/SIGINT; returns the exit status. `logs` is the queue of
+/// the gateway log layer installed with telemetry (`None` without a gateway).
+pub fn run(config: ProxyConfig, logs: Option<LogQueue>) -> Result<Exit, ProxyError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(ProxyError::Runtime)?;
     runtime.block_on(async move {
-        let listeners = Listeners::bind(prepared.config()).await?;
         let shutdown = Shutdown::new();
         shutdown.trigger_on_signals().map_err(ProxyError::Runtime)?;
+        // A `.ready` left by an earlier run must not stand while the gateway is asked.
+        let _ = crate::volume::remove_ready(&config.common.tls_dir);
+        let schedule = RetrySchedule::startup();
+        let gateway = tokio::select! {
+            started = gateway_source::start(&config, logs, &schedule, &shutdown) => started?,
+            () = shutdown.signalled() => return Ok(()),
+        };
+        let prepared = prepare_with(config, gateway)?;
+        let listeners = Listeners::bind(prepared.config()).await?;
         prepared.serve(listeners, shutdown).await
     })?;
     // Tunnels still open after the grace period are cut when the runtime drops.

@@ -16,6 +16,7 @@ use crate::volume::{self, CA_BUNDLE_FILE, Ready};
 use super::ProxyError;
 use super::ca::CertificateAuthority;
 use super::credentials::SecretStore;
+use super::gateway_source::GatewayStart;
 use super::l7::routes::RoutesHandle;
 use super::policy_source::{FileReloader, PolicyHandle, load_engine};
 use super::server::{self, Ctx};
@@ -48,6 +49,8 @@ pub struct Prepared {
     leaves: Arc<LeafIssuer>,
     upstream_tls: Arc<rustls::ClientConfig>,
     inference: Option<Arc<RoutesHandle>>,
+    /// What the gateway gave at startup; its pollers start once `.ready` is written.
+    gateway: Option<GatewayStart>,
 }
 
 /// The bound listeners: the proxy, and the gateway forward when there is a gateway.
@@ -79,20 +82,33 @@ impl Listeners {
 /// `ca-bundle.pem`, the leaf issuer and upstream TLS trust, inference routes. A stale
 /// `.ready` from an earlier run is removed first.
 pub fn prepare(config: ProxyConfig) -> Result<Prepared, ProxyError> {
+    prepare_with(config, None)
+}
+
+/// [`prepare`] with what the gateway gave at startup: its policy, credentials and routes
+/// unless a local file wins for each; its pollers are spawned once `.ready` is written.
+pub fn prepare_with(config: ProxyConfig, mut gateway: Option<GatewayStart>) -> Result<Prepared, ProxyError> {
     let tls_dir = config.common.tls_dir.clone();
     usable_tls_dir(&tls_dir)?;
     volume::remove_ready(&tls_dir)?;
-    let path = config.common.policy_file.clone().ok_or(ProxyError::NoPolicySource)?;
     let rules = RegoRules::load(config.common.policy_rules.as_deref())?;
-    let engine = load_engine(&path, &rules, 1)?;
-    tracing::info!(path = %path.display(), "policy loaded");
-    let secrets = match &config.provider_env_file {
-        Some(path) => {
+    let engine = match gateway.as_mut().and_then(GatewayStart::take_engine) {
+        Some(engine) => engine,
+        None => {
+            let path = config.common.policy_file.clone().ok_or(ProxyError::NoPolicySource)?;
+            let engine = load_engine(&path, &rules, 1)?;
+            tracing::info!(path = %path.display(), "policy loaded");
+            engine
+        }
+    };
+    let secrets = match (&config.provider_env_file, &gateway) {
+        (Some(path), _) => {
             let store = SecretStore::from_file(path)?;
             tracing::info!(path = %path.display(), keys = store.snapshot().keys().count(), "provider credentials loaded");
-            store
+            Arc::new(store)
         }
-        None => SecretStore::empty(),
+        (None, Some(gateway)) => gateway.secrets(),
+        (None, None) => Arc::new(SecretStore::empty()),
     };
     let ca = CertificateAuthority::load_or_generate(&config.state_dir, &tls_dir)?;
     write_bundle(&tls_dir, &ca)?;
@@ -104,7 +120,7 @@ pub fn prepare(config: ProxyConfig) -> Result<Prepared, ProxyError> {
             tracing::info!(path = %path.display(), routes = routes.current().routes.len(), "inference routes loaded");
             Some(Arc::new(routes))
         }
-        None => None,
+        None => gateway.as_ref().and_then(GatewayStart::routes),
     };
     if config.allow_loopback_upstreams {
         tracing::warn!(
@@ -116,10 +132,11 @@ pub fn prepare(config: ProxyConfig) -> Result<Prepared, ProxyError> {
         rules,
         policy: PolicyHandle::new(engine),
         ca: Arc::new(ca),
-        secrets: Arc::new(secrets),
+        secrets,
         leaves: Arc::new(leaves),
         upstream_tls,
         inference,
+        gateway,
     })
 }
 
@@ -141,7 +158,7 @@ impl Prepared {
 
     /// Serves on `listeners` until `shutdown` is triggered: spawns the reloader and the
     /// accept loops, writes `.ready`; at shutdown removes `.ready` and drains.
-    pub async fn serve(self, listeners: Listeners, shutdown: Shutdown) -> Result<(), ProxyError> {
+    pub async fn serve(mut self, listeners: Listeners, shutdown: Shutdown) -> Result<(), ProxyError> {
         let config = &self.config;
         let tls_dir = &config.common.tls_dir;
         let proxy_listen = listeners.proxy.local_addr().map_err(ProxyError::Runtime)?;
@@ -200,6 +217,9 @@ impl Prepared {
         };
         volume::write_ready(tls_dir, &ready)?;
         tracing::info!(proxy = %proxy_listen, forward = ?forward_listen, "proxy ready");
+        if let Some(gateway) = self.gateway.take() {
+            gateway.spawn_pollers(&self.policy, &self.rules, &shutdown);
+        }
         shutdown.signalled().await;
         let removed = volume::remove_ready(tls_dir);
         let left = shutdown.drain(config.limits.shutdown_grace).await;
