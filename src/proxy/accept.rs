@@ -2,7 +2,12 @@
 //! off with a doubling pause instead of spinning, warn once per episode instead of once
 //! per attempt, and say when accepting works again and how long it did not.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::shutdown::Shutdown;
 
 /// The first pause after a failed accept.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
@@ -27,9 +32,26 @@ impl AcceptBackoff {
         AcceptBackoff { listener, pause: FIRST_PAUSE, failures: 0, since: None, warned: None }
     }
 
+    /// The next connection on `listener`, backing off while accepting fails; `None` once
+    /// shutdown has started. The one accept step of every listener of the proxy.
+    pub async fn next(&mut self, listener: &TcpListener, shutdown: &Shutdown) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            tokio::select! {
+                _ = shutdown.signalled() => return None,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => {
+                        self.succeeded();
+                        return Some(pair);
+                    }
+                    Err(e) => self.failed(&e).await,
+                },
+            }
+        }
+    }
+
     /// Records a failed accept, logs it (a warning only at the start of an episode and
     /// once a minute after), and sleeps the pause, which doubles up to [`MAX_PAUSE`].
-    pub async fn failed(&mut self, error: &std::io::Error) {
+    async fn failed(&mut self, error: &std::io::Error) {
         let pause = self.record_failure(error);
         tokio::time::sleep(pause).await;
     }
@@ -57,7 +79,7 @@ impl AcceptBackoff {
     }
 
     /// Records a successful accept; ends an episode with one line.
-    pub fn succeeded(&mut self) {
+    fn succeeded(&mut self) {
         if let Some(since) = self.since.take() {
             tracing::info!(
                 listener = self.listener,

@@ -61,18 +61,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, allowed_clients: Vec<Ip
     let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let shutdown = ctx.shutdown.clone();
     let mut backoff = AcceptBackoff::new("proxy");
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.signalled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    backoff.failed(&e).await;
-                    continue;
-                }
-            },
-        };
-        backoff.succeeded();
+    while let Some((stream, peer)) = backoff.next(&listener, &shutdown).await {
         if !allowed_clients.is_empty() && !allowed_clients.iter().any(|net| net.contains(&peer.ip().to_canonical())) {
             tracing::warn!(client = %peer, "client is not in OPENSHELL_PROXY_ALLOWED_CLIENTS; connection closed");
             continue;

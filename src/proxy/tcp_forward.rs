@@ -31,18 +31,7 @@ pub struct ForwardTarget {
 pub async fn serve(listener: TcpListener, target: ForwardTarget, shutdown: Shutdown) {
     let target = Arc::new(target);
     let mut backoff = AcceptBackoff::new("gateway forward");
-    loop {
-        let (client, peer) = tokio::select! {
-            _ = shutdown.signalled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    backoff.failed(&e).await;
-                    continue;
-                }
-            },
-        };
-        backoff.succeeded();
+    while let Some((client, peer)) = backoff.next(&listener, &shutdown).await {
         let target = target.clone();
         shutdown.spawn(async move {
             let Some((upstream, addr)) = connect(&target).await else {
