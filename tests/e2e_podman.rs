@@ -5,12 +5,18 @@
 //! volume), and the checks of issue 7 that the built modes allow. Addresses are
 //! two /24s of 10.231.0.0/16 inside a network namespace made for the run.
 //!
-//! Exec sessions go through the agent supervisor's SSH server (its loopback TCP
-//! listener), not yet through the gateway relay; that is left out, not faked (see the
-//! comment near the end of the test).
+//! The test gateway (tests/gateway_support/) runs on the bridge side; the proxy forwards
+//! the agent's gateway traffic from its :8081. Exec sessions go through the gateway relay
+//! (supervisor session, RelayStream, the agent's SSH server on its Unix socket) and, for
+//! the bulk of the checks, through the agent's loopback TCP SSH listener.
 
 #[path = "e2e_support/lib.rs"]
 mod e2e_support;
+#[path = "gateway_support/lib.rs"]
+#[allow(dead_code, unused_imports)]
+mod gateway_support;
+#[path = "e2e_podman/relay.rs"]
+mod relay;
 #[path = "e2e_podman/sandbox.rs"]
 mod sandbox;
 #[path = "e2e_podman/steps.rs"]
@@ -35,6 +41,8 @@ const INSPECTED_HTTP_PORT: u16 = 8090;
 const SECRET: &str = "e2e-secret-5f1c9a0d7b3e";
 const PROXY_PORT: u16 = 3128;
 const SSH_PORT: u16 = 2222;
+/// The test gateway, on the bridge side.
+const GATEWAY_PORT: u16 = 50051;
 
 /// Set `OPENSHELL_E2E_PODMAN=required` (CI does) to fail instead of skipping when podman
 /// or root is missing.
@@ -98,6 +106,11 @@ fn sidecar_topology_on_podman() {
     let policy = e2e_support::policy_inspected(IpAddr::V4(upstream), HTTP_PORT, HTTPS_PORT, INSPECTED_PORT);
     std::fs::write(r.file("policy.yaml"), policy).unwrap();
     std::fs::write(r.file("provider.env"), format!("E2E_TOKEN={SECRET}\n")).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let gateway_addr = SocketAddr::from(([0, 0, 0, 0], GATEWAY_PORT));
+    let listener = e2e_support::in_netns(&r.sb.outer, move || std::net::TcpListener::bind(gateway_addr).unwrap());
+    let gateway = runtime.block_on(async { gateway_support::TestGateway::start_on(listener) });
+    let relay_port = relay::listen(&runtime, gateway.state.clone());
     std::fs::write(r.file("roots.pem"), &tls.ca_pem).unwrap();
     std::fs::create_dir(r.file("keys")).unwrap();
     let key = r.file("keys/id");
@@ -220,8 +233,14 @@ fn sidecar_topology_on_podman() {
         assert!(!String::from_utf8_lossy(&text).contains(SECRET), "the secret is in {}", path.display());
     }
 
-    // Not yet: an exec session through the gateway relay (here the sessions use the
-    // agent's own SSH listener).
+    // An exec session through the gateway relay: the supervisor session reached the
+    // gateway through the proxy's forward; the relay carries SSH to the agent.
+    e2e_support::wait_for("the agent's supervisor session", STEP, || gateway.state.has_session().then_some(()));
+    let out = relay::relay_exec(relay_port, &["sh", "-c", "id -u; curl -sS -m 10 \"$0\"", &https_url]);
+    assert!(out.ok() && out.stdout == format!("1000\n{HELLO}"), "exec through the gateway relay: {}", out.all());
+    let to_relay_exec = agent_started.elapsed();
+    let calls = gateway.state.calls_of("RelayStream");
+    assert!(!calls.is_empty(), "the exec went through RelayStream: {calls:?}");
 
     // Deleting in the driver's order leaves nothing.
     let mut sb = r.sb;
@@ -230,7 +249,8 @@ fn sidecar_topology_on_podman() {
     assert!(left.is_empty(), "left after delete: {left:?}");
     eprintln!(
         "figures (podman): image build {build_time:?}; proxy `podman run` to .ready {to_ready:?}; \
-         agent start to first exec {to_first_exec:?} (.ready to first exec {ready_to_first_exec:?}); whole run {:?}",
+         agent start to first exec {to_first_exec:?} (.ready to first exec {ready_to_first_exec:?}); \
+         agent start to the relay exec (after the other checks) {to_relay_exec:?}; whole run {:?}",
         whole.elapsed()
     );
 }
