@@ -1,7 +1,8 @@
 //! End to end on plain network namespaces (no Podman), in every `cargo test`: the proxy
 //! binary in a "proxy" namespace joined by veth pairs to an "agent" namespace that has no
 //! route out, and to an "upstream" namespace serving HTTP and HTTPS. Only 10.231.11.0/24
-//! and 10.231.12.0/24 inside namespaces this test creates are ever dialled.
+//! and 10.231.12.0/24 inside namespaces this test creates are ever dialled. One upstream
+//! port is intercepted (`protocol: rest`) to check the credential placeholder swap.
 
 #[path = "e2e_support/lib.rs"]
 mod e2e_support;
@@ -23,6 +24,11 @@ const PROXY_EXT: Ipv4Addr = Ipv4Addr::new(10, 231, 12, 2);
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(10, 231, 12, 10);
 const HTTP_PORT: u16 = 8080;
 const HTTPS_PORT: u16 = 8443;
+/// The intercepted HTTPS port (and the unused plain port of that second upstream).
+const INSPECTED_PORT: u16 = 9443;
+const INSPECTED_HTTP_PORT: u16 = 8090;
+/// The provider secret: only the proxy's env file holds it.
+const SECRET: &str = "netns-secret-8d2e4b7a1c";
 const PROXY_PORT: u16 = 3128;
 const STEP: Duration = Duration::from_secs(20);
 
@@ -35,6 +41,7 @@ struct Topology {
     dir: tempfile::TempDir,
     proxy: Option<Child>,
     upstream: Option<Upstream>,
+    inspected: Option<Upstream>,
 }
 
 impl Topology {
@@ -53,6 +60,7 @@ impl Topology {
             dir: tempfile::tempdir().unwrap(),
             proxy: None,
             upstream: None,
+            inspected: None,
         };
         for ns in [&topo.agent, &topo.proxy_ns, &topo.upstream_ns] {
             netns_add(ns);
@@ -82,7 +90,10 @@ impl Topology {
     /// Starts the proxy binary inside the proxy namespace; returns how long `.ready` took.
     fn start_proxy(&mut self, roots: &Path) -> Duration {
         let policy = self.dir.path().join("policy.yaml");
-        std::fs::write(&policy, e2e_support::policy(IpAddr::V4(UPSTREAM), HTTP_PORT, HTTPS_PORT)).unwrap();
+        let text = e2e_support::policy_inspected(IpAddr::V4(UPSTREAM), HTTP_PORT, HTTPS_PORT, INSPECTED_PORT);
+        std::fs::write(&policy, text).unwrap();
+        let provider = self.dir.path().join("provider.env");
+        std::fs::write(&provider, format!("E2E_TOKEN={SECRET}\n")).unwrap();
         let log = self.dir.path().join("proxy.log");
         let started = Instant::now();
         let child = Command::new("ip")
@@ -98,6 +109,8 @@ impl Topology {
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             // The "system roots" the proxy bundles into ca-bundle.pem: the upstream's CA.
             .env("SSL_CERT_FILE", roots)
+            .env("OPENSHELL_UPSTREAM_CA_FILE", roots)
+            .env("OPENSHELL_PROVIDER_ENV_FILE", &provider)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -132,6 +145,7 @@ impl Drop for Topology {
             let _ = child.wait();
         }
         self.upstream.take();
+        self.inspected.take();
         for ns in [&self.agent, &self.proxy_ns, &self.upstream_ns] {
             netns_delete(ns);
         }
@@ -151,6 +165,12 @@ fn agent_reaches_upstream_only_through_the_proxy() {
         &topo.upstream_ns,
         SocketAddr::from((UPSTREAM, HTTP_PORT)),
         SocketAddr::from((UPSTREAM, HTTPS_PORT)),
+        tls.config.clone(),
+    ));
+    topo.inspected = Some(Upstream::start(
+        &topo.upstream_ns,
+        SocketAddr::from((UPSTREAM, INSPECTED_HTTP_PORT)),
+        SocketAddr::from((UPSTREAM, INSPECTED_PORT)),
         tls.config.clone(),
     ));
     let roots = topo.dir.path().join("roots.pem");
@@ -204,6 +224,27 @@ fn agent_reaches_upstream_only_through_the_proxy() {
     // The upstream's address on a port the policy does not list is denied too.
     let out = topo.agent_curl(&via_proxy, &["-o", "/dev/null", "-w", "%{http_code}", &format!("http://{UPSTREAM}:9/")]);
     assert_eq!(out.stdout, "403", "unlisted port: {}", out.all());
+
+    // Credential swap on the intercepted port: child-env.json holds only the placeholder,
+    // the request carries it, the upstream sees the secret, and no file of the shared dir
+    // holds the secret.
+    let child_env = volume::read_child_env(&topo.tls_dir()).unwrap();
+    let placeholder = "openshell:resolve:env:E2E_TOKEN";
+    assert_eq!(child_env.get("E2E_TOKEN").map(String::as_str), Some(placeholder), "{child_env:?}");
+    let mut env = via_proxy.clone();
+    env.push(("SSL_CERT_FILE", topo.tls_dir().join("ca-bundle.pem").display().to_string()));
+    let auth = format!("Authorization: Bearer {placeholder}");
+    let out = topo.agent_curl(&env, &["-H", &auth, &format!("https://{UPSTREAM}:{INSPECTED_PORT}/swap")]);
+    assert!(out.ok() && out.stdout == HELLO, "curl with the placeholder: {}", out.all());
+    let heads = topo.inspected.as_ref().unwrap().heads();
+    let swap = heads.iter().find(|head| head.starts_with("GET /swap ")).unwrap_or_else(|| panic!("{heads:?}"));
+    let auth = swap.lines().find(|line| line.to_ascii_lowercase().starts_with("authorization:"));
+    assert_eq!(auth.map(|l| l[14..].trim()), Some(&*format!("Bearer {SECRET}")), "upstream head: {swap}");
+    for entry in std::fs::read_dir(topo.tls_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read(&path).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&text).contains(SECRET), "the secret is in {}", path.display());
+    }
 
     drop(topo);
     eprintln!("figures (netns): proxy start to .ready {:?}; whole run {:?}", to_ready, whole.elapsed());

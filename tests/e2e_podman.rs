@@ -5,13 +5,18 @@
 //! volume), and the checks of issue 7 that the built modes allow. Addresses are
 //! two /24s of 10.231.0.0/16 inside a network namespace made for the run.
 //!
-//! Exec sessions go through the agent supervisor's SSH server (its loopback TCP
-//! listener), not yet through the gateway relay, and the credential placeholder swap is
-//! not checked: neither is wired on main yet. They are left out, not faked; see the
-//! comment near the end of the test.
+//! The test gateway (tests/gateway_support/) runs on the bridge side; the proxy forwards
+//! the agent's gateway traffic from its :8081. Exec sessions go through the gateway relay
+//! (supervisor session, RelayStream, the agent's SSH server on its Unix socket) and, for
+//! the bulk of the checks, through the agent's loopback TCP SSH listener.
 
 #[path = "e2e_support/lib.rs"]
 mod e2e_support;
+#[path = "gateway_support/lib.rs"]
+#[allow(dead_code, unused_imports)]
+mod gateway_support;
+#[path = "e2e_podman/relay.rs"]
+mod relay;
 #[path = "e2e_podman/sandbox.rs"]
 mod sandbox;
 #[path = "e2e_podman/steps.rs"]
@@ -28,8 +33,16 @@ use steps::{Run, agent_exec, label, podman_exec};
 
 const HTTP_PORT: u16 = 8080;
 const HTTPS_PORT: u16 = 8443;
+/// The upstream's HTTPS port the proxy intercepts (`protocol: rest`): credential swap.
+const INSPECTED_PORT: u16 = 9443;
+/// Plain HTTP of the second upstream (unused; [`Upstream`] serves both).
+const INSPECTED_HTTP_PORT: u16 = 8090;
+/// The provider secret: only the proxy container's env file holds it.
+const SECRET: &str = "e2e-secret-5f1c9a0d7b3e";
 const PROXY_PORT: u16 = 3128;
 const SSH_PORT: u16 = 2222;
+/// The test gateway, on the bridge side.
+const GATEWAY_PORT: u16 = 50051;
 
 /// Set `OPENSHELL_E2E_PODMAN=required` (CI does) to fail instead of skipping when podman
 /// or root is missing.
@@ -84,8 +97,20 @@ fn sidecar_topology_on_podman() {
         SocketAddr::from(([0, 0, 0, 0], HTTPS_PORT)),
         tls.config.clone(),
     );
-    let policy = e2e_support::policy(IpAddr::V4(upstream), HTTP_PORT, HTTPS_PORT);
+    let inspected = Upstream::start(
+        &r.sb.outer,
+        SocketAddr::from(([0, 0, 0, 0], INSPECTED_HTTP_PORT)),
+        SocketAddr::from(([0, 0, 0, 0], INSPECTED_PORT)),
+        tls.config.clone(),
+    );
+    let policy = e2e_support::policy_inspected(IpAddr::V4(upstream), HTTP_PORT, HTTPS_PORT, INSPECTED_PORT);
     std::fs::write(r.file("policy.yaml"), policy).unwrap();
+    std::fs::write(r.file("provider.env"), format!("E2E_TOKEN={SECRET}\n")).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let gateway_addr = SocketAddr::from(([0, 0, 0, 0], GATEWAY_PORT));
+    let listener = e2e_support::in_netns(&r.sb.outer, move || std::net::TcpListener::bind(gateway_addr).unwrap());
+    let gateway = runtime.block_on(async { gateway_support::TestGateway::start_on(listener) });
+    let relay_port = relay::listen(&runtime, gateway.state.clone());
     std::fs::write(r.file("roots.pem"), &tls.ca_pem).unwrap();
     std::fs::create_dir(r.file("keys")).unwrap();
     let key = r.file("keys/id");
@@ -187,10 +212,35 @@ fn sidecar_topology_on_podman() {
     let out = podman_exec(sb, &["sh", "-c", "cat /openshell-tls/ca.pem >/dev/null && touch /openshell-tls/x"]);
     assert!(!out.ok() && out.stderr.contains("Read-only file system"), "agent write to the volume: {}", out.all());
 
-    // Not yet (not built on main): an exec session through the gateway relay (here the
-    // sessions use the agent's own SSH listener), and the credential placeholder swap (the
-    // upstream sees the secret, `env` shows only the placeholder), which needs L7
-    // interception and child-env.json from the proxy.
+    // Credential swap: the agent holds only the placeholder (from child-env.json); the
+    // proxy terminates TLS on the inspected port and the upstream sees the secret.
+    let placeholder = "openshell:resolve:env:E2E_TOKEN";
+    let out = agent_exec(sb, &["env"]);
+    assert!(out.ok() && out.stdout.contains(&format!("\nE2E_TOKEN={placeholder}\n")), "agent env: {}", out.all());
+    assert!(!out.stdout.contains(SECRET), "the secret leaked into the agent's env: {}", out.all());
+    let url = format!("https://{upstream}:{INSPECTED_PORT}/swap");
+    let curl = format!("curl -sS -m 10 -H \"Authorization: Bearer $E2E_TOKEN\" {url}");
+    let out = agent_exec(sb, &["sh", "-c", &curl]);
+    assert!(out.ok() && out.stdout == HELLO, "curl with the placeholder: {}", out.all());
+    let heads = inspected.heads();
+    let swap = heads.iter().find(|head| head.starts_with("GET /swap ")).unwrap_or_else(|| panic!("{heads:?}"));
+    let auth = swap.lines().find(|line| line.to_ascii_lowercase().starts_with("authorization:"));
+    assert_eq!(auth.map(|l| l[14..].trim()), Some(&*format!("Bearer {SECRET}")), "upstream head: {swap}");
+    assert!(!swap.contains(placeholder), "the placeholder reached the upstream: {swap}");
+    for entry in std::fs::read_dir(&r.mountpoint).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read(&path).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&text).contains(SECRET), "the secret is in {}", path.display());
+    }
+
+    // An exec session through the gateway relay: the supervisor session reached the
+    // gateway through the proxy's forward; the relay carries SSH to the agent.
+    e2e_support::wait_for("the agent's supervisor session", STEP, || gateway.state.has_session().then_some(()));
+    let out = relay::relay_exec(relay_port, &["sh", "-c", "id -u; curl -sS -m 10 \"$0\"", &https_url]);
+    assert!(out.ok() && out.stdout == format!("1000\n{HELLO}"), "exec through the gateway relay: {}", out.all());
+    let to_relay_exec = agent_started.elapsed();
+    let calls = gateway.state.calls_of("RelayStream");
+    assert!(!calls.is_empty(), "the exec went through RelayStream: {calls:?}");
 
     // Deleting in the driver's order leaves nothing.
     let mut sb = r.sb;
@@ -199,7 +249,8 @@ fn sidecar_topology_on_podman() {
     assert!(left.is_empty(), "left after delete: {left:?}");
     eprintln!(
         "figures (podman): image build {build_time:?}; proxy `podman run` to .ready {to_ready:?}; \
-         agent start to first exec {to_first_exec:?} (.ready to first exec {ready_to_first_exec:?}); whole run {:?}",
+         agent start to first exec {to_first_exec:?} (.ready to first exec {ready_to_first_exec:?}); \
+         agent start to the relay exec (after the other checks) {to_relay_exec:?}; whole run {:?}",
         whole.elapsed()
     );
 }

@@ -6,8 +6,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::e2e_support::{Output, run, wait_for};
+use super::gateway_support::{SANDBOX_ID, TOKEN};
 use super::sandbox::{HOST_MOUNTS, RUN_LABEL, STEP, Sandbox};
-use super::{PROXY_PORT, SSH_PORT};
+use super::{GATEWAY_PORT, PROXY_PORT, SSH_PORT};
 use openshell_sandbox::volume::READY_FILE;
 
 /// `-v` arguments for the host directories the base image borrows.
@@ -142,7 +143,10 @@ impl Run {
 
     /// The proxy: both networks, the volume read-write, our binary as the entrypoint.
     /// Its "system roots" are the upstream's test CA, mounted where the image keeps the
-    /// roots, so ca-bundle.pem carries it.
+    /// roots, so ca-bundle.pem carries it; the same CA is its OPENSHELL_UPSTREAM_CA_FILE
+    /// for the intercepted port. The provider env file (the secret) is mounted read-only
+    /// into this container only. The gateway is the test gateway on the bridge side; the
+    /// proxy forwards the agent's gateway traffic from its :8081.
     pub fn start_proxy(&self) {
         let labels = self.labels();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
@@ -150,16 +154,23 @@ impl Run {
         let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
         let policy = format!("{}:/etc/openshell/policy.yaml:ro", self.file("policy.yaml").display());
         let roots = format!("{}:/etc/ssl/certs/ca-certificates.crt:ro", self.file("roots.pem").display());
+        let upstream_ca = format!("{}:/etc/openshell/upstream-ca.pem:ro", self.file("roots.pem").display());
+        let provider = format!("{}:/etc/openshell/provider.env:ro", self.file("provider.env").display());
         let (int_ip, ext_ip) =
             (format!("{}:ip={}", self.int, self.proxy_int()), format!("{}:ip={}", self.ext, self.proxy_ext()));
         let rw = format!("{}:/openshell-tls:rw", self.vol);
         let listen = format!("OPENSHELL_PROXY_LISTEN=0.0.0.0:{PROXY_PORT}");
+        let endpoint = format!("OPENSHELL_ENDPOINT=http://{}:{GATEWAY_PORT}", self.upstream());
+        let (token, id) = (format!("OPENSHELL_SANDBOX_TOKEN={TOKEN}"), format!("OPENSHELL_SANDBOX_ID={SANDBOX_ID}"));
         #[rustfmt::skip]
         self.p(&args(&[&["run", "-d", "--name", &self.proxy, "--label", "openshell.role=proxy"], &labels, &mounts, &[
             "--network", &int_ip, "--network", &ext_ip,
-            "-v", &rw, "-v", &policy, "-v", &roots,
+            "-v", &rw, "-v", &policy, "-v", &roots, "-v", &upstream_ca, "-v", &provider,
             "-e", "OPENSHELL_MODE=proxy", "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
+            "-e", "OPENSHELL_UPSTREAM_CA_FILE=/etc/openshell/upstream-ca.pem",
+            "-e", "OPENSHELL_PROVIDER_ENV_FILE=/etc/openshell/provider.env",
             "-e", &listen, "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
+            "-e", &endpoint, "-e", &token, "-e", &id, "-e", "OPENSHELL_FORWARD_LISTEN=0.0.0.0:8081",
             &self.sb.image,
         ]]));
     }
@@ -179,8 +190,9 @@ impl Run {
     }
 
     /// The agent: only the internal network, the volume read-only, our entrypoint in agent
-    /// mode with a workload that announces itself, and a loopback
-    /// SSH listener for the exec sessions.
+    /// mode with a workload that announces itself, a loopback SSH listener for the exec
+    /// sessions, and the gateway reached through the proxy's forward (:8081) for the
+    /// supervisor session and its relays.
     pub fn start_agent(&self) {
         let labels = self.labels();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
@@ -197,6 +209,8 @@ impl Run {
         let policy = format!("{}:/etc/openshell/policy.yaml:ro", self.file("policy.yaml").display());
         let keys = format!("{}:/keys:ro", self.file("keys").display());
         let ssh_listen = format!("OPENSHELL_SSH_LISTEN=127.0.0.1:{SSH_PORT}");
+        let endpoint = format!("OPENSHELL_ENDPOINT=http://{}:8081", self.proxy_int());
+        let (token, id) = (format!("OPENSHELL_SANDBOX_TOKEN={TOKEN}"), format!("OPENSHELL_SANDBOX_ID={SANDBOX_ID}"));
         #[rustfmt::skip]
         let common = [&["run", "-d", "--name", &self.agent, "--label", "openshell.role=agent"][..], &labels, &mounts, &proxy_env, &[
             "--network", &agent_ip, "-v", &ro, "-v", &policy, "-v", &keys,
@@ -207,6 +221,7 @@ impl Run {
         #[rustfmt::skip]
         let tail = [
             "-e", &ssh_listen, "-e", "OPENSHELL_SSH_AUTHORIZED_KEYS=/keys/authorized_keys",
+            "-e", &endpoint, "-e", &token, "-e", &id,
             &self.sb.image, "agent", "--", "sh", "-c", "echo workload-started; exec sleep infinity",
         ];
         self.p(&args(&[&common, &tail]));

@@ -195,9 +195,11 @@ impl UpstreamTls {
 }
 
 /// The upstream: plain HTTP and HTTPS listeners bound inside a namespace, each answering
-/// every request with `200` and [`HELLO`]. It stops when dropped.
+/// every request with `200` and [`HELLO`] and recording the request head. It stops when
+/// dropped.
 pub struct Upstream {
     runtime: Option<tokio::runtime::Runtime>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Upstream {
@@ -212,9 +214,15 @@ impl Upstream {
             (bind(http), bind(https))
         });
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        runtime.spawn(serve(plain, None));
-        runtime.spawn(serve(secure, Some(tokio_rustls::TlsAcceptor::from(tls))));
-        Upstream { runtime: Some(runtime) }
+        let heads = Arc::default();
+        runtime.spawn(serve(plain, None, Arc::clone(&heads)));
+        runtime.spawn(serve(secure, Some(tokio_rustls::TlsAcceptor::from(tls)), Arc::clone(&heads)));
+        Upstream { runtime: Some(runtime), heads }
+    }
+
+    /// Every request head received so far (both listeners), as text.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 }
 
@@ -226,16 +234,19 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+type Heads = Arc<std::sync::Mutex<Vec<String>>>;
+
+async fn serve(listener: std::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, heads: Heads) {
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     loop {
         let Ok((stream, _)) = listener.accept().await else { return };
         let tls = tls.clone();
+        let heads = Arc::clone(&heads);
         tokio::spawn(async move {
             let answer = async move {
                 match tls {
-                    Some(acceptor) => answer(acceptor.accept(stream).await.ok()?).await,
-                    None => answer(stream).await,
+                    Some(acceptor) => answer(acceptor.accept(stream).await.ok()?, heads).await,
+                    None => answer(stream, heads).await,
                 }
             };
             let _ = tokio::time::timeout(Duration::from_secs(10), answer).await;
@@ -243,8 +254,8 @@ async fn serve(listener: std::net::TcpListener, tls: Option<tokio_rustls::TlsAcc
     }
 }
 
-/// Reads one request head and answers `200` with [`HELLO`].
-async fn answer(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin) -> Option<()> {
+/// Reads one request head, records it, and answers `200` with [`HELLO`].
+async fn answer(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, heads: Heads) -> Option<()> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -253,6 +264,7 @@ async fn answer(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + 
         }
         head.push(byte[0]);
     }
+    heads.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
     let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HELLO}", HELLO.len());
     stream.write_all(answer.as_bytes()).await.ok()?;
     stream.shutdown().await.ok()
@@ -276,5 +288,14 @@ pub fn policy(upstream: IpAddr, http: u16, https: u16) -> String {
     format!(
         "version: 1\nnetwork_policies:\n  upstream:\n    name: e2e upstream\n    endpoints:\n      \
          - host: \"{upstream}\"\n        ports: [{http}, {https}]\n"
+    )
+}
+
+/// [`policy`] plus `inspected`, an HTTPS port of the same address the proxy terminates
+/// (`protocol: rest`, read-write): the port where credential placeholders are swapped.
+pub fn policy_inspected(upstream: IpAddr, http: u16, https: u16, inspected: u16) -> String {
+    format!(
+        "{}      - {{host: \"{upstream}\", port: {inspected}, protocol: rest, access: read-write}}\n",
+        policy(upstream, http, https)
     )
 }

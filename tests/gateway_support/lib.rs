@@ -61,6 +61,17 @@ impl TestGateway {
         Self::start_with(Some(tls)).await
     }
 
+    /// Starts a plaintext gateway on a listener the test bound itself (in another network
+    /// namespace, say). Call it inside a tokio runtime.
+    pub fn start_on(listener: std::net::TcpListener) -> Self {
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut gateway = TestGateway { addr, state: Arc::new(State::default()), tls: None, running: None };
+        gateway.serve(listener);
+        gateway
+    }
+
     async fn start_with(tls: Option<ServerTls>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
