@@ -1,9 +1,14 @@
 //! The proxy's data path against the direct no-proxy baseline, on loopback: bulk
 //! throughput through one CONNECT tunnel, CONNECT setup latency, and small absolute-form
 //! GETs on a keep-alive connection. Targets (issue 3): bulk at least 0.8x direct,
-//! keep-alive GET at least 0.7x direct, CONNECT setup median at most 0.25 ms.
+//! keep-alive GET at least 0.7x direct, CONNECT setup median at most 0.25 ms. The inspected
+//! HTTPS groups (issue 4) are in `proxy/https.rs`.
+
+#[path = "proxy/https.rs"]
+mod https;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use openshell_sandbox::config::{CommonConfig, LogFormat, ProxyConfig, ProxyLimits};
 use openshell_sandbox::proxy::{Listeners, prepare};
 use openshell_sandbox::shutdown::Shutdown;
+use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -70,12 +76,16 @@ async fn http_server() -> SocketAddr {
     addr
 }
 
-/// Starts the proxy allowing loopback upstreams on `ports`; keeps `dir` alive.
-async fn start_proxy(dir: &std::path::Path, ports: &[u16]) -> SocketAddr {
+/// Starts the proxy allowing loopback upstreams on `ports` (relayed as bytes) and the
+/// HTTPS upstream `inspected` (intercepted, verified against `upstream_ca`); keeps `dir` alive.
+async fn start_proxy(dir: &std::path::Path, ports: &[u16], inspected: u16, upstream_ca: &str) -> SocketAddr {
     let mut yaml = String::from("version: 1\nnetwork_policies:\n  bench:\n    endpoints:\n");
     for port in ports {
         yaml.push_str(&format!("      - host: 127.0.0.1\n        port: {port}\n"));
     }
+    yaml.push_str(&format!("      - {{host: {}, port: {inspected}, protocol: rest, access: full}}\n", https::HOST));
+    let ca_file = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_file, upstream_ca).unwrap();
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, yaml).unwrap();
     let config = ProxyConfig {
@@ -96,7 +106,7 @@ async fn start_proxy(dir: &std::path::Path, ports: &[u16]) -> SocketAddr {
         gateway_fallback_hosts: Vec::new(),
         provider_env_file: None,
         inference_routes: None,
-        upstream_ca_file: None,
+        upstream_ca_file: Some(ca_file),
         limits: ProxyLimits::default(),
     };
     let prepared = prepare(config).unwrap();
@@ -111,14 +121,20 @@ async fn tunnel(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(proxy).await.unwrap();
     stream.set_nodelay(true).unwrap();
     stream.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+/// Reads a response head byte by byte, so nothing after it is consumed.
+async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
     let mut head = Vec::with_capacity(128);
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         stream.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
-    stream
+    head
 }
 
 async fn pull(stream: &mut TcpStream, buf: &mut [u8]) {
@@ -150,8 +166,12 @@ async fn get(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (source, web) = rt.block_on(async { (source_server().await, http_server().await) });
-    let proxy = rt.block_on(start_proxy(dir.path(), &[source.port(), web.port()]));
+    let upstream_ca = https::ca();
+    let (source, web, secure) = rt.block_on(async {
+        let big = Bytes::from(vec![7u8; BULK]);
+        (source_server().await, http_server().await, https::server(&upstream_ca, big).await)
+    });
+    let proxy = rt.block_on(start_proxy(dir.path(), &[source.port(), web.port()], secure.port(), &upstream_ca.pem));
     let mut buf = vec![0u8; 256 * 1024];
 
     let mut group = c.benchmark_group("bulk 16 MiB");
@@ -181,6 +201,51 @@ fn bench(c: &mut Criterion) {
     group.bench_function("absolute-form through the proxy", |b| {
         b.iter(|| rt.block_on(get(&mut proxied, &absolute, &host)))
     });
+    group.finish();
+
+    let via_proxy = https::client_config(&https::proxy_ca_der(&dir.path().join("tls")));
+    let direct = https::client_config(&upstream_ca.der);
+    https_groups(c, &rt, proxy, secure, &via_proxy, &direct);
+}
+
+/// Direct HTTPS beside HTTPS through an intercepting (`protocol: rest`) endpoint.
+fn https_groups(
+    c: &mut Criterion,
+    rt: &Runtime,
+    proxy: SocketAddr,
+    upstream: SocketAddr,
+    via_proxy: &Arc<ClientConfig>,
+    direct: &Arc<ClientConfig>,
+) {
+    let ways = [("direct", direct, None), ("inspected through the proxy", via_proxy, Some(proxy))];
+
+    let mut group = c.benchmark_group("HTTPS keep-alive GET");
+    group.throughput(Throughput::Elements(1));
+    for (name, tls, via) in ways {
+        let mut sender = rt.block_on(https::client(tls, upstream, via));
+        group.bench_function(name, |b| b.iter(|| rt.block_on(https::fetch(&mut sender, "/"))));
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("HTTPS download 16 MiB");
+    group.throughput(Throughput::Bytes(BULK as u64)).sample_size(20);
+    for (name, tls, via) in ways {
+        let mut sender = rt.block_on(https::client(tls, upstream, via));
+        group.bench_function(name, |b| b.iter(|| assert_eq!(rt.block_on(https::fetch(&mut sender, "/big")), BULK)));
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("new HTTPS connection + GET");
+    for (name, tls, via) in ways {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut sender = https::client(tls, upstream, via).await;
+                    https::fetch(&mut sender, "/").await
+                })
+            })
+        });
+    }
     group.finish();
 }
 
