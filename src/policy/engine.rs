@@ -1,12 +1,15 @@
 //! One generation of the policy engine: a validated policy, the Rego rules compiled by
-//! regorus into programs for its register VM (RVM), and a per-generation cache of L4
-//! decisions. A new policy makes a new engine; callers swap it in whole, so a decision
+//! regorus into programs for its register VM (RVM), and per-generation caches of L4 and
+//! L7 decisions. A new policy makes a new engine; callers swap it in whole, so a decision
 //! never mixes two generations.
 
 mod data;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use lru::LruCache;
 
 use regorus::Value;
 use regorus::languages::rego::compiler::Compiler;
@@ -21,6 +24,11 @@ use super::{PolicyError, RegoRules};
 
 /// Most L4 decisions one generation caches; beyond it the cache starts over.
 const L4_CACHE_CAPACITY: usize = 16_384;
+/// Most L7 decisions one generation keeps (least recently used goes first).
+const L7_CACHE_CAPACITY: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
+/// Requests whose path and query are longer than this are evaluated every time, so the
+/// L7 cache holds at most a few MiB.
+const L7_CACHE_MAX_KEY_BYTES: usize = 512;
 
 const NETWORK_RULE: &str = "data.openshell.sandbox.network";
 const REQUEST_RULE: &str = "data.openshell.sandbox.request";
@@ -73,10 +81,15 @@ pub struct PolicyEngine {
     network_rule: Compiled,
     request_rule: Compiled,
     cache: L4Cache,
+    l7_cache: Mutex<LruCache<L7Key, L7Decision>>,
 }
 
 /// L4 decisions of one generation, keyed by normalised host and port.
 type L4Cache = RwLock<HashMap<(Box<str>, u16), Arc<L4Decision>>>;
+
+/// Everything an L7 decision depends on: normalised host, port, method, canonical path and
+/// the parsed query.
+type L7Key = (Box<str>, u16, Box<str>, Box<str>, BTreeMap<String, Vec<String>>);
 
 /// One entry point compiled to an RVM program. Evaluation makes a fresh VM from it
 /// (about a microsecond), so concurrent decisions share nothing mutable.
@@ -110,6 +123,7 @@ impl PolicyEngine {
             network_rule,
             request_rule,
             cache: RwLock::new(HashMap::new()),
+            l7_cache: Mutex::new(LruCache::new(L7_CACHE_CAPACITY)),
         };
         // A probe through both rules, so broken replacement rules fail at load, not per request.
         let probe = BTreeMap::new();
@@ -181,12 +195,28 @@ impl PolicyEngine {
         }
     }
 
-    /// The L7 decision for one request to host:port.
+    /// The L7 decision for one request to host:port, cached for this generation when the
+    /// path and query are short.
     pub fn request(&self, host: &str, port: u16, request: &L7Request<'_>) -> L7Decision {
         let Some(host) = normalize_destination(host) else {
             return L7Decision::deny(format!("`{host}` is not a valid host name"));
         };
-        match self.eval(&self.request_rule, network_input(&host, port, Some(request))) {
+        let query_bytes: usize =
+            request.query.iter().map(|(k, vs)| k.len() + vs.iter().map(String::len).sum::<usize>()).sum();
+        if request.path.len() + query_bytes > L7_CACHE_MAX_KEY_BYTES {
+            return self.evaluate_request_normalized(&host, port, request);
+        }
+        let key: L7Key = (host.into(), port, request.method.into(), request.path.into(), request.query.clone());
+        if let Some(hit) = self.l7_cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return hit.clone();
+        }
+        let decision = self.evaluate_request_normalized(&key.0, port, request);
+        self.l7_cache.lock().unwrap_or_else(PoisonError::into_inner).put(key, decision.clone());
+        decision
+    }
+
+    fn evaluate_request_normalized(&self, host: &str, port: u16, request: &L7Request<'_>) -> L7Decision {
+        match self.eval(&self.request_rule, network_input(host, port, Some(request))) {
             Ok(v) => L7Decision {
                 allow: v["allow"] == Value::Bool(true),
                 policy: string(&v["policy"]),
@@ -255,3 +285,36 @@ fn network_input(host: &str, port: u16, request: Option<&L7Request<'_>>) -> Valu
 
 #[cfg(test)]
 mod differential;
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use crate::policy::{self, RegoRules};
+
+    const POLICY: &str = r#"
+network_policies:
+  api:
+    endpoints:
+      - {host: api.example.com, port: 443, protocol: rest, rules: [{allow: {method: GET, path: "/s", query: {q: a}}}]}
+"#;
+
+    #[test]
+    fn cached_l7_decisions_keep_every_input_apart() {
+        let policy = policy::parse_yaml(POLICY, "test").unwrap();
+        let engine = PolicyEngine::new(policy, &RegoRules::builtin(), 1).unwrap();
+        let ask = |method: &str, path: &str, q: &str| {
+            let query = BTreeMap::from([("q".to_owned(), vec![q.to_owned()])]);
+            engine.request("API.example.com.", 443, &L7Request { method, path, query: &query }).allow
+        };
+        for _ in 0..2 {
+            assert!(ask("GET", "/s", "a"));
+            assert!(!ask("GET", "/s", "b"), "another query value is another decision");
+            assert!(!ask("POST", "/s", "a"), "another method is another decision");
+            assert!(!ask("GET", "/t", "a"), "another path is another decision");
+        }
+        assert_eq!(engine.l7_cache.lock().unwrap().len(), 4, "the host is normalised before it keys the cache");
+        let long = format!("/{}", "x".repeat(L7_CACHE_MAX_KEY_BYTES));
+        assert!(!ask("GET", &long, "a"));
+        assert_eq!(engine.l7_cache.lock().unwrap().len(), 4, "long requests are not cached");
+    }
+}

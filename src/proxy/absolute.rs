@@ -5,17 +5,17 @@
 //! connection is kept for the next request of the same client connection to the same
 //! host:port under the same policy generation.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self as client, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::sync::Mutex;
 
 use crate::policy::PolicyEngine;
 use crate::policy::host::normalize_destination;
@@ -92,7 +92,8 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
         .map(|body| Counted::new(body, sent.clone(), ctx.limits.idle_timeout, None));
     let refusal = match tokio::time::timeout(ctx.limits.response_timeout, sender.send_request(request)).await {
         Ok(Ok(mut response)) => {
-            *kept.0.lock().await = Some(KeptConnection { host: host.clone(), port, generation, sender });
+            *kept.0.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(KeptConnection { host: host.clone(), port, generation, sender });
             strip_hop_by_hop(response.headers_mut());
             let status = response.status().as_u16();
             let (host, method, path) = (host.clone(), method.clone(), path.clone());
@@ -160,7 +161,7 @@ fn inspect_http(
 /// The kept connection when it goes to the same place, was checked under the same policy
 /// generation and is ready; else a new, freshly checked one.
 async fn sender(kept: &Kept, target: &Target<'_>, generation: u64, ctx: &Ctx) -> Result<SendRequest<Counted>, Refusal> {
-    let previous = kept.0.lock().await.take();
+    let previous = kept.0.lock().unwrap_or_else(PoisonError::into_inner).take();
     if let Some(KeptConnection { host, port, generation: checked_under, mut sender }) = previous
         && host == target.host
         && port == target.port
@@ -186,8 +187,9 @@ async fn sender(kept: &Kept, target: &Target<'_>, generation: u64, ctx: &Ctx) ->
 /// The request as the upstream gets it: origin-form, HTTP/1.1, `Host` from the URL.
 fn to_upstream(req: Request<Incoming>, host: &str, port: Option<u16>) -> Request<Incoming> {
     let (mut parts, body) = req.into_parts();
-    let origin = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    let mut origin = http::uri::Parts::default();
+    origin.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    parts.uri = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     let host_header = match port {
@@ -204,16 +206,21 @@ fn to_upstream(req: Request<Incoming>, host: &str, port: Option<u16>) -> Request
 
 /// Removes hop-by-hop headers, the headers `Connection` names, and every `Proxy-*`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
-    for name in named.into_iter().chain(proxy) {
-        headers.remove(name);
+    // Most requests have neither a `Connection` list nor a `Proxy-*` header: no allocation then.
+    let named = headers.get_all(header::CONNECTION).iter().next().is_some();
+    let proxy = headers.keys().any(|k| k.as_str().starts_with("proxy-"));
+    if named || proxy {
+        let doomed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .chain(headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned())
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
     }
     for name in [header::CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE] {
         headers.remove(name);

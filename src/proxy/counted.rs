@@ -23,7 +23,9 @@ pub struct Counted {
     bytes: Arc<AtomicU64>,
     on_end: Option<OnEnd>,
     idle: Duration,
-    deadline: Pin<Box<Sleep>>,
+    /// Armed when the body first waits, and pushed back after each frame: a body whose
+    /// frames are always ready (a small answer in one read) never touches the timer.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 /// The error a body ends with when it is silent too long.
@@ -35,8 +37,7 @@ impl Counted {
     /// Counts `inner` into `bytes`, failing after `idle` without a frame; `on_end` runs
     /// once when the body ends or is dropped.
     pub fn new(inner: Incoming, bytes: Arc<AtomicU64>, idle: Duration, on_end: Option<OnEnd>) -> Self {
-        let deadline = Box::pin(tokio::time::sleep(idle));
-        Counted { inner, bytes, on_end, idle, deadline }
+        Counted { inner, bytes, on_end, idle, deadline: None }
     }
 
     fn finish(&mut self, outcome: &'static str) {
@@ -57,8 +58,10 @@ impl Body for Counted {
                 if let Some(data) = frame.data_ref() {
                     self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
-                let next = Instant::now() + self.idle;
-                self.deadline.as_mut().reset(next);
+                let idle = self.idle;
+                if let Some(deadline) = self.deadline.as_mut() {
+                    deadline.as_mut().reset(Instant::now() + idle);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -69,13 +72,16 @@ impl Body for Counted {
                 self.finish("eof");
                 Poll::Ready(None)
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    self.finish("idle");
-                    Poll::Ready(Some(Err(IdleBody(self.idle).into())))
+            Poll::Pending => {
+                let idle = self.idle;
+                match self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle))).as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.finish("idle");
+                        Poll::Ready(Some(Err(IdleBody(self.idle).into())))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 
