@@ -179,6 +179,7 @@ async fn proxy_built(
         upstream_tls: upstream_client_config(Some(&ca_file)).unwrap(),
         dial: Arc::new(move || Box::pin(TcpStream::connect(upstream))),
         connect_timeout: Duration::from_secs(5),
+        response_timeout: Duration::from_secs(30),
         idle_timeout: idle,
     };
     let server_config = issuer.server_config(HOST).unwrap();

@@ -22,7 +22,7 @@ use crate::proxy::l7::deny::{self, Refused};
 /// Why a request could not be exchanged with the upstream.
 #[derive(Debug)]
 pub(super) enum UpstreamError {
-    /// Dialing, the TLS handshake or the response head took too long.
+    /// Dialing, the TLS handshake or the response head took too long (the response timeout).
     Timeout(&'static str),
     /// The TLS handshake failed (certificate not verified, protocol mismatch).
     Tls(String),
@@ -89,7 +89,8 @@ impl Upstream {
         }
     }
 
-    /// Sends one request and returns the response head (the body streams). An HTTP/1.1
+    /// Sends one request and returns the response head (the body streams), waiting at most
+    /// the response timeout for the head. An HTTP/1.1
     /// connection busy with another request is not waited for: a new one is opened. A `101`
     /// takes its connection over for the upgrade.
     pub(super) async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
@@ -101,11 +102,19 @@ impl Upstream {
             Sender::H2(mut sender) => {
                 *self.idle.lock().await = Some(Sender::H2(sender.clone()));
                 let request = self.absolute(request);
-                tokio::time::timeout(answer, sender.send_request(request)).await.map_err(timed_out)?.map_err(failed)
+                let response = tokio::time::timeout(answer, sender.send_request(request)).await;
+                if response.is_err() {
+                    // The stream is reset; the next request opens a new connection (streams
+                    // still running on this one finish on it).
+                    self.idle.lock().await.take();
+                }
+                response.map_err(timed_out)?.map_err(failed)
             }
             Sender::H1(mut sender) => {
                 let mut request = request;
                 *request.version_mut() = http::Version::HTTP_11;
+                // On timeout the sender is dropped with the request: hyper closes that
+                // connection, it is never reused.
                 let response = tokio::time::timeout(answer, sender.send_request(request))
                     .await
                     .map_err(timed_out)?
