@@ -261,7 +261,7 @@ impl Drop for NoSecretLogged {
     }
 }
 
-pub struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+pub struct CaptureWriter(pub Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for CaptureWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
