@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7_support::{Ca, ca, client_config, write_pem};
 use openshell_sandbox::config::ProxyConfig;
@@ -115,7 +115,8 @@ impl Drop for Abandoned {
 
 /// An HTTPS upstream named `localhost` speaking HTTP/1.1 by hand: `/hang*` reads the request
 /// and never answers (it counts when the proxy then closes the connection), `/slow` answers
-/// after [`SLOW`], `/data` answers [`DATA`] bytes at once.
+/// after [`SLOW`], `/upload` answers the length of the body it read (`content-length`),
+/// `/data` answers [`DATA`] bytes at once.
 async fn h1_upstream(upstream_ca: &Ca) -> (SocketAddr, Arc<Seen>) {
     let issuer = LeafIssuer::new(&upstream_ca.der, &upstream_ca.key_pem, 4).unwrap();
     let acceptor = TlsAcceptor::from(issuer.server_config("localhost").unwrap());
@@ -141,6 +142,18 @@ async fn h1_upstream(upstream_ca: &Ca) -> (SocketAddr, Arc<Seen>) {
                         "/slow" => {
                             tokio::time::sleep(SLOW).await;
                             "slow answer".to_owned()
+                        }
+                        "/upload" => {
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_owned))
+                                .and_then(|n| n.trim().parse::<usize>().ok())
+                                .unwrap_or_default();
+                            let mut body = vec![0u8; length];
+                            if tls.read_exact(&mut body).await.is_err() {
+                                return;
+                            }
+                            length.to_string()
                         }
                         _ => "x".repeat(DATA),
                     };
@@ -203,13 +216,13 @@ async fn h2_upstream(upstream_ca: &Ca) -> (SocketAddr, Arc<Seen>) {
     (addr, seen)
 }
 
-/// The proxy with `localhost:port` as a read-only REST endpoint, trusting `upstream_ca`,
+/// The proxy with `localhost:port` as a read-write REST endpoint, trusting `upstream_ca`,
 /// response timeout [`ANSWER`], idle timeout [`IDLE`].
 async fn proxy(upstream_ca: &Ca, port: u16, tweak: impl FnOnce(&mut ProxyConfig)) -> (TestProxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = write_pem(dir.path(), "upstream-ca.pem", upstream_ca);
     let policy = format!(
-        "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {{host: localhost, port: {port}, protocol: rest, access: read-only}}\n"
+        "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {{host: localhost, port: {port}, protocol: rest, access: read-write}}\n"
     );
     let proxy = TestProxy::start(&policy, |c| {
         c.upstream_ca_file = Some(ca_file);
@@ -408,4 +421,32 @@ async fn an_inspected_keep_alive_connection_ends_with_one_close_event() {
     assert!(sent > 0, "{close}");
     assert!(received >= 2 * DATA as u64, "the client got both bodies, TLS records included: {close}");
     assert!(close["duration_ms"].is_u64(), "{close}");
+}
+
+#[tokio::test]
+async fn an_upload_longer_than_the_response_timeout_is_not_cut() {
+    audit_events();
+    let upstream_ca = ca("Upstream CA");
+    let (addr, _seen) = h1_upstream(&upstream_ca).await;
+    let (proxy, _dir) = proxy(&upstream_ca, addr.port(), |_| {}).await;
+    let mut c = client_through(proxy.addr, "localhost", addr.port(), &proxy.tls_dir()).await;
+    let pause = Duration::from_millis(700);
+    let chunks = futures_util::stream::unfold(0, move |i| async move {
+        if i == 3 {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'u'; 10]))), i + 1))
+    });
+    let upload = Request::post("/upload").header("content-length", "30").body(StreamBody::new(chunks).boxed()).unwrap();
+    let started = Instant::now();
+    let (status, body) = exchange(&mut c, upload).await;
+    assert_eq!(
+        (status, body.as_u64()),
+        (StatusCode::OK, Some(30)),
+        "the response timeout starts once the body is sent: {body}"
+    );
+    assert!(started.elapsed() > ANSWER, "the upload took longer than the response timeout");
 }

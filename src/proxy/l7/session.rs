@@ -150,7 +150,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let host = session.host.clone();
-    let timeouts = (session.connect_timeout, session.response_timeout);
+    let timeouts = (session.connect_timeout, session.response_timeout, session.idle_timeout);
     let upstream =
         Upstream::new(&session.host, session.port, &session.upstream_tls, h2, session.dial.clone(), timeouts);
     let idle = session.idle_timeout;
