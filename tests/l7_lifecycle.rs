@@ -311,6 +311,11 @@ async fn an_http2_upstream_stream_without_an_answer_gets_a_504_at_the_response_t
     wait_for(&seen.abandoned, "the proxy resetting the upstream stream that did not answer").await;
     let (status, _, _) = send(get("/slow")).await;
     assert_eq!(status, StatusCode::OK, "the connection goes on after a 504");
+    drop(c);
+    let port = addr.port();
+    let closes = wait_for_events(|e| e["action"] == "close" && e["port"] == port).await;
+    assert_eq!(closes.len(), 1, "one close event for the HTTP/2 connection: {closes:#?}");
+    assert_eq!((closes[0]["requests"].as_u64(), closes[0]["outcome"].as_str()), (Some(3), Some("eof")), "{closes:#?}");
 }
 
 /// A plain-HTTP model server that reads each request and never answers; counts connections
@@ -449,4 +454,37 @@ async fn an_upload_longer_than_the_response_timeout_is_not_cut() {
         "the response timeout starts once the body is sent: {body}"
     );
     assert!(started.elapsed() > ANSWER, "the upload took longer than the response timeout");
+}
+
+#[tokio::test]
+async fn an_idle_inspected_connection_is_closed_with_an_idle_close_event() {
+    audit_events();
+    let upstream_ca = ca("Upstream CA");
+    let (addr, _seen) = h1_upstream(&upstream_ca).await;
+    let (proxy, _dir) = proxy(&upstream_ca, addr.port(), |c| c.limits.idle_timeout = Duration::from_secs(1)).await;
+    let mut c = client_through(proxy.addr, "localhost", addr.port(), &proxy.tls_dir()).await;
+    let (status, _) = exchange(&mut c, request("GET", "/data", &[], "")).await;
+    assert_eq!(status, StatusCode::OK);
+    let port = addr.port();
+    let closes = wait_for_events(|e| e["action"] == "close" && e["port"] == port).await;
+    assert_eq!(closes.len(), 1, "{closes:#?}");
+    assert_eq!((closes[0]["outcome"].as_str(), closes[0]["requests"].as_u64()), (Some("idle"), Some(1)), "{closes:#?}");
+    drop(c);
+}
+
+#[tokio::test]
+async fn an_inspected_connection_open_at_shutdown_gets_a_shutdown_close_event() {
+    audit_events();
+    let upstream_ca = ca("Upstream CA");
+    let (addr, _seen) = h1_upstream(&upstream_ca).await;
+    let (proxy, _dir) = proxy(&upstream_ca, addr.port(), |_| {}).await;
+    let mut c = client_through(proxy.addr, "localhost", addr.port(), &proxy.tls_dir()).await;
+    let (status, _) = exchange(&mut c, request("GET", "/data", &[], "")).await;
+    assert_eq!(status, StatusCode::OK);
+    proxy.shutdown.trigger();
+    let port = addr.port();
+    let closes = wait_for_events(|e| e["action"] == "close" && e["port"] == port).await;
+    assert_eq!(closes.len(), 1, "{closes:#?}");
+    assert_eq!(closes[0]["outcome"], "shutdown", "{closes:#?}");
+    drop(c);
 }
