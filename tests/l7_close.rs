@@ -22,9 +22,11 @@ mod lifecycle;
 use std::time::Duration;
 
 use http::StatusCode;
+use hyper_util::rt::TokioIo;
 use l7_support::ca;
 use lifecycle::*;
 use through::{client_through, exchange, request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn an_inspected_keep_alive_connection_ends_with_one_close_event() {
@@ -83,4 +85,34 @@ async fn an_inspected_connection_open_at_shutdown_gets_a_shutdown_close_event() 
     assert_eq!(closes.len(), 1, "{closes:#?}");
     assert_eq!(closes[0]["outcome"], "shutdown", "{closes:#?}");
     drop(c);
+}
+
+#[tokio::test]
+async fn a_websocket_connection_is_closed_once_when_its_relay_ends() {
+    audit_events();
+    let upstream_ca = ca("Upstream CA");
+    let (addr, _seen) = rig::upstream_named(&upstream_ca, "localhost").await;
+    let (proxy, _dir) = proxy(&upstream_ca, addr.port(), |_| {}).await;
+    let mut c = client_through(proxy.addr, "localhost", addr.port(), &proxy.tls_dir()).await;
+    let upgrade =
+        [("connection", "Upgrade".into()), ("upgrade", "websocket".into()), ("sec-websocket-version", "13".into())];
+    tokio::time::timeout(Duration::from_secs(5), c.ready()).await.unwrap().unwrap();
+    let response = c.send_request(request("GET", "/ws", &upgrade, "")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    let echoed = vec![b'w'; 5000];
+    io.write_all(&echoed).await.unwrap();
+    let mut back = vec![0u8; echoed.len()];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut back)).await.unwrap().unwrap();
+    let port = addr.port();
+    let is_close = |e: &serde_json::Value| e["action"] == "close" && e["port"] == port;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!audit_events().iter().any(is_close), "no close event while the WebSocket is open");
+    drop(io);
+    let closes = wait_for_events(is_close).await;
+    assert_eq!(closes.len(), 1, "{closes:#?}");
+    let close = &closes[0];
+    assert_eq!(close["requests"], 1, "{close}");
+    let (sent, received) = (close["bytes_sent"].as_u64().unwrap(), close["bytes_received"].as_u64().unwrap());
+    assert!(sent >= 5000 && received >= 5000, "the relayed bytes are counted: {close}");
 }

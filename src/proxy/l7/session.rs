@@ -22,7 +22,7 @@ use relay::relay_upgraded;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +33,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use super::deny::{self, Refused};
 use super::judge::{Verdict, judge};
@@ -154,9 +155,11 @@ where
     let upstream =
         Upstream::new(&session.host, session.port, &session.upstream_tls, h2, session.dial.clone(), timeouts);
     let idle = session.idle_timeout;
-    let state = Arc::new(State { session, upstream, shutdown: shutdown.clone(), tally });
+    let upgraded = Mutex::default();
+    let state = Arc::new(State { session, upstream, shutdown: shutdown.clone(), tally, upgraded });
+    let serving = state.clone();
     let handle = move |request| {
-        let state = state.clone();
+        let state = serving.clone();
         async move { state.handle(request).await }
     };
     let served = if h2 {
@@ -164,6 +167,11 @@ where
     } else {
         serve_requests(client, idle, shutdown, handle).await
     };
+    // After a `101` the connection lives on in the relay: it ends (and is counted) there.
+    let relay = state.upgraded.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
     served.map_err(|source| SessionError::Http { host, source })
 }
 
@@ -172,6 +180,8 @@ struct State {
     upstream: Upstream,
     shutdown: Shutdown,
     tally: Arc<Tally>,
+    /// The relay of an upgraded (WebSocket) connection, once there is one.
+    upgraded: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl State {
@@ -207,12 +217,13 @@ impl State {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (shutdown, host, idle) = (self.shutdown.clone(), host.to_owned(), self.session.idle_timeout);
-            self.shutdown.spawn(async move {
+            let relay = self.shutdown.spawn(async move {
                 tokio::select! {
                     () = relay_upgraded(client_upgrade, upstream_upgrade, &host, idle) => {}
                     () = shutdown.signalled() => tracing::debug!(host, "upgraded connection closed at shutdown"),
                 }
             });
+            *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(relay);
             return response.map(|_| full(Bytes::new()));
         }
         strip_hop_by_hop(response.headers_mut(), false);
