@@ -111,6 +111,7 @@ async fn proxy(sandbox_ca: &Ca, upstream_ca: &Ca, upstream: SocketAddr) -> Socke
         upstream_tls: upstream_client_config(Some(&ca_file)).unwrap(),
         dial: Arc::new(move || Box::pin(TcpStream::connect(upstream))),
         connect_timeout: Duration::from_secs(5),
+        response_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(30),
     };
     let config = issuer.server_config(HOST).unwrap();

@@ -115,6 +115,7 @@ async fn proxy(sandbox_ca: &Ca, routes: Vec<Route>, upstream_ca: &Ca) -> SocketA
         routes: Arc::new(move || bundle.clone()),
         upstream_tls: upstream_client_config(Some(&ca_file)).unwrap(),
         connect_timeout: Duration::from_secs(5),
+        response_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(30),
     };
     let config = issuer.server_config("inference.local").unwrap();

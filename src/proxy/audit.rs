@@ -70,6 +70,27 @@ pub fn denied(subject: &Subject<'_>, refusal: &Refusal, policy: Option<&str>, ru
 /// An allowed tunnel or forwarded request has ended: the upstream's status (requests),
 /// bytes (client to upstream, upstream to client), duration, and how it ended.
 pub fn closed(subject: &Subject<'_>, status: Option<u16>, bytes: (u64, u64), duration: Duration, outcome: &str) {
+    close_event(subject, status, bytes, duration, outcome, None);
+}
+
+/// An inspected (TLS-intercepted) connection has ended: the same `close` event as a tunnel's,
+/// plus the number of requests it carried. `bytes_sent` / `bytes_received` count what crossed
+/// the client's side of the interception as it travels on the wire (TLS records included,
+/// like a tunnel's bytes): read from the client, and written to the client.
+pub fn inspected_closed(subject: &Subject<'_>, bytes: (u64, u64), duration: Duration, outcome: &str, requests: u64) {
+    close_event(subject, None, bytes, duration, outcome, Some(requests));
+}
+
+/// The one `close` event shape; `outcome` is `eof` (the client closed), `idle`, `error`,
+/// `aborted` or `shutdown`.
+fn close_event(
+    subject: &Subject<'_>,
+    status: Option<u16>,
+    bytes: (u64, u64),
+    duration: Duration,
+    outcome: &str,
+    requests: Option<u64>,
+) {
     let (sent, received) = bytes;
     let (method, path) = subject.request.unzip();
     tracing::info!(
@@ -85,6 +106,7 @@ pub fn closed(subject: &Subject<'_>, status: Option<u16>, bytes: (u64, u64), dur
         bytes_received = received,
         duration_ms = duration.as_millis() as u64,
         outcome,
+        requests,
         "closed"
     );
 }

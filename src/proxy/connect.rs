@@ -143,6 +143,7 @@ async fn intercept_tls(
         dial,
         connect_timeout: ctx.limits.connect_timeout,
         idle_timeout: ctx.limits.idle_timeout,
+        response_timeout: ctx.limits.response_timeout,
     };
     serve_upgraded(&mut req, ctx, permit, host, port, move |io, shutdown| {
         serve_tls(io, server_config, session, shutdown)
@@ -174,6 +175,7 @@ fn inference(mut req: Request<Incoming>, ctx: &Arc<Ctx>, permit: Arc<OwnedSemaph
         upstream_tls: ctx.upstream_tls.clone(),
         connect_timeout: ctx.limits.connect_timeout,
         idle_timeout: ctx.limits.idle_timeout,
+        response_timeout: ctx.limits.response_timeout,
     };
     serve_upgraded(&mut req, ctx, permit, INFERENCE_HOST, 443, move |io, shutdown| {
         serve_inference_tls(io, server_config, session, shutdown)

@@ -179,6 +179,7 @@ async fn proxy_built(
         upstream_tls: upstream_client_config(Some(&ca_file)).unwrap(),
         dial: Arc::new(move || Box::pin(TcpStream::connect(upstream))),
         connect_timeout: Duration::from_secs(5),
+        response_timeout: Duration::from_secs(30),
         idle_timeout: idle,
     };
     let server_config = issuer.server_config(HOST).unwrap();
@@ -260,7 +261,7 @@ impl Drop for NoSecretLogged {
     }
 }
 
-pub struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+pub struct CaptureWriter(pub Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for CaptureWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

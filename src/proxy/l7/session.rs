@@ -3,13 +3,16 @@
 //! the client negotiated `h2`) is judged ([`super::judge`]), then forwarded on a reused,
 //! verified upstream connection with both bodies streamed (chunked, `Expect: 100-continue`,
 //! server-sent events as they arrive, trailers); a WebSocket upgrade is judged as its GET,
-//! then relayed as bytes after the `101`.
+//! then relayed as bytes after the `101`. The wait for each answer head is bounded by the
+//! response timeout (504 on expiry); each connection ends with one audit `close` event.
 
+mod closing;
 mod conn;
 mod headers;
 mod relay;
 mod upstream;
 
+pub(in crate::proxy::l7) use closing::{Tally, served_then_closed};
 pub(in crate::proxy::l7) use conn::{accept_client_tls, serve_h2_requests, serve_requests};
 pub(in crate::proxy::l7) use headers::strip_hop_by_hop;
 
@@ -19,7 +22,7 @@ use relay::relay_upgraded;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +33,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use super::deny::{self, Refused};
 use super::judge::{Verdict, judge};
@@ -64,8 +68,10 @@ pub struct Inspected {
     pub upstream_tls: Arc<rustls::ClientConfig>,
     /// Dials the upstream.
     pub dial: Dial,
-    /// Bound on dialing, each TLS handshake and each upstream answer head.
+    /// Bound on dialing and each TLS handshake.
     pub connect_timeout: Duration,
+    /// Bound on waiting for each upstream answer head (not its body, so streams go on).
+    pub response_timeout: Duration,
     /// Bound on waiting for a request head (also the keep-alive idle bound).
     pub idle_timeout: Duration,
 }
@@ -104,7 +110,8 @@ impl ExitStatus for SessionError {
 }
 
 /// Accepts TLS from the client with `server_config` (a leaf for the CONNECT host, see
-/// [`crate::proxy::tls::LeafIssuer`]), then serves it like [`serve`].
+/// [`crate::proxy::tls::LeafIssuer`]), then serves it like [`serve`]. Writes the
+/// connection's audit `close` event when it ends (bytes as on the client's wire).
 pub async fn serve_tls<IO>(
     raw: IO,
     server_config: Arc<rustls::ServerConfig>,
@@ -114,33 +121,45 @@ pub async fn serve_tls<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let tls = accept_client_tls(raw, server_config, session.connect_timeout, &session.host).await?;
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_as(tls, session, shutdown, h2).await
+    let (host, port, tracker) = (session.host.clone(), session.port, shutdown.clone());
+    served_then_closed(raw, &host, port, &tracker, |raw, tally| async move {
+        let tls = accept_client_tls(raw, server_config, session.connect_timeout, &session.host).await?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        serve_as(tls, session, shutdown, h2, tally).await
+    })
+    .await
 }
 
 /// Serves HTTP/1.1 requests from a decrypted client stream until it closes, idles out, or
-/// shutdown (which lets the request in flight finish).
+/// shutdown (which lets the request in flight finish). No `close` event: see [`serve_tls`].
 pub async fn serve<IO>(client: IO, session: Inspected, shutdown: Shutdown) -> Result<(), SessionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_as(client, session, shutdown, false).await
+    serve_as(client, session, shutdown, false, Arc::default()).await
 }
 
 /// Serves HTTP/2 (`h2`: the client chose it by ALPN) or HTTP/1.1.
-async fn serve_as<IO>(client: IO, session: Inspected, shutdown: Shutdown, h2: bool) -> Result<(), SessionError>
+async fn serve_as<IO>(
+    client: IO,
+    session: Inspected,
+    shutdown: Shutdown,
+    h2: bool,
+    tally: Arc<Tally>,
+) -> Result<(), SessionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let host = session.host.clone();
-    let timeouts = (session.connect_timeout, session.idle_timeout);
+    let timeouts = (session.connect_timeout, session.response_timeout, session.idle_timeout);
     let upstream =
         Upstream::new(&session.host, session.port, &session.upstream_tls, h2, session.dial.clone(), timeouts);
     let idle = session.idle_timeout;
-    let state = Arc::new(State { session, upstream, shutdown: shutdown.clone() });
+    let upgraded = Mutex::default();
+    let state = Arc::new(State { session, upstream, shutdown: shutdown.clone(), tally, upgraded });
+    let serving = state.clone();
     let handle = move |request| {
-        let state = state.clone();
+        let state = serving.clone();
         async move { state.handle(request).await }
     };
     let served = if h2 {
@@ -148,6 +167,11 @@ where
     } else {
         serve_requests(client, idle, shutdown, handle).await
     };
+    // After a `101` the connection lives on in the relay: it ends (and is counted) there.
+    let relay = state.upgraded.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
     served.map_err(|source| SessionError::Http { host, source })
 }
 
@@ -155,10 +179,14 @@ struct State {
     session: Inspected,
     upstream: Upstream,
     shutdown: Shutdown,
+    tally: Arc<Tally>,
+    /// The relay of an upgraded (WebSocket) connection, once there is one.
+    upgraded: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl State {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+        self.tally.request();
         let upgrade = wants_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
@@ -175,9 +203,10 @@ impl State {
         let mut response = match self.upstream.send(Request::from_parts(parts, body)).await {
             Ok(response) => response,
             Err(e) => {
-                tracing::warn!(host, port, method, path, "upstream exchange failed: {e:?}");
                 let refused = Refused { host, port, method: &method, path: &path };
-                return e.response(refused).map(full);
+                let response = e.response(refused);
+                upstream_failed("l7", refused, &response);
+                return response.map(full);
             }
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -188,12 +217,13 @@ impl State {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (shutdown, host, idle) = (self.shutdown.clone(), host.to_owned(), self.session.idle_timeout);
-            self.shutdown.spawn(async move {
+            let relay = self.shutdown.spawn(async move {
                 tokio::select! {
                     () = relay_upgraded(client_upgrade, upstream_upgrade, &host, idle) => {}
                     () = shutdown.signalled() => tracing::debug!(host, "upgraded connection closed at shutdown"),
                 }
             });
+            *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(relay);
             return response.map(|_| full(Bytes::new()));
         }
         strip_hop_by_hop(response.headers_mut(), false);
@@ -216,6 +246,16 @@ pub(crate) fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &V
     let policy = decision.and_then(|d| d.policy.as_deref());
     let rule = decision.and_then(|d| d.rule.as_deref());
     tracing::info!(target: AUDIT_TARGET, action, kind = "l7", host, port, policy, rule, reason, method, path, credentials, "l7 decision");
+}
+
+/// An audit `error` event (warn level) for a request the upstream failed: no answer head
+/// in time (504) or a broken exchange (502). Names host, method and path, never the query.
+/// `kind` is `l7` or `inference`, as in the request's decision event.
+pub(in crate::proxy::l7) fn upstream_failed(kind: &str, request: Refused<'_>, response: &Response<Bytes>) {
+    let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
+    let (error, reason) = (body["error"].as_str().unwrap_or_default(), body["reason"].as_str().unwrap_or_default());
+    let Refused { host, port, method, path } = request;
+    tracing::warn!(target: AUDIT_TARGET, action = "error", kind, host, port, method, path, error, reason, "upstream exchange failed");
 }
 
 /// A body from bytes.

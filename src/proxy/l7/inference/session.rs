@@ -1,7 +1,9 @@
 //! An `inference.local` connection (HTTP/1.1, or HTTP/2 when the client picks `h2`): each
 //! request is shaped for its route ([`super::prepare`]) and sent over HTTP/1.1 on a new
 //! connection to the route's base URL (TLS verified for `https`); the answer streams back as
-//! it arrives, so server-sent events are not held.
+//! it arrives, so server-sent events are not held. The answer head is awaited for the route's
+//! `timeout_secs` when it sets one, else the proxy's response timeout; each connection ends
+//! with one audit `close` event.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,8 @@ use crate::gateway::inference::InferenceBundle;
 use crate::proxy::l7::deny::{self, Refused};
 use crate::proxy::l7::path::{EncodedSlash, PathError, canonicalize};
 use crate::proxy::l7::session::{
-    Body, SessionError, accept_client_tls, full, serve_h2_requests, serve_requests, strip_hop_by_hop,
+    Body, SessionError, accept_client_tls, full, serve_h2_requests, serve_requests, served_then_closed,
+    strip_hop_by_hop, upstream_failed,
 };
 use crate::shutdown::Shutdown;
 use crate::telemetry::AUDIT_TARGET;
@@ -38,11 +41,14 @@ pub struct InferenceSession {
     pub upstream_tls: Arc<rustls::ClientConfig>,
     /// Bound on connecting (and each TLS handshake).
     pub connect_timeout: Duration,
-    /// Bound on a request head, and on an answer head when the route sets no timeout.
+    /// Bound on a request head (the keep-alive idle bound).
     pub idle_timeout: Duration,
+    /// Bound on an answer head when the route sets no `timeout_secs` (the route's wins).
+    pub response_timeout: Duration,
 }
 
-/// Accepts TLS (a leaf for `inference.local`), then serves the connection's requests.
+/// Accepts TLS (a leaf for `inference.local`), then serves the connection's requests;
+/// writes the connection's audit `close` event when it ends.
 pub async fn serve_inference_tls<IO>(
     raw: IO,
     server_config: Arc<rustls::ServerConfig>,
@@ -52,20 +58,27 @@ pub async fn serve_inference_tls<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let tls = accept_client_tls(raw, server_config, session.connect_timeout, INFERENCE_HOST).await?;
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let idle = session.idle_timeout;
-    let session = Arc::new(session);
-    let handle = move |request| {
-        let session = session.clone();
-        async move { handle(&session, request).await }
-    };
-    let served = if h2 {
-        serve_h2_requests(tls, idle, shutdown, handle).await
-    } else {
-        serve_requests(tls, idle, shutdown, handle).await
-    };
-    served.map_err(|source| SessionError::Http { host: INFERENCE_HOST.to_owned(), source })
+    let tracker = shutdown.clone();
+    served_then_closed(raw, INFERENCE_HOST, 443, &tracker, |raw, tally| async move {
+        let tls = accept_client_tls(raw, server_config, session.connect_timeout, INFERENCE_HOST).await?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let idle = session.idle_timeout;
+        let session = Arc::new(session);
+        let handle = move |request| {
+            let (session, tally) = (session.clone(), tally.clone());
+            async move {
+                tally.request();
+                handle(&session, request).await
+            }
+        };
+        let served = if h2 {
+            serve_h2_requests(tls, idle, shutdown, handle).await
+        } else {
+            serve_requests(tls, idle, shutdown, handle).await
+        };
+        served.map_err(|source| SessionError::Http { host: INFERENCE_HOST.to_owned(), source })
+    })
+    .await
 }
 
 async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Response<Body> {
@@ -111,12 +124,12 @@ async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Respo
             response.map(BodyExt::boxed)
         }
         Err(e) => {
-            tracing::warn!(route, method, path, "inference upstream failed: {e}");
             let upstream = refused(&path);
             let response = match e {
                 SendError::Timeout(what) => deny::upstream_timeout(upstream, what),
                 SendError::Failed(detail) => deny::upstream_unreachable(upstream, &detail),
             };
+            upstream_failed("inference", upstream, &response);
             response.map(full)
         }
     }
@@ -152,7 +165,7 @@ async fn send(session: &InferenceSession, prepared: Prepared) -> Result<Response
         .await
         .map_err(bound("connect"))?
         .map_err(|e| SendError::Failed(format!("cannot connect to {host}:{port}: {e}")))?;
-    let answer = timeout.unwrap_or(session.idle_timeout);
+    let answer = timeout.unwrap_or(session.response_timeout);
     if https {
         let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
             .map_err(|_| SendError::Failed(format!("`{host}` is not a TLS server name")))?;

@@ -1,8 +1,11 @@
 //! The upstream side of an inspected session: TLS to the real host, verified against the
 //! trust roots with the real host as SNI, never unverified. HTTP/1.1 connections are reused
 //! while open (keep-alive); when the client speaks HTTP/2, `h2` is offered upstream too and,
-//! if taken, one multiplexed connection carries every stream.
+//! if taken, one multiplexed connection carries every stream. The response timeout bounds
+//! the wait for an answer head once the request body is sent (a long upload is bounded by
+//! the idle timeout between its frames instead).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,16 +16,18 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
+use tokio::time::error::Elapsed;
 use tokio_rustls::TlsConnector;
 
 use super::Dial;
+use crate::proxy::counted::{Counted, OnEnd};
 use crate::proxy::l7::deny::{self, Refused};
 
 /// Why a request could not be exchanged with the upstream.
 #[derive(Debug)]
 pub(super) enum UpstreamError {
-    /// Dialing, the TLS handshake or the response head took too long.
+    /// Dialing, the TLS handshake or the response head took too long (the response timeout).
     Timeout(&'static str),
     /// The TLS handshake failed (certificate not verified, protocol mismatch).
     Tls(String),
@@ -41,10 +46,10 @@ impl UpstreamError {
     }
 }
 
-/// An open upstream connection.
+/// An open upstream connection; request bodies are the client's, cut when silent too long.
 enum Sender {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<Counted>),
+    H2(http2::SendRequest<Counted>),
 }
 
 /// The connection(s) to one upstream host for the requests of one client connection.
@@ -55,20 +60,23 @@ pub(super) struct Upstream {
     dial: Dial,
     connect_timeout: Duration,
     answer_timeout: Duration,
+    /// Bound on a request body's silence while it is sent.
+    body_idle: Duration,
     /// The client multiplexes (HTTP/2): never wait for a busy HTTP/1.1 connection.
     concurrent: bool,
     idle: Mutex<Option<Sender>>,
 }
 
 impl Upstream {
-    /// `offer_h2`: offer `h2` by ALPN (only when the client speaks HTTP/2).
+    /// `offer_h2`: offer `h2` by ALPN (only when the client speaks HTTP/2). `timeouts`:
+    /// connect (and TLS handshake), answer head, request body silence.
     pub(super) fn new(
         host: &str,
         port: u16,
         tls: &Arc<rustls::ClientConfig>,
         offer_h2: bool,
         dial: Dial,
-        timeouts: (Duration, Duration),
+        timeouts: (Duration, Duration, Duration),
     ) -> Self {
         let tls = if offer_h2 {
             let mut config = (**tls).clone();
@@ -84,16 +92,23 @@ impl Upstream {
             dial,
             connect_timeout: timeouts.0,
             answer_timeout: timeouts.1,
+            body_idle: timeouts.2,
             concurrent: offer_h2,
             idle: Mutex::new(None),
         }
     }
 
-    /// Sends one request and returns the response head (the body streams). An HTTP/1.1
+    /// Sends one request and returns the response head (the body streams), waiting at most
+    /// the response timeout for the head once the request body is sent. An HTTP/1.1
     /// connection busy with another request is not waited for: a new one is opened. A `101`
     /// takes its connection over for the upgrade.
     pub(super) async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
         let sender = self.take().await?;
+        let (body_sent, sent) = oneshot::channel();
+        let on_end: OnEnd = Box::new(move |_, _| {
+            let _ = body_sent.send(());
+        });
+        let request = request.map(|body| Counted::new(body, Arc::default(), self.body_idle, Some(on_end)));
         let answer = self.answer_timeout;
         let timed_out = |_| UpstreamError::Timeout("answer");
         let failed = |e: hyper::Error| UpstreamError::Io(format!("the exchange failed: {e}"));
@@ -101,12 +116,20 @@ impl Upstream {
             Sender::H2(mut sender) => {
                 *self.idle.lock().await = Some(Sender::H2(sender.clone()));
                 let request = self.absolute(request);
-                tokio::time::timeout(answer, sender.send_request(request)).await.map_err(timed_out)?.map_err(failed)
+                let response = answer_within(sender.send_request(request), sent, answer).await;
+                if response.is_err() {
+                    // The stream is reset; the next request opens a new connection (streams
+                    // still running on this one finish on it).
+                    self.idle.lock().await.take();
+                }
+                response.map_err(timed_out)?.map_err(failed)
             }
             Sender::H1(mut sender) => {
                 let mut request = request;
                 *request.version_mut() = http::Version::HTTP_11;
-                let response = tokio::time::timeout(answer, sender.send_request(request))
+                // On timeout the sender is dropped with the request: hyper closes that
+                // connection, it is never reused.
+                let response = answer_within(sender.send_request(request), sent, answer)
                     .await
                     .map_err(timed_out)?
                     .map_err(failed)?;
@@ -141,7 +164,7 @@ impl Upstream {
     }
 
     /// HTTP/2 requests carry the authority in the URI, not in `Host`.
-    fn absolute(&self, mut request: Request<Incoming>) -> Request<Incoming> {
+    fn absolute(&self, mut request: Request<Counted>) -> Request<Counted> {
         let authority = if self.port == 443 { self.host.clone() } else { format!("{}:{}", self.host, self.port) };
         let mut parts = request.uri().clone().into_parts();
         parts.scheme = Some(Scheme::HTTPS);
@@ -186,4 +209,19 @@ impl Upstream {
         });
         Ok(Sender::H1(sender))
     }
+}
+
+/// `send` within `limit` counted from when the request body has ended (or at once if the
+/// answer comes first, as an early refusal does).
+async fn answer_within<F: Future>(
+    send: F,
+    body_sent: oneshot::Receiver<()>,
+    limit: Duration,
+) -> Result<F::Output, Elapsed> {
+    let mut send = std::pin::pin!(send);
+    tokio::select! {
+        answered = &mut send => return Ok(answered),
+        _ = body_sent => {}
+    }
+    tokio::time::timeout(limit, send).await
 }
