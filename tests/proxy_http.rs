@@ -1,7 +1,7 @@
 //! Absolute-form HTTP through the in-process proxy, and the listener's limits: GET and
 //! POST forwarded with bodies, keep-alive reuse, `https://` refused with 400, an
 //! oversized head (431), a slowloris client cut at the header timeout, the connection
-//! cap (503).
+//! cap (503), and the response timeout counted from the end of an upload.
 
 #[allow(dead_code)]
 #[path = "proxy_support/lib.rs"]
@@ -205,4 +205,26 @@ async fn an_upstream_that_never_answers_gets_504() {
         exchange(proxy.addr, format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
     assert_eq!(json_body(&answer)["error"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn an_upload_longer_than_the_response_timeout_is_not_cut() {
+    let echo = EchoServer::start().await;
+    let port = echo.addr.port();
+    let answer_within = Duration::from_secs(1);
+    let proxy = TestProxy::start(&allow(&[("127.0.0.1", port)]), |c| c.limits.response_timeout = answer_within).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!("POST http://127.0.0.1:{port}/up HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        client.write_all(&[b'u'; 10]).await.unwrap();
+    }
+    let (head, body) = response(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "the response timeout counts from the end of the body: {head}");
+    assert!(body.ends_with(&format!("body={}", "u".repeat(30))), "{body}");
+    assert!(started.elapsed() > answer_within, "the upload took longer than the response timeout");
 }

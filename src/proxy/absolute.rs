@@ -3,7 +3,8 @@
 //! connections ([`crate::proxy::l7::judge`]); then the request is forwarded over an SSRF-checked upstream connection with hyper, bodies
 //! streamed both ways, hop-by-hop and `Proxy-*` headers stripped. The upstream
 //! connection is kept for the next request of the same client connection to the same
-//! host:port under the same policy generation.
+//! host:port under the same policy generation. The response timeout counts from the end of
+//! the request body.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,7 +24,7 @@ use crate::policy::model::Endpoint;
 
 use super::answer::{self, Body, INVALID_HOST, Refusal, USERINFO};
 use super::audit::{self, Subject};
-use super::counted::{Counted, OnEnd};
+use super::counted::{Counted, OnEnd, answer_within};
 use super::credentials::SecretStore;
 use super::l7::judge::{Verdict, judge};
 use super::l7::session::audit as audit_l7;
@@ -88,9 +89,10 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
     };
     audit::allowed(&subject, decision.policy.as_deref(), rule, &decision.reason);
     let sent = Arc::new(AtomicU64::new(0));
-    let request = to_upstream(req, &host, uri.port_u16())
-        .map(|body| Counted::new(body, sent.clone(), ctx.limits.idle_timeout, None));
-    let refusal = match tokio::time::timeout(ctx.limits.response_timeout, sender.send_request(request)).await {
+    let (parts, body) = to_upstream(req, &host, uri.port_u16()).into_parts();
+    let (body, body_sent) = Counted::request(body, sent.clone(), ctx.limits.idle_timeout);
+    let exchange = sender.send_request(Request::from_parts(parts, body));
+    let refusal = match answer_within(exchange, body_sent, ctx.limits.response_timeout).await {
         Ok(Ok(mut response)) => {
             *kept.0.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some(KeptConnection { host: host.clone(), port, generation, sender });

@@ -1,7 +1,9 @@
 //! A streamed body that counts the bytes it carries, ends with an error when it is silent
 //! longer than the idle timeout (a stalled peer never holds a connection forever), and,
 //! for a forwarded response, writes the audit `close` event (bytes both ways, duration)
-//! when it ends or is dropped.
+//! when it ends or is dropped. A request body also tells when it has been sent, so the
+//! response timeout counts from there ([`answer_within`]): a long upload is bounded by the
+//! idle timeout between its frames, not by the response timeout.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::oneshot;
+use tokio::time::error::Elapsed;
 use tokio::time::{Instant, Sleep};
 
 /// Called once at the end with the bytes counted and how the body ended.
@@ -40,11 +44,35 @@ impl Counted {
         Counted { inner, bytes, on_end, idle, deadline: None }
     }
 
+    /// A request body counted into `bytes`, and the signal that it has been sent whole (or
+    /// dropped) for [`answer_within`].
+    pub fn request(inner: Incoming, bytes: Arc<AtomicU64>, idle: Duration) -> (Self, BodySent) {
+        let (sent, receiver) = oneshot::channel();
+        let on_end: OnEnd = Box::new(move |_, _| {
+            let _ = sent.send(());
+        });
+        (Counted::new(inner, bytes, idle, Some(on_end)), BodySent(receiver))
+    }
+
     fn finish(&mut self, outcome: &'static str) {
         if let Some(on_end) = self.on_end.take() {
             on_end(self.bytes.load(Ordering::Relaxed), outcome);
         }
     }
+}
+
+/// Fires when a request body made by [`Counted::request`] has ended.
+pub struct BodySent(oneshot::Receiver<()>);
+
+/// `send` (a request whose body is `sent`'s) answered within `limit`, counted from when the
+/// body has ended, or at once if the answer comes first (as an early refusal does).
+pub async fn answer_within<F: Future>(send: F, sent: BodySent, limit: Duration) -> Result<F::Output, Elapsed> {
+    let mut send = std::pin::pin!(send);
+    tokio::select! {
+        answered = &mut send => return Ok(answered),
+        _ = sent.0 => {}
+    }
+    tokio::time::timeout(limit, send).await
 }
 
 impl Body for Counted {

@@ -5,7 +5,6 @@
 //! the wait for an answer head once the request body is sent (a long upload is bounded by
 //! the idle timeout between its frames instead).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +15,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use tokio::sync::{Mutex, oneshot};
-use tokio::time::error::Elapsed;
+use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 
 use super::Dial;
-use crate::proxy::counted::{Counted, OnEnd};
+use crate::proxy::counted::{Counted, answer_within};
 use crate::proxy::l7::deny::{self, Refused};
 
 /// Why a request could not be exchanged with the upstream.
@@ -104,11 +102,9 @@ impl Upstream {
     /// takes its connection over for the upgrade.
     pub(super) async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
         let sender = self.take().await?;
-        let (body_sent, sent) = oneshot::channel();
-        let on_end: OnEnd = Box::new(move |_, _| {
-            let _ = body_sent.send(());
-        });
-        let request = request.map(|body| Counted::new(body, Arc::default(), self.body_idle, Some(on_end)));
+        let (parts, body) = request.into_parts();
+        let (body, sent) = Counted::request(body, Arc::default(), self.body_idle);
+        let request = Request::from_parts(parts, body);
         let answer = self.answer_timeout;
         let timed_out = |_| UpstreamError::Timeout("answer");
         let failed = |e: hyper::Error| UpstreamError::Io(format!("the exchange failed: {e}"));
@@ -209,19 +205,4 @@ impl Upstream {
         });
         Ok(Sender::H1(sender))
     }
-}
-
-/// `send` within `limit` counted from when the request body has ended (or at once if the
-/// answer comes first, as an early refusal does).
-async fn answer_within<F: Future>(
-    send: F,
-    body_sent: oneshot::Receiver<()>,
-    limit: Duration,
-) -> Result<F::Output, Elapsed> {
-    let mut send = std::pin::pin!(send);
-    tokio::select! {
-        answered = &mut send => return Ok(answered),
-        _ = body_sent => {}
-    }
-    tokio::time::timeout(limit, send).await
 }
