@@ -114,9 +114,18 @@ pub fn upstream_unreachable(request: Refused<'_>, detail: &str) -> Response<Byte
     answer(StatusCode::BAD_GATEWAY, base("upstream_unreachable", &reason, request))
 }
 
-/// 504 `upstream_timeout`: the upstream did not connect or answer in time.
+/// What a 504 says the upstream did not do, and the setting that bounds it: the answer head.
+pub const ANSWER_IN_TIME: &str = "answer within the response timeout (OPENSHELL_PROXY_RESPONSE_TIMEOUT_SECS)";
+/// ... the TCP connection.
+pub const CONNECT_IN_TIME: &str = "connect within the connect timeout (OPENSHELL_PROXY_CONNECT_TIMEOUT_SECS)";
+/// ... the upstream TLS handshake.
+pub const HANDSHAKE_IN_TIME: &str =
+    "complete the TLS handshake within the connect timeout (OPENSHELL_PROXY_CONNECT_TIMEOUT_SECS)";
+
+/// 504 `upstream_timeout`: the upstream did not `what` (connect, answer) within the bound
+/// `what` names.
 pub fn upstream_timeout(request: Refused<'_>, what: &str) -> Response<Bytes> {
-    let reason = format!("{}:{} did not {what} in time", request.host, request.port);
+    let reason = format!("{}:{} did not {what}", request.host, request.port);
     answer(StatusCode::GATEWAY_TIMEOUT, base("upstream_timeout", &reason, request))
 }
 

@@ -10,7 +10,7 @@
 //!     api_key: sk-...                     # optional (a local server may need none)
 //!     model_id: gpt-4o-mini               # optional: empty keeps the caller's model
 //!     provider_type: openai               # optional
-//!     timeout_secs: 60                    # optional; 0 or absent: no route timeout
+//!     timeout_secs: 60                    # optional; 0 or absent: the response timeout
 //! ```
 
 mod handle;

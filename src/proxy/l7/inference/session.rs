@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{INFERENCE_HOST, MAX_BODY, Prepared, Shape, prepare};
 use crate::gateway::inference::InferenceBundle;
-use crate::proxy::l7::deny::{self, Refused};
+use crate::proxy::l7::deny::{self, CONNECT_IN_TIME, HANDSHAKE_IN_TIME, Refused};
 use crate::proxy::l7::path::{EncodedSlash, PathError, canonicalize};
 use crate::proxy::l7::session::{
     Body, SessionError, accept_client_tls, full, serve_h2_requests, serve_requests, served_then_closed,
@@ -144,7 +144,7 @@ enum SendError {
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Timeout(what) => write!(f, "did not {what} in time"),
+            SendError::Timeout(what) => write!(f, "did not {what}"),
             SendError::Failed(detail) => f.write_str(detail),
         }
     }
@@ -163,7 +163,7 @@ async fn send(session: &InferenceSession, prepared: Prepared) -> Result<Response
     let bound = |what| move |_| SendError::Timeout(what);
     let tcp = tokio::time::timeout(session.connect_timeout, TcpStream::connect((host.trim_matches(['[', ']']), port)))
         .await
-        .map_err(bound("connect"))?
+        .map_err(bound(CONNECT_IN_TIME))?
         .map_err(|e| SendError::Failed(format!("cannot connect to {host}:{port}: {e}")))?;
     let answer = timeout.unwrap_or(session.response_timeout);
     if https {
@@ -174,7 +174,7 @@ async fn send(session: &InferenceSession, prepared: Prepared) -> Result<Response
             TlsConnector::from(session.upstream_tls.clone()).connect(name, tcp),
         )
         .await
-        .map_err(bound("complete the TLS handshake"))?
+        .map_err(bound(HANDSHAKE_IN_TIME))?
         .map_err(|e| SendError::Failed(format!("TLS with {host} failed: {e}")))?;
         exchange(tls, request, answer).await
     } else {
@@ -196,6 +196,8 @@ where
     });
     tokio::time::timeout(answer, sender.send_request(request))
         .await
-        .map_err(|_| SendError::Timeout("answer"))?
+        .map_err(|_| SendError::Timeout(
+            "answer within the route's timeout_secs, or the response timeout (OPENSHELL_PROXY_RESPONSE_TIMEOUT_SECS) when the route has none",
+        ))?
         .map_err(|e| SendError::Failed(format!("the exchange failed: {e}")))
 }

@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use super::Dial;
 use crate::proxy::counted::{Counted, answer_within};
-use crate::proxy::l7::deny::{self, Refused};
+use crate::proxy::l7::deny::{self, ANSWER_IN_TIME, CONNECT_IN_TIME, HANDSHAKE_IN_TIME, Refused};
 
 /// Why a request could not be exchanged with the upstream.
 #[derive(Debug)]
@@ -106,7 +106,7 @@ impl Upstream {
         let (body, sent) = Counted::request(body, Arc::default(), self.body_idle);
         let request = Request::from_parts(parts, body);
         let answer = self.answer_timeout;
-        let timed_out = |_| UpstreamError::Timeout("answer");
+        let timed_out = |_| UpstreamError::Timeout(ANSWER_IN_TIME);
         let failed = |e: hyper::Error| UpstreamError::Io(format!("the exchange failed: {e}"));
         match sender {
             Sender::H2(mut sender) => {
@@ -176,13 +176,13 @@ impl Upstream {
     async fn connect(&self) -> Result<Sender, UpstreamError> {
         let tcp = tokio::time::timeout(self.connect_timeout, (self.dial)())
             .await
-            .map_err(|_| UpstreamError::Timeout("connect"))?
+            .map_err(|_| UpstreamError::Timeout(CONNECT_IN_TIME))?
             .map_err(|e| UpstreamError::Io(e.to_string()))?;
         let name = ServerName::try_from(self.host.clone())
             .map_err(|_| UpstreamError::Tls(format!("`{}` is not a TLS server name", self.host)))?;
         let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
             .await
-            .map_err(|_| UpstreamError::Timeout("complete the TLS handshake"))?
+            .map_err(|_| UpstreamError::Timeout(HANDSHAKE_IN_TIME))?
             .map_err(|e| UpstreamError::Tls(e.to_string()))?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
