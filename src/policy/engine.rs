@@ -215,6 +215,14 @@ impl PolicyEngine {
         decision
     }
 
+    /// The L7 decision for one request to host:port, always evaluated (no cache).
+    pub fn evaluate_request(&self, host: &str, port: u16, request: &L7Request<'_>) -> L7Decision {
+        match normalize_destination(host) {
+            Some(h) => self.evaluate_request_normalized(&h, port, request),
+            None => L7Decision::deny(format!("`{host}` is not a valid host name")),
+        }
+    }
+
     fn evaluate_request_normalized(&self, host: &str, port: u16, request: &L7Request<'_>) -> L7Decision {
         match self.eval(&self.request_rule, network_input(host, port, Some(request))) {
             Ok(v) => L7Decision {
