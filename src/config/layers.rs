@@ -158,7 +158,8 @@ pub struct ProxyLayer {
     #[arg(long, env = "OPENSHELL_PROXY_CONNECT_TIMEOUT_SECS", value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout_secs: Option<NonZeroU64>,
-    /// Seconds to wait for an upstream's response head before answering 504. Default: 120.
+    /// Seconds to wait for an upstream's response head, once the request body is sent, before
+    /// answering 504. Default: 120.
     #[arg(long, env = "OPENSHELL_PROXY_RESPONSE_TIMEOUT_SECS", value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_timeout_secs: Option<NonZeroU64>,

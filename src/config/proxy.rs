@@ -65,7 +65,8 @@ pub struct ProxyLimits {
     /// Time to connect to an upstream. Default 10 s.
     #[serde(serialize_with = "as_secs")]
     pub connect_timeout: Duration,
-    /// Time to receive an upstream's response head. Default 120 s.
+    /// Time to receive an upstream's response head, counted from the end of the request body
+    /// (a long upload is bounded by the idle timeout instead). Default 120 s.
     #[serde(serialize_with = "as_secs")]
     pub response_timeout: Duration,
     /// Drain time after SIGTERM. Default 10 s.
