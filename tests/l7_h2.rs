@@ -24,11 +24,10 @@ use openshell_sandbox::shutdown::Shutdown;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio_rustls::TlsAcceptor;
 
 #[path = "l7_support/lib.rs"]
 mod l7_support;
-use l7_support::{Ca, ca, connect, write_pem};
+use l7_support::{Ca, ca, connect, https_server, write_pem};
 
 const HOST: &str = "api.test";
 const SECRET: &str = "grpc-SECRET-777";
@@ -66,18 +65,17 @@ async fn handler(seen: Arc<Seen>, req: Request<Incoming>) -> Response<BoxBody<By
 
 /// An upstream for `api.test` serving HTTP/2 and HTTP/1.1 (`h2`) or HTTP/1.1 only.
 async fn upstream(ca: &Ca, h2: bool) -> (SocketAddr, Arc<Seen>) {
-    let issuer = LeafIssuer::new(&ca.der, &ca.key_pem, 2).unwrap();
-    let issuer = if h2 { issuer.with_alpn(&[b"h2", b"http/1.1"]) } else { issuer };
-    let acceptor = TlsAcceptor::from(issuer.server_config(HOST).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let alpn: &[&[u8]] = if h2 { &[b"h2", b"http/1.1"] } else { &[] };
     let seen = Arc::new(Seen::default());
     let state = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, state) = (acceptor.clone(), state.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+    let addr = https_server(
+        ca,
+        HOST,
+        alpn,
+        || {},
+        move |tls| {
+            let state = state.clone();
+            async move {
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handler(state, req).await) }
@@ -85,9 +83,10 @@ async fn upstream(ca: &Ca, h2: bool) -> (SocketAddr, Arc<Seen>) {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
                     .await;
-            });
-        }
-    });
+            }
+        },
+    )
+    .await;
     (addr, seen)
 }
 

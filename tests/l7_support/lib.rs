@@ -63,3 +63,40 @@ pub async fn connect(addr: std::net::SocketAddr, name: &str, ca: &Ca, alpn: &[&[
     let name = ServerName::try_from(name.to_owned()).unwrap();
     TlsConnector::from(client_config(ca, alpn)).connect(name, tcp).await.unwrap()
 }
+
+/// An HTTPS server on 127.0.0.1:0 presenting a leaf for `host` from `ca` (ALPN `alpn`, or
+/// HTTP/1.1 when empty). `on_accept` runs for every TCP connection accepted; each completed
+/// TLS handshake is served by `serve` in its own task.
+pub async fn https_server<A, F, Fut>(
+    ca: &Ca,
+    host: &str,
+    alpn: &[&[u8]],
+    on_accept: A,
+    serve: F,
+) -> std::net::SocketAddr
+where
+    A: Fn() + Send + 'static,
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut issuer = openshell_sandbox::proxy::tls::LeafIssuer::new(&ca.der, &ca.key_pem, 4).unwrap();
+    if !alpn.is_empty() {
+        issuer = issuer.with_alpn(alpn);
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(issuer.server_config(host).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            on_accept();
+            let (accepting, serve) = (acceptor.accept(tcp), serve.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = accepting.await {
+                    serve(tls).await;
+                }
+            });
+        }
+    });
+    addr
+}

@@ -20,13 +20,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openshell_sandbox::config::ProxyConfig;
-use openshell_sandbox::proxy::tls::LeafIssuer;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
-use crate::l7_support::{Ca, write_pem};
+use crate::l7_support::{Ca, https_server, write_pem};
 use crate::proxy_support::TestProxy;
 use crate::rig::CaptureWriter;
 
@@ -107,53 +105,47 @@ impl Drop for Abandoned {
 /// after [`SLOW`], `/upload` answers the length of the body it read (`content-length`),
 /// `/data` answers [`DATA`] bytes at once.
 pub async fn h1_upstream(upstream_ca: &Ca) -> (SocketAddr, Arc<Seen>) {
-    let issuer = LeafIssuer::new(&upstream_ca.der, &upstream_ca.key_pem, 4).unwrap();
-    let acceptor = TlsAcceptor::from(issuer.server_config("localhost").unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
-    let state = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            state.accepts.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, state) = (acceptor.clone(), state.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                while let Some(head) = read_head(&mut tls).await {
-                    let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-                    let body = match path.as_str() {
-                        p if p.starts_with("/hang") => {
-                            let mut buf = [0u8; 1024];
-                            while tls.read(&mut buf).await.is_ok_and(|n| n > 0) {}
-                            state.abandoned.fetch_add(1, Ordering::SeqCst);
-                            return;
-                        }
-                        "/slow" => {
-                            tokio::time::sleep(SLOW).await;
-                            "slow answer".to_owned()
-                        }
-                        "/upload" => {
-                            let length = head
-                                .lines()
-                                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_owned))
-                                .and_then(|n| n.trim().parse::<usize>().ok())
-                                .unwrap_or_default();
-                            let mut body = vec![0u8; length];
-                            if tls.read_exact(&mut body).await.is_err() {
-                                return;
-                            }
-                            length.to_string()
-                        }
-                        _ => "x".repeat(DATA),
-                    };
-                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-                    if tls.write_all(answer.as_bytes()).await.is_err() {
+    let (counted, served) = (seen.clone(), seen.clone());
+    let on_accept = move || _ = counted.accepts.fetch_add(1, Ordering::SeqCst);
+    let addr = https_server(upstream_ca, "localhost", &[], on_accept, move |mut tls| {
+        let state = served.clone();
+        async move {
+            while let Some(head) = read_head(&mut tls).await {
+                let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                let body = match path.as_str() {
+                    p if p.starts_with("/hang") => {
+                        let mut buf = [0u8; 1024];
+                        while tls.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                        state.abandoned.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
+                    "/slow" => {
+                        tokio::time::sleep(SLOW).await;
+                        "slow answer".to_owned()
+                    }
+                    "/upload" => {
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_owned))
+                            .and_then(|n| n.trim().parse::<usize>().ok())
+                            .unwrap_or_default();
+                        let mut body = vec![0u8; length];
+                        if tls.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        length.to_string()
+                    }
+                    _ => "x".repeat(DATA),
+                };
+                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                if tls.write_all(answer.as_bytes()).await.is_err() {
+                    return;
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 
@@ -173,35 +165,29 @@ pub async fn read_head<IO: AsyncRead + Unpin>(io: &mut IO) -> Option<String> {
 /// An HTTPS upstream named `localhost` taking only `h2`: `/hang` is held forever (counted as
 /// abandoned when its stream is reset), `/slow` answers after [`SLOW`].
 pub async fn h2_upstream(upstream_ca: &Ca) -> (SocketAddr, Arc<Seen>) {
-    let issuer = LeafIssuer::new(&upstream_ca.der, &upstream_ca.key_pem, 4).unwrap().with_alpn(&[b"h2"]);
-    let acceptor = TlsAcceptor::from(issuer.server_config("localhost").unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
-    let state = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            state.accepts.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, state) = (acceptor.clone(), state.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let state = state.clone();
-                    async move {
-                        if req.uri().path() == "/hang" {
-                            let _guard = Abandoned(state);
-                            std::future::pending::<()>().await;
-                        }
-                        tokio::time::sleep(SLOW).await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"slow answer"))))
+    let (counted, served) = (seen.clone(), seen.clone());
+    let on_accept = move || _ = counted.accepts.fetch_add(1, Ordering::SeqCst);
+    let addr = https_server(upstream_ca, "localhost", &[b"h2"], on_accept, move |tls| {
+        let state = served.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move {
+                    if req.uri().path() == "/hang" {
+                        let _guard = Abandoned(state);
+                        std::future::pending::<()>().await;
                     }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                    tokio::time::sleep(SLOW).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"slow answer"))))
+                }
             });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 

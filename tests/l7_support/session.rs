@@ -2,7 +2,7 @@
 //! sees, the proxy side serving each connection with `serve_tls`, HTTP/1.1 clients trusting
 //! only the sandbox CA, and a capture of every log line of the test run.
 
-use crate::l7_support::{Ca, connect, write_pem};
+use crate::l7_support::{Ca, connect, https_server, write_pem};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -26,7 +26,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
-use tokio_rustls::TlsAcceptor;
 
 pub const HOST: &str = "api.test";
 pub const SECRET: &str = "sk-UPSTREAM-ONLY-4242";
@@ -94,29 +93,23 @@ pub async fn upstream(upstream_ca: &Ca) -> (SocketAddr, Arc<Seen>) {
 
 /// An HTTPS upstream whose certificate (from `upstream_ca`) names `host`.
 pub async fn upstream_named(upstream_ca: &Ca, host: &str) -> (SocketAddr, Arc<Seen>) {
-    let issuer = LeafIssuer::new(&upstream_ca.der, &upstream_ca.key_pem, 4).unwrap();
-    let acceptor = TlsAcceptor::from(issuer.server_config(host).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
-    let state = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            state.accepts.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, state) = (acceptor.clone(), state.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(upstream_handle(state, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .with_upgrades()
-                    .await;
+    let (counted, served) = (seen.clone(), seen.clone());
+    let on_accept = move || _ = counted.accepts.fetch_add(1, Ordering::SeqCst);
+    let addr = https_server(upstream_ca, host, &[], on_accept, move |tls| {
+        let state = served.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(upstream_handle(state, req).await) }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades()
+                .await;
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 
