@@ -116,6 +116,8 @@ pub fn upstream_unreachable(request: Refused<'_>, detail: &str) -> Response<Byte
 
 /// What a 504 says the upstream did not do, and the setting that bounds it: the answer head.
 pub const ANSWER_IN_TIME: &str = "answer within the response timeout (OPENSHELL_PROXY_RESPONSE_TIMEOUT_SECS)";
+/// ... the answer head of an `inference.local` route.
+pub const ROUTE_ANSWER_IN_TIME: &str = "answer within the route's timeout_secs, or the response timeout (OPENSHELL_PROXY_RESPONSE_TIMEOUT_SECS) when the route has none";
 /// ... the TCP connection.
 pub const CONNECT_IN_TIME: &str = "connect within the connect timeout (OPENSHELL_PROXY_CONNECT_TIMEOUT_SECS)";
 /// ... the upstream TLS handshake.

@@ -13,7 +13,7 @@ mod relay;
 mod upstream;
 
 pub(in crate::proxy::l7) use closing::{Tally, served_then_closed};
-pub(in crate::proxy::l7) use conn::{accept_client_tls, serve_h2_requests, serve_requests};
+pub(in crate::proxy::l7) use conn::{accept_client_tls, serve_requests};
 pub(in crate::proxy::l7) use headers::strip_hop_by_hop;
 
 use headers::wants_upgrade;
@@ -162,11 +162,7 @@ where
         let state = serving.clone();
         async move { state.handle(request).await }
     };
-    let served = if h2 {
-        serve_h2_requests(client, idle, shutdown, handle).await
-    } else {
-        serve_requests(client, idle, shutdown, handle).await
-    };
+    let served = serve_requests(client, h2, idle, shutdown, handle).await;
     // After a `101` the connection lives on in the relay: it ends (and is counted) there.
     let relay = state.upgraded.lock().unwrap_or_else(PoisonError::into_inner).take();
     if let Some(relay) = relay {

@@ -20,11 +20,10 @@ use tokio_rustls::TlsConnector;
 
 use super::{INFERENCE_HOST, MAX_BODY, Prepared, Shape, prepare};
 use crate::gateway::inference::InferenceBundle;
-use crate::proxy::l7::deny::{self, CONNECT_IN_TIME, HANDSHAKE_IN_TIME, Refused};
+use crate::proxy::l7::deny::{self, CONNECT_IN_TIME, HANDSHAKE_IN_TIME, ROUTE_ANSWER_IN_TIME, Refused};
 use crate::proxy::l7::path::{EncodedSlash, PathError, canonicalize};
 use crate::proxy::l7::session::{
-    Body, SessionError, accept_client_tls, full, serve_h2_requests, serve_requests, served_then_closed,
-    strip_hop_by_hop, upstream_failed,
+    Body, SessionError, accept_client_tls, full, serve_requests, served_then_closed, strip_hop_by_hop, upstream_failed,
 };
 use crate::shutdown::Shutdown;
 use crate::telemetry::AUDIT_TARGET;
@@ -71,11 +70,7 @@ where
                 handle(&session, request).await
             }
         };
-        let served = if h2 {
-            serve_h2_requests(tls, idle, shutdown, handle).await
-        } else {
-            serve_requests(tls, idle, shutdown, handle).await
-        };
+        let served = serve_requests(tls, h2, idle, shutdown, handle).await;
         served.map_err(|source| SessionError::Http { host: INFERENCE_HOST.to_owned(), source })
     })
     .await
@@ -196,8 +191,6 @@ where
     });
     tokio::time::timeout(answer, sender.send_request(request))
         .await
-        .map_err(|_| SendError::Timeout(
-            "answer within the route's timeout_secs, or the response timeout (OPENSHELL_PROXY_RESPONSE_TIMEOUT_SECS) when the route has none",
-        ))?
+        .map_err(|_| SendError::Timeout(ROUTE_ANSWER_IN_TIME))?
         .map_err(|e| SendError::Failed(format!("the exchange failed: {e}")))
 }

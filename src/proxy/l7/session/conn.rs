@@ -3,12 +3,13 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -34,10 +35,13 @@ where
         .map_err(|source| SessionError::ClientHandshake { host: host.to_owned(), source })
 }
 
-/// Serves HTTP/1.1 (with upgrades) on `client`, answering each request with `handle`,
-/// until the client closes, a request head takes longer than `idle`, or shutdown.
+/// Serves `client` with HTTP/2 when `h2` (the client chose it by ALPN; streams are judged and
+/// forwarded concurrently), else HTTP/1.1 with upgrades, answering each request with `handle`,
+/// until the client closes, a request head takes longer than `idle`, or shutdown (which lets
+/// the requests in flight finish).
 pub(in crate::proxy::l7) async fn serve_requests<IO, F, Fut>(
     client: IO,
+    h2: bool,
     idle: Duration,
     shutdown: Shutdown,
     handle: F,
@@ -52,48 +56,34 @@ where
         let handle = handle.clone();
         async move { Ok::<_, Infallible>(handle(request).await) }
     });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle)
-        .serve_connection(TokioIo::new(client), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.signalled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
+    let io = TokioIo::new(client);
+    if h2 {
+        let connection = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(idle / 2))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .serve_connection(io, service);
+        until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await
+    } else {
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(idle)
+            .serve_connection(io, service)
+            .with_upgrades();
+        until_shutdown(connection, &shutdown, |c| c.graceful_shutdown()).await
     }
 }
 
-/// Like [`serve_requests`] for HTTP/2: streams are judged and forwarded concurrently.
-pub(in crate::proxy::l7) async fn serve_h2_requests<IO, F, Fut>(
-    client: IO,
-    idle: Duration,
-    shutdown: Shutdown,
-    handle: F,
-) -> Result<(), hyper::Error>
+/// Runs `connection` to its end; at shutdown, `graceful` first asks it to finish.
+async fn until_shutdown<C>(connection: C, shutdown: &Shutdown, graceful: impl FnOnce(Pin<&mut C>)) -> hyper::Result<()>
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    C: Future<Output = hyper::Result<()>>,
 {
-    let handle = Arc::new(handle);
-    let service = service_fn(move |request| {
-        let handle = handle.clone();
-        async move { Ok::<_, Infallible>(handle(request).await) }
-    });
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(idle / 2))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .serve_connection(TokioIo::new(client), service);
-    tokio::pin!(connection);
+    let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => result,
         () = shutdown.signalled() => {
-            connection.as_mut().graceful_shutdown();
+            graceful(connection.as_mut());
             connection.await
         }
     }
