@@ -15,6 +15,11 @@ use openshell_sandbox::policy::Policy;
 use openshell_sandbox::policy::model::{Compatibility, FilesystemPolicy, LandlockPolicy, ProcessPolicy};
 use openshell_sandbox::sandbox::ChildSandbox;
 
+#[path = "agent_support/lib.rs"]
+mod agent_support;
+
+use agent_support::{inherit_fd, only_stdio};
+
 const PYTHON: &str = "/usr/bin/python3";
 
 fn policy(read_only: &[&Path], read_write: &[&Path], compatibility: Compatibility) -> Policy {
@@ -40,14 +45,20 @@ fn system_paths() -> Vec<&'static Path> {
 /// Runs `program args` under `sandbox` (bounded to 30 s); returns (exit code, stdout, stderr).
 fn run(sandbox: &Arc<ChildSandbox>, program: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let mut command = Command::new(program);
-    command.args(args).current_dir("/").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.args(args).stdin(Stdio::null());
+    run_command(sandbox, command)
+}
+
+/// Runs `command` (its own stdin and `pre_exec` hooks kept) under `sandbox`, from `/`.
+fn run_command(sandbox: &Arc<ChildSandbox>, mut command: Command) -> (Option<i32>, String, String) {
+    command.current_dir("/").stdout(Stdio::piped()).stderr(Stdio::piped());
     sandbox.apply(&mut command);
     let mut child = command.spawn().expect("spawn the sandboxed child");
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("{program} {args:?} did not finish in 30 s");
+            panic!("{command:?} did not finish in 30 s");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -236,4 +247,25 @@ fn a_failing_step_fails_the_spawn_and_names_the_step() {
     let note = std::fs::read_to_string(&log).unwrap();
     assert_eq!(note, "openshell-sandbox: child enforcement failed at setgroups\n");
     std::fs::remove_file(&log).unwrap();
+}
+
+#[test]
+fn children_get_stdio_and_no_inherited_descriptor_enforced_or_not() {
+    let enforced = ChildSandbox::prepare(
+        &policy(&system_paths(), &[], Compatibility::BestEffort),
+        &SeccompChoice::Baseline,
+        Path::new("/"),
+        false,
+    )
+    .unwrap();
+    for sandbox in [ChildSandbox::unenforced(), enforced] {
+        let mut command = Command::new("/bin/ls");
+        command.args(["-l", "/proc/self/fd"]).stdin(Stdio::null());
+        // As this test process holds them without close-on-exec (a supervisor's inheritance).
+        inherit_fd(&mut command, std::fs::File::open("/etc/passwd").unwrap().into(), 50);
+        inherit_fd(&mut command, std::os::unix::net::UnixStream::pair().unwrap().0.into(), 51);
+        let (code, out, err) = run_command(&sandbox, command);
+        assert_eq!(code, Some(0), "{err}");
+        only_stdio(&out);
+    }
 }
