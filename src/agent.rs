@@ -5,8 +5,10 @@
 pub mod child;
 pub mod env;
 pub mod gateway;
+pub mod pty;
 pub mod ready;
 pub mod ssh;
+pub mod terminal;
 pub mod workload;
 
 use std::path::PathBuf;
