@@ -5,8 +5,10 @@
 pub mod child;
 pub mod env;
 pub mod gateway;
+pub mod pty;
 pub mod ready;
 pub mod ssh;
+pub mod terminal;
 pub mod workload;
 
 use std::path::PathBuf;
@@ -94,9 +96,7 @@ impl ExitStatus for AgentError {
 /// `logs` is the queue of the gateway log layer installed with telemetry (`None` without
 /// a gateway); its lines are shipped with `PushSandboxLogs` through the proxy's forward.
 pub fn run(config: AgentConfig, logs: Option<LogQueue>) -> Result<Exit, AgentError> {
-    if config.nested {
-        tracing::warn!("nested mode: children run as this process, without privilege drop, Landlock or seccomp");
-    } else {
+    if !config.nested {
         // Before any child exists: no core dumps, no ptrace attach to the supervisor.
         crate::sandbox::harden_supervisor()?;
     }
@@ -131,11 +131,7 @@ async fn supervise(config: AgentConfig, logs: Option<LogQueue>) -> Result<Exit, 
     if !workdir.is_dir() {
         return Err(AgentError::Workdir { path: workdir });
     }
-    let sandbox = if config.nested {
-        ChildSandbox::unenforced()
-    } else {
-        ChildSandbox::prepare(&policy, &config.seccomp, &workdir, false)?
-    };
+    let sandbox = ChildSandbox::prepare(&policy, &config.seccomp, &workdir, config.nested)?;
     let identity = env::Identity::of(&sandbox);
     tracing::info!(user = %identity.user, workdir = %workdir.display(), "children run as");
     let child_env = env::ChildEnvSource::new(identity, &config.common.tls_dir);

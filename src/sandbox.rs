@@ -1,5 +1,6 @@
-//! Enforcement for agent children: privilege drop, no_new_privs, capability bounding
-//! set, Landlock and seccomp, applied in one order between fork and exec.
+//! Enforcement for agent children: stdio as their only descriptors, privilege drop,
+//! no_new_privs, capability bounding set, Landlock and seccomp, applied in one order
+//! between fork and exec.
 //!
 //! Interface contract (agent mode builds on it): everything that can fail for a policy
 //! reason is resolved once by [`ChildSandbox::prepare`] before any child is spawned; each
@@ -77,6 +78,11 @@ pub enum SandboxError {
     /// The kernel's highest capability number could not be read.
     #[error("reading /proc/sys/kernel/cap_last_cap failed: {reason}; is /proc mounted?")]
     CapLastCap { reason: String },
+    /// The kernel cannot keep the supervisor's descriptors from children.
+    #[error(
+        "this kernel cannot mark the supervisor's descriptors close-on-exec for its children (close_range with CLOSE_RANGE_CLOEXEC, Linux 5.11 or later): {source}; children would inherit them, so agent mode does not start: run it on Linux 5.11 or later"
+    )]
+    CloseRange { source: std::io::Error },
     /// The supervisor could not be made non-dumpable.
     #[error("making the supervisor non-dumpable (prctl PR_SET_DUMPABLE 0) failed: {source}")]
     Dumpable { source: nix::Error },
@@ -89,7 +95,7 @@ impl ExitStatus for SandboxError {
             | SandboxError::RootIdentity { .. }
             | SandboxError::NoPrimaryGroup { .. }
             | SandboxError::LandlockMissingPaths { .. } => Exit::InvalidPolicy,
-            SandboxError::LandlockUnavailable { .. } => Exit::Unavailable,
+            SandboxError::LandlockUnavailable { .. } | SandboxError::CloseRange { .. } => Exit::Unavailable,
             SandboxError::SeccompRead { .. }
             | SandboxError::SeccompProfile { .. }
             | SandboxError::NotPrivileged { .. } => Exit::Usage,
@@ -137,6 +143,7 @@ impl ChildSandbox {
         workdir: &Path,
         nested: bool,
     ) -> Result<Arc<Self>, SandboxError> {
+        syscalls::probe_close_range().map_err(|source| SandboxError::CloseRange { source })?;
         if nested {
             tracing::warn!("nested mode: children run as the supervisor, without privilege drop, Landlock or seccomp");
             return Ok(Self::unenforced());
@@ -159,7 +166,8 @@ impl ChildSandbox {
         Ok(Arc::new(ChildSandbox { user: Some(user), steps: Some(steps) }))
     }
 
-    /// No enforcement: children run as the supervisor, as in nested mode.
+    /// No enforcement: children run as the supervisor, as in nested mode (they still get
+    /// stdio only; `prepare` checks that the kernel can do that).
     pub fn unenforced() -> Arc<Self> {
         Arc::new(ChildSandbox { user: None, steps: None })
     }
@@ -182,15 +190,12 @@ impl ChildSandbox {
     /// Registers the enforcement steps as a `pre_exec` hook of `command`. Call it after
     /// every other `pre_exec` registration: hooks run in registration order and seccomp
     /// must come last. A failing step makes the spawn fail with that step's error.
+    /// Unenforced, the hook still keeps every descriptor but stdio from the child.
     #[allow(unsafe_code)]
     pub fn apply(self: &Arc<Self>, command: &mut std::process::Command) {
-        if self.steps.is_none() {
-            return;
-        }
         let sandbox = Arc::clone(self);
         let hook = move || {
-            let Some(steps) = &sandbox.steps else { return Ok(()) };
-            enforce::enforce(steps, &mut syscalls::Real).map_err(|failed| {
+            enforce::enforce(sandbox.steps.as_ref(), &mut syscalls::Real).map_err(|failed| {
                 syscalls::report_failure(failed.step);
                 failed.error
             })

@@ -13,21 +13,7 @@ const UID: u32 = 54321;
 
 /// The fixture with a policy that runs children as `UID` and a work dir they own.
 fn enforced_fixture() -> Option<Fixture> {
-    enforced_as(&UID.to_string(), UID)
-}
-
-/// The fixture with a policy that runs children as `user` (`uid`) and a work dir they own.
-fn enforced_as(user: &str, uid: u32) -> Option<Fixture> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: enforcement needs root (CAP_SETUID, CAP_SETGID, CAP_SETPCAP)");
-        return None;
-    }
-    let mut fixture = Fixture::new();
-    fixture.nested = false;
-    let policy = format!("version: 1\nprocess:\n  run_as_user: \"{user}\"\n  run_as_group: \"{uid}\"\n");
-    std::fs::write(fixture.path().join("policy.yaml"), policy).unwrap();
-    nix::unistd::chown(&fixture.work(), Some(uid.into()), Some(uid.into())).unwrap();
-    Some(fixture)
+    Fixture::enforced_as(&UID.to_string(), UID)
 }
 
 #[test]
@@ -59,7 +45,7 @@ fn the_pty_belongs_to_the_child_user() {
 fn sftp_writes_files_the_child_user_owns() {
     // sftp-server needs a passwd entry for its uid: `nobody` has one.
     const NOBODY: u32 = 65534;
-    let Some(fixture) = enforced_as("nobody", NOBODY) else { return };
+    let Some(fixture) = Fixture::enforced_as("nobody", NOBODY) else { return };
     let agent = fixture.start(|_| {});
     let local = fixture.path().join("local.txt");
     std::fs::write(&local, "hello").unwrap();
@@ -120,4 +106,35 @@ fn the_baseline_seccomp_profile_leaves_exec_and_pty_sessions_working() {
     let (code, out, err) = run(&mut agent.ssh(&["-tt", "sandbox@agent", "tty; exit 3"]));
     assert_eq!(code, 3, "{out} {err}");
     assert!(out.contains("/dev/pts/"), "{out}");
+}
+
+#[test]
+fn an_account_whose_shell_is_nologin_runs_commands_with_sh_logged_once() {
+    const NOBODY: u32 = 65534;
+    let passwd = nix::unistd::User::from_uid(NOBODY.into()).unwrap().expect("nobody has a passwd entry");
+    assert!(passwd.shell.ends_with("nologin"), "this test needs nobody's shell to be nologin: {passwd:?}");
+    let Some(fixture) = Fixture::enforced_as("nobody", NOBODY) else { return };
+    let log_path = fixture.path().join("agent.log");
+    let mut agent = fixture.start_logging(std::fs::File::create(&log_path).unwrap(), |_| {});
+    for args in [
+        &["sandbox@agent", "echo ran as $(id -un) with $SHELL"][..],
+        &["-tt", "sandbox@agent", "echo ran as $(id -un) with $SHELL"],
+    ] {
+        for _ in 0..2 {
+            let (code, out, err) = run(&mut agent.ssh(args));
+            assert_eq!((code, out.trim_end()), (0, "ran as nobody with /bin/sh"), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(agent.stop(), Some(0));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let replaced: Vec<&str> = log.lines().filter(|l| l.contains("login shell refuses logins")).collect();
+    assert_eq!(replaced.len(), 1, "{log}");
+    assert!(replaced[0].contains("nobody") && replaced[0].contains(&passwd.shell.display().to_string()), "{log}");
+
+    // The workload runs its program directly; tools it starts run $SHELL -c.
+    let mut cmd = fixture.agent_command();
+    cmd.args(["--", "sh", "-c", "test \"$SHELL\" = /bin/sh && \"$SHELL\" -c 'exit 5'"]);
+    let (code, _, err) = run(&mut cmd);
+    assert_eq!(code, 5, "{err}");
+    assert_eq!(err.matches("login shell refuses logins").count(), 1, "{err}");
 }

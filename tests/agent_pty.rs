@@ -5,86 +5,27 @@
 #[path = "agent_support/lib.rs"]
 mod agent_support;
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::sync::mpsc;
+#[path = "agent_support/terminal.rs"]
+mod terminal;
+
 use std::time::{Duration, Instant};
 
-use agent_support::Fixture;
-use nix::pty::{Winsize, openpty};
-
-nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, Winsize);
-
-fn winsize(rows: u16, cols: u16) -> Winsize {
-    Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 }
-}
-
-/// Everything the terminal shows, read by a thread.
-struct Screen {
-    rx: mpsc::Receiver<Vec<u8>>,
-    seen: String,
-}
-
-impl Screen {
-    fn new(master: &OwnedFd) -> Self {
-        let mut reader = File::from(master.try_clone().unwrap());
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = reader.read(&mut buf) {
-                if tx.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
-        Screen { rx, seen: String::new() }
-    }
-
-    /// Waits (bounded) until the screen shows `needle` after everything already consumed.
-    fn expect(&mut self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(at) = self.seen.find(needle) {
-                self.seen.drain(..at + needle.len());
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(chunk) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
-                Err(_) => panic!("the terminal never showed {needle:?}; it shows {:?}", self.seen),
-            }
-        }
-    }
-}
+use agent_support::{Fixture, wait_exit};
+use terminal::Terminal;
 
 #[test]
 fn pty_shell_with_window_change_terminal_and_exit_status() {
     let fixture = Fixture::new();
     let agent = fixture.start(|_| {});
-    let pair = openpty(&winsize(30, 100), None).unwrap();
+    let tty = Terminal::new(30, 100);
     let mut ssh = agent.ssh(&["-tt", "sandbox@agent"]);
-    ssh.env("TERM", "xterm-256color")
-        .stdin(pair.slave.try_clone().unwrap())
-        .stdout(pair.slave.try_clone().unwrap())
-        .stderr(pair.slave.try_clone().unwrap());
-    // SAFETY: only async-signal-safe calls between fork and exec: ssh gets the test's pty as
-    // its controlling terminal, so it receives SIGWINCH when the test resizes it.
-    unsafe {
-        ssh.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = ssh.spawn().unwrap();
+    ssh.env("TERM", "xterm-256color");
+    // ssh gets the test's pty as its controlling terminal, so it receives SIGWINCH when
+    // the test resizes it.
+    let mut child = tty.spawn(&mut ssh);
     drop(ssh);
-    drop(pair.slave);
-    let mut screen = Screen::new(&pair.master);
-    let mut keyboard = File::from(pair.master.try_clone().unwrap());
-    let mut type_line = |line: &str| keyboard.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut screen = tty.screen();
+    let type_line = |line: &str| tty.type_text(&format!("{line}\n"));
 
     type_line("echo size=$(stty size)");
     screen.expect("size=30 100");
@@ -105,8 +46,7 @@ fn pty_shell_with_window_change_terminal_and_exit_status() {
     };
     assert_eq!(sid, pid, "the shell leads its session: {rest:?}");
 
-    // SAFETY: a valid winsize on the test's own open pty master.
-    unsafe { set_winsize(pair.master.as_raw_fd(), &winsize(50, 132)) }.unwrap();
+    tty.resize(50, 132);
     // ssh forwards SIGWINCH as window-change; ask until the new size shows (bounded).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -120,13 +60,5 @@ fn pty_shell_with_window_change_terminal_and_exit_status() {
     }
 
     type_line("exit 7");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "ssh did not end after `exit 7`");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(7));
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(7));
 }

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use agent_support::{Fixture, run};
+use openshell_sandbox::volume;
 
 #[test]
 fn ready_timeout_exits_69_naming_the_dir_and_the_missing_file() {
@@ -28,6 +29,46 @@ fn ready_timeout_exits_69_naming_the_dir_and_the_missing_file() {
     let (code, _, err) = run(&mut cmd);
     assert_eq!(code, 69, "{err}");
     assert!(err.contains("ca-bundle.pem does not exist"), "{err}");
+}
+
+#[test]
+fn the_wait_for_ready_is_announced_once_with_the_files_the_dir_and_the_limit() {
+    use std::io::BufRead;
+    let fixture = Fixture::new();
+    let late = fixture.path().join("late-tls");
+    std::fs::create_dir_all(&late).unwrap();
+    let mut cmd = fixture.agent_command_in(&late);
+    cmd.args(["--ready-timeout-secs", "120"]);
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || stderr.lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    // Said when the wait starts, long before the 120 s limit.
+    let waiting = loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains("waiting for the proxy") => break line,
+            Ok(_) => {}
+            Err(_) => panic!("the agent never said that it waits for the proxy"),
+        }
+    };
+    for part in [".ready", "ca-bundle.pem", &late.display().to_string(), "120s", "OPENSHELL_PROXY_READY_TIMEOUT_SECS"] {
+        assert!(waiting.contains(part), "{part}: {waiting}");
+    }
+    // The proxy comes up: the agent goes on to serve, without saying it again.
+    for file in [volume::CA_BUNDLE_FILE, volume::READY_FILE] {
+        std::fs::copy(fixture.tls().join(file), late.join(file)).unwrap();
+    }
+    let mut agent = fixture.serving(child);
+    assert_eq!(agent.stop(), Some(0));
+    let mut rest = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        rest.push(line);
+    }
+    assert!(!rest.iter().any(|l| l.contains("waiting for the proxy")), "{rest:?}");
+
+    // Ready at the first look: nothing to say.
+    let (_, _, err) = run(fixture.agent_command().args(["--", "true"]));
+    assert!(!err.contains("waiting for the proxy") && err.contains("the workload ended"), "{err}");
 }
 
 #[test]

@@ -15,6 +15,14 @@ use openshell_sandbox::policy::Policy;
 use openshell_sandbox::policy::model::{Compatibility, FilesystemPolicy, LandlockPolicy, ProcessPolicy};
 use openshell_sandbox::sandbox::ChildSandbox;
 
+#[path = "agent_support/lib.rs"]
+mod agent_support;
+#[path = "agent_support/terminal.rs"]
+mod terminal;
+
+use agent_support::{inherit_fd, only_stdio};
+use terminal::Terminal;
+
 const PYTHON: &str = "/usr/bin/python3";
 
 fn policy(read_only: &[&Path], read_write: &[&Path], compatibility: Compatibility) -> Policy {
@@ -40,14 +48,20 @@ fn system_paths() -> Vec<&'static Path> {
 /// Runs `program args` under `sandbox` (bounded to 30 s); returns (exit code, stdout, stderr).
 fn run(sandbox: &Arc<ChildSandbox>, program: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let mut command = Command::new(program);
-    command.args(args).current_dir("/").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.args(args).stdin(Stdio::null());
+    run_command(sandbox, command)
+}
+
+/// Runs `command` (its own stdin and `pre_exec` hooks kept) under `sandbox`, from `/`.
+fn run_command(sandbox: &Arc<ChildSandbox>, mut command: Command) -> (Option<i32>, String, String) {
+    command.current_dir("/").stdout(Stdio::piped()).stderr(Stdio::piped());
     sandbox.apply(&mut command);
     let mut child = command.spawn().expect("spawn the sandboxed child");
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("{program} {args:?} did not finish in 30 s");
+            panic!("{command:?} did not finish in 30 s");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -236,4 +250,76 @@ fn a_failing_step_fails_the_spawn_and_names_the_step() {
     let note = std::fs::read_to_string(&log).unwrap();
     assert_eq!(note, "openshell-sandbox: child enforcement failed at setgroups\n");
     std::fs::remove_file(&log).unwrap();
+}
+
+#[test]
+fn children_get_stdio_and_no_inherited_descriptor_enforced_or_not() {
+    let enforced = ChildSandbox::prepare(
+        &policy(&system_paths(), &[], Compatibility::BestEffort),
+        &SeccompChoice::Baseline,
+        Path::new("/"),
+        false,
+    )
+    .unwrap();
+    for sandbox in [ChildSandbox::unenforced(), enforced] {
+        let mut command = Command::new("/bin/ls");
+        command.args(["-l", "/proc/self/fd"]).stdin(Stdio::null());
+        // As this test process holds them without close-on-exec (a supervisor's inheritance).
+        inherit_fd(&mut command, std::fs::File::open("/etc/passwd").unwrap().into(), 50);
+        inherit_fd(&mut command, std::os::unix::net::UnixStream::pair().unwrap().0.into(), 51);
+        let (code, out, err) = run_command(&sandbox, command);
+        assert_eq!(code, Some(0), "{err}");
+        only_stdio(&out);
+    }
+}
+
+const INJECT: &str = include_str!("agent_support/inject.py");
+
+/// Runs the injection script under `sandbox` as the session leader of a pty the test holds
+/// (its controlling terminal and stdin); returns its results and how many bytes it left
+/// waiting in that terminal's input.
+fn inject_into_own_terminal(sandbox: &Arc<ChildSandbox>) -> (BTreeMap<String, String>, usize) {
+    let tty = Terminal::new(24, 80);
+    let mut command = Command::new(PYTHON);
+    command.args(["-c", INJECT, "-", "/nonexistent/typed"]).stdin(tty.slave.try_clone().unwrap());
+    // SAFETY: setsid(2) and ioctl(2) only, async-signal-safe; registered before the
+    // sandbox's hook, as agent mode does.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (code, out, err) = run_command(sandbox, command);
+    assert_eq!(code, Some(0), "{err}");
+    let results = out.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    (results, tty.pending_input())
+}
+
+#[test]
+fn baseline_seccomp_refuses_tiocsti_and_tioclinux_whatever_the_high_bits() {
+    let sandbox = |seccomp| {
+        ChildSandbox::prepare(&policy(&[], &[], Compatibility::BestEffort), seccomp, Path::new("/"), false).unwrap()
+    };
+    let (got, pending) = inject_into_own_terminal(&sandbox(&SeccompChoice::Baseline));
+    for name in ["stdin", "high_bits", "dev_tty", "tioclinux"] {
+        assert_eq!(got[name], "EPERM", "{name}: {got:?}");
+    }
+    assert_eq!((got["own_input"].as_str(), pending), ("none", 0), "{got:?}");
+
+    // Control: without the filter the same unprivileged child types into its controlling
+    // terminal (unless the kernel refuses TIOCSTI to everyone, dev.tty.legacy_tiocsti = 0).
+    let legacy = std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").map_or(true, |v| v.trim() != "0");
+    let typed = if legacy { "ok" } else { "EIO" };
+    let (got, pending) = inject_into_own_terminal(&sandbox(&SeccompChoice::Off));
+    for name in ["stdin", "high_bits", "dev_tty"] {
+        assert_eq!(got[name], typed, "{name}: {got:?}");
+    }
+    assert_eq!(got["tioclinux"], "ENOTTY", "a pty is not a virtual console: {got:?}");
+    if legacy {
+        assert_eq!(got["own_input"], "touch /nonexistent/typed", "{got:?}");
+        assert!(pending > 0, "two more typed lines wait: {got:?}");
+    }
 }

@@ -1,23 +1,29 @@
 //! Starting children (SSH sessions and the workload) under one set of rules: the child
-//! environment built from nothing, the working directory, an optional new session with a
-//! controlling terminal, and the sandbox's enforcement as the last `pre_exec` step.
+//! environment built from nothing, the working directory, a new session (with a pty of its
+//! own as controlling terminal, or none), and the sandbox's enforcement as the last
+//! `pre_exec` step.
 
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use nix::sys::termios::Termios;
+
 use super::env::{ChildEnvSource, Identity};
+use super::pty::{self, Master, Size};
 use crate::sandbox::ChildSandbox;
 
-/// How a child relates to sessions and terminals.
+/// How a child relates to sessions and terminals. Every child leads a new session (and
+/// process group), so signals reach all it starts and no terminal of the supervisor's is
+/// its controlling terminal (`TIOCSTI` works only there for an unprivileged process).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Session {
-    /// Stays in the supervisor's session and process group (the workload).
-    Inherit,
-    /// Leads a new session (and process group), so signals reach all it starts.
+    /// A new session without a controlling terminal.
     New,
-    /// Leads a new session whose controlling terminal is its stdin (a pty slave).
+    /// A new session whose controlling terminal is the first of its stdin, stdout and
+    /// stderr that is a terminal: the pty slave from [`Launcher::open_pty`].
     Terminal,
 }
 
@@ -40,11 +46,6 @@ impl Launcher {
         self.env.identity()
     }
 
-    /// The sandbox's child user; `None` when children run as the supervisor.
-    pub fn sandbox_user(&self) -> Option<&crate::sandbox::ChildUser> {
-        self.sandbox.user()
-    }
-
     /// The children's working directory.
     pub fn workdir(&self) -> &Path {
         &self.workdir
@@ -55,14 +56,21 @@ impl Launcher {
     pub fn command(&self, program: impl AsRef<OsStr>, term: Option<&str>, session: Session) -> std::process::Command {
         let mut command = std::process::Command::new(program);
         command.env_clear().envs(self.env.env(term)).current_dir(&self.workdir);
-        match session {
-            Session::Inherit => {}
-            Session::New => new_session(&mut command, false),
-            Session::Terminal => new_session(&mut command, true),
-        }
+        new_session(&mut command, session == Session::Terminal);
         // Hooks run in registration order: the sandbox's must be the last one.
         self.sandbox.apply(&mut command);
         command
+    }
+
+    /// A new pty pair for a child: the slave belongs to the user children run as (mode
+    /// 0620, as sshd does), so the child may open it by the name `tty` prints.
+    pub fn open_pty(&self, size: Size, modes: Option<&Termios>) -> std::io::Result<(Master, OwnedFd)> {
+        let (master, slave) = pty::open(size, modes)?;
+        if let Some(user) = self.sandbox.user() {
+            nix::unistd::fchown(&slave, Some(user.uid.into()), Some(user.gid.into()))?;
+            nix::sys::stat::fchmod(&slave, nix::sys::stat::Mode::from_bits_truncate(0o620))?;
+        }
+        Ok((master, slave))
     }
 
     /// A command running `line` through the user's shell (`shell -c line`), as sshd does.
@@ -88,20 +96,31 @@ impl Launcher {
     }
 }
 
-/// Registers `setsid()` and, with `terminal`, `TIOCSCTTY` on stdin, between fork and exec.
+/// Registers `setsid()` and, with `terminal`, `TIOCSCTTY` on the first of fds 0, 1 and 2
+/// that is a terminal (the others answer ENOTTY), between fork and exec.
 #[allow(unsafe_code)]
 fn new_session(command: &mut std::process::Command, terminal: bool) {
-    // SAFETY: the hook runs in the forked child before exec and calls only setsid(2) and
-    // ioctl(2), both async-signal-safe; it touches no memory of the parent.
+    // SAFETY: the hook runs in the forked child before exec (after stdio is in place) and
+    // calls only setsid(2) and ioctl(2), both async-signal-safe; it touches no memory of
+    // the parent.
     unsafe {
         command.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
+            if !terminal {
+                return Ok(());
             }
-            Ok(())
+            for fd in 0..3 {
+                if libc::ioctl(fd, libc::TIOCSCTTY, 0) == 0 {
+                    return Ok(());
+                }
+                let error = std::io::Error::last_os_error();
+                if error.raw_os_error() != Some(libc::ENOTTY) {
+                    return Err(error);
+                }
+            }
+            Err(std::io::Error::from_raw_os_error(libc::ENOTTY))
         });
     }
 }
@@ -129,18 +148,29 @@ mod tests {
     }
 
     #[test]
-    fn a_new_session_leads_its_own_session() {
+    fn a_new_session_leads_its_own_session_without_a_terminal() {
         let dir = tempfile::tempdir().unwrap();
-        // Field 6 of /proc/PID/stat is the session id.
-        let line = "cut -d' ' -f6 /proc/$$/stat; echo $$";
+        // Field 6 of /proc/PID/stat is the session id, field 7 the controlling terminal.
+        let line = "cut -d' ' -f6,7 /proc/$$/stat; echo $$";
         let out = launcher(dir.path()).shell_command(line, None, Session::New).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let fields: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(fields.len(), 2, "{text}");
-        assert_eq!(fields[0], fields[1], "the child leads its session: {text}");
-        let out = launcher(dir.path()).shell_command(line, None, Session::Inherit).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let fields: Vec<&str> = text.split_whitespace().collect();
-        assert_ne!(fields[0], fields[1], "an inheriting child does not: {text}");
+        assert_eq!(fields.len(), 3, "{text}");
+        assert_eq!(fields[0], fields[2], "the child leads its session: {text}");
+        assert_eq!(fields[1], "0", "and has no controlling terminal: {text}");
+    }
+
+    #[tokio::test]
+    async fn a_terminal_session_takes_the_pty_on_whichever_stdio_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = launcher(dir.path());
+        // Only stdout is the pty: stdin is a pipe, so the hook must pass over fd 0.
+        let (_master, slave) = launcher.open_pty(Size { cols: 80, rows: 24, ..Size::default() }, None).unwrap();
+        let mut command =
+            launcher.shell_command("test ! -t 0 && test -t 1 && : </dev/tty && echo ok >&2", None, Session::Terminal);
+        command.stdin(std::process::Stdio::piped()).stdout(slave).stderr(std::process::Stdio::piped());
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "ok\n");
     }
 }

@@ -37,6 +37,9 @@ pub const SSH_DISABLED: &str = "SSH disabled: use HTTPS";
 /// positional parameters and ignores them.
 pub const GIT_SSH_COMMAND: &str = "sh -c 'echo \"SSH disabled: use HTTPS\" >&2; exit 1' git-ssh-disabled";
 
+/// The shell that runs children's commands when the account's own cannot.
+pub const FALLBACK_SHELL: &str = "/bin/sh";
+
 /// Who a child runs as, for `HOME`, `USER` and `SHELL`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -44,27 +47,70 @@ pub struct Identity {
     pub user: String,
     /// Home directory.
     pub home: PathBuf,
-    /// Login shell.
+    /// The shell that runs commands (`shell -c`) and SSH shells: the passwd entry's, or
+    /// [`FALLBACK_SHELL`] when that one cannot run commands (see [`command_shell`]).
     pub shell: PathBuf,
 }
 
 impl Identity {
     /// The sandbox's child user, or the supervisor's own passwd entry when children run
-    /// as the supervisor (nested mode).
+    /// as the supervisor (nested mode). Called once, at startup: a replaced login shell
+    /// is logged here.
     pub fn of(sandbox: &ChildSandbox) -> Self {
-        if let Some(user) = sandbox.user() {
-            return Identity { user: user.name.clone(), home: user.home.clone(), shell: user.shell.clone() };
-        }
-        let uid = nix::unistd::getuid();
-        match nix::unistd::User::from_uid(uid) {
-            Ok(Some(user)) => Identity { user: user.name, home: user.dir, shell: user.shell },
-            _ => Identity { user: uid.to_string(), home: "/".into(), shell: "/bin/sh".into() },
-        }
+        let (user, home, shell) = match sandbox.user() {
+            Some(user) => (user.name.clone(), user.home.clone(), user.shell.clone()),
+            None => {
+                let uid = nix::unistd::getuid();
+                match nix::unistd::User::from_uid(uid) {
+                    Ok(Some(user)) => (user.name, user.dir, user.shell),
+                    _ => (uid.to_string(), "/".into(), FALLBACK_SHELL.into()),
+                }
+            }
+        };
+        let shell = command_shell(&user, shell);
+        Identity { user, home, shell }
     }
 
-    /// The shell children are started with; `/bin/sh` when the entry names none.
+    /// The shell children are started with.
     pub fn shell(&self) -> &Path {
-        if self.shell.as_os_str().is_empty() { Path::new("/bin/sh") } else { &self.shell }
+        &self.shell
+    }
+}
+
+/// The account's login shell when it can run commands, else [`FALLBACK_SHELL`], logged.
+/// The supervisor runs the agent's commands, so an account that refuses logins (`nobody`
+/// with `nologin`) still runs them, as OpenShell's own supervisor does.
+pub fn command_shell(user: &str, shell: PathBuf) -> PathBuf {
+    match why_unusable(&shell) {
+        None => shell,
+        Some(why) => {
+            tracing::info!(
+                user,
+                shell = %shell.display(),
+                "the account's login shell {why}: children's commands and SSH shells use {FALLBACK_SHELL}"
+            );
+            PathBuf::from(FALLBACK_SHELL)
+        }
+    }
+}
+
+/// Why `shell` cannot run commands, or `None` when it can: empty, not absolute, a login
+/// refuser (`nologin`, `false`, whatever its directory), missing, or not an executable file.
+fn why_unusable(shell: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    if shell.as_os_str().is_empty() {
+        return Some("is empty");
+    }
+    if !shell.is_absolute() {
+        return Some("is not an absolute path");
+    }
+    if matches!(shell.file_name().and_then(|n| n.to_str()), Some("nologin" | "false")) {
+        return Some("refuses logins");
+    }
+    match std::fs::metadata(shell) {
+        Err(_) => Some("does not exist"),
+        Ok(meta) if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 => Some("is not executable"),
+        Ok(_) => None,
     }
 }
 
@@ -230,12 +276,30 @@ mod tests {
     }
 
     #[test]
-    fn term_defaults_to_dumb_and_shell_to_sh() {
-        let mut id = identity();
-        id.shell = PathBuf::new();
-        let env = build(&id, None, |_| None, &ChildEnv::new());
+    fn term_defaults_to_dumb() {
+        let env = build(&identity(), None, |_| None, &ChildEnv::new());
         assert_eq!(env["TERM"], "dumb");
-        assert_eq!(env["SHELL"], "/bin/sh");
+    }
+
+    #[test]
+    fn shells_that_cannot_run_commands_become_sh() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let not_executable = dir.path().join("zsh");
+        std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&not_executable, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refusers = ["/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false", "/opt/x/nologin"];
+        let others = ["", "bash", "/no/such/shell", "/etc", not_executable.to_str().unwrap()];
+        for shell in refusers.into_iter().chain(others) {
+            assert_eq!(command_shell("nobody", shell.into()), Path::new(FALLBACK_SHELL), "{shell:?}");
+        }
+        assert_eq!(command_shell("u", "/bin/sh".into()), Path::new("/bin/sh"));
+        let executable = dir.path().join("nologin.sh");
+        std::fs::write(&executable, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&executable, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(command_shell("u", executable.clone()), executable, "only the file name `nologin` refuses");
+        let id = Identity { shell: command_shell("nobody", "/usr/sbin/nologin".into()), ..identity() };
+        assert_eq!(build(&id, None, |_| None, &ChildEnv::new())["SHELL"], FALLBACK_SHELL);
     }
 
     #[test]

@@ -34,13 +34,24 @@ impl ExitStatus for ReadyError {
 }
 
 /// Blocks until `dir` holds a valid `.ready` and `ca-bundle.pem`, or `timeout` passes.
+/// When they are not there at the first look, says once what it waits for.
 pub fn wait_ready(dir: &Path, timeout: Duration) -> Result<(), ReadyError> {
     let started = Instant::now();
+    let mut said = false;
     loop {
         let missing = match what_is_missing(dir) {
             None => return Ok(()),
             Some(missing) => missing,
         };
+        if !said {
+            said = true;
+            tracing::info!(
+                "waiting for the proxy's {READY_FILE} and {CA_BUNDLE_FILE} in {} (now: {missing}), \
+                 at most {}s (OPENSHELL_PROXY_READY_TIMEOUT_SECS)",
+                dir.display(),
+                timeout.as_secs()
+            );
+        }
         if started.elapsed() >= timeout {
             return Err(ReadyError { dir: dir.to_owned(), missing, waited: timeout });
         }

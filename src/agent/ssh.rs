@@ -6,7 +6,6 @@
 mod forward;
 mod handler;
 mod keys;
-mod pty;
 mod session;
 mod signals;
 

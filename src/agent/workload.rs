@@ -1,14 +1,17 @@
 //! The workload (design.md section 4, step 6): the command after `--`, started like every
-//! other child, with the supervisor's stdio. SIGTERM and SIGINT are passed on to it; its
-//! exit status becomes the supervisor's (128 + n when signal n ended it).
+//! other child, in a session of its own: on a pty of its own when the supervisor has a
+//! terminal (see [`super::terminal`]), else with the supervisor's stdio. SIGTERM and SIGINT
+//! are passed on to its process group; its exit status becomes the supervisor's (128 + n
+//! when signal n ended it).
 
 use std::process::Stdio;
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::child::{Launcher, Session};
+use super::terminal::Outer;
 use crate::{Exit, ExitStatus};
 
 /// Failures of running the workload.
@@ -22,6 +25,9 @@ pub enum WorkloadError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The workload's pty could not be set up.
+    #[error("cannot give the workload a terminal of its own: {0}")]
+    Terminal(std::io::Error),
     /// Signal handling or waiting failed.
     #[error("cannot supervise the workload: {0}")]
     Supervise(std::io::Error),
@@ -33,7 +39,7 @@ impl ExitStatus for WorkloadError {
             // The shell's conventions: 127 not found, 126 found but not executable.
             WorkloadError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Exit::Workload(127),
             WorkloadError::Spawn { .. } => Exit::Workload(126),
-            WorkloadError::Supervise(_) => Exit::Internal,
+            WorkloadError::Terminal(_) | WorkloadError::Supervise(_) => Exit::Internal,
         }
     }
 }
@@ -41,17 +47,26 @@ impl ExitStatus for WorkloadError {
 /// Runs `argv` to its end and returns its status as the supervisor's.
 pub async fn run(launcher: &Launcher, argv: &[String]) -> Result<Exit, WorkloadError> {
     let Some((program, args)) = argv.split_first() else { return Ok(Exit::Success) };
-    // The workload shares the supervisor's terminal, so it gets the supervisor's TERM.
+    // The workload shows on the supervisor's terminal, so it gets the supervisor's TERM.
     let term = std::env::var("TERM").ok();
-    let mut command = launcher.command(program, term.as_deref(), Session::Inherit);
+    let outer = Outer::detect();
+    let session = if outer.is_some() { Session::Terminal } else { Session::New };
+    let mut command = launcher.command(program, term.as_deref(), session);
     command.args(args).stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    let pty = outer.map(|outer| outer.attach(launcher, &mut command)).transpose().map_err(WorkloadError::Terminal)?;
     let mut term_signal = signal(SignalKind::terminate()).map_err(WorkloadError::Supervise)?;
     let mut int_signal = signal(SignalKind::interrupt()).map_err(WorkloadError::Supervise)?;
+    let mut relay = pty.map(|pty| pty.relay()).transpose().map_err(WorkloadError::Terminal)?;
+    // `command`, with the parent's copies of the pty slave, is gone after this statement.
     let mut child = tokio::process::Command::from(command)
         .spawn()
         .map_err(|source| WorkloadError::Spawn { command: program.clone(), source })?;
+    // It leads its own session, so its pid is also its process group.
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1).map(Pid::from_raw);
-    tracing::info!(pid = ?pid, command = %program, "started the workload");
+    tracing::info!(pid = ?pid, command = %program, pty = relay.is_some(), "started the workload");
+    if let Some(Err(e)) = relay.as_mut().map(|r| r.raw_mode()) {
+        tracing::warn!("cannot put the terminal in raw mode, keys are line-buffered and echoed twice: {e}");
+    }
     let status = loop {
         let forward = tokio::select! {
             status = child.wait() => break status.map_err(WorkloadError::Supervise)?,
@@ -60,9 +75,12 @@ pub async fn run(launcher: &Launcher, argv: &[String]) -> Result<Exit, WorkloadE
         };
         tracing::info!(signal = forward.as_str(), "passing the signal on to the workload");
         if let Some(pid) = pid {
-            let _ = kill(pid, forward);
+            let _ = killpg(pid, forward);
         }
     };
+    if let Some(relay) = relay {
+        relay.finish().await;
+    }
     let exit = exit_of(status);
     tracing::info!(code = exit.code(), "the workload ended");
     Ok(exit)

@@ -25,8 +25,14 @@ pub struct Steps {
     pub seccomp: Vec<BpfProgram>,
 }
 
+/// The first descriptor a child does not keep: it gets stdin, stdout and stderr only.
+pub const FIRST_UNKEPT_FD: u32 = 3;
+
 /// The system calls of the steps; [`super::syscalls::Real`] makes them, tests record them.
 pub trait Syscalls {
+    /// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`: every descriptor from `first` on
+    /// closes at exec.
+    fn close_on_exec_from(&mut self, first: u32) -> io::Result<()>;
     /// `setgroups(2)`.
     fn setgroups(&mut self, groups: &[libc::gid_t]) -> io::Result<()>;
     /// `PR_CAPBSET_DROP` for every capability up to `last_cap`.
@@ -61,7 +67,17 @@ fn at(step: &'static str) -> impl FnOnce(io::Error) -> Failed {
 }
 
 /// Applies every step, in the one order that works; the first failure stops the spawn.
-pub fn enforce(steps: &Steps, sys: &mut impl Syscalls) -> Result<(), Failed> {
+/// Without `steps` (nested mode, nothing enforced) only step 0 runs.
+pub fn enforce(steps: Option<&Steps>, sys: &mut impl Syscalls) -> Result<(), Failed> {
+    // 0. Descriptors: whatever the supervisor inherited or opened without close-on-exec
+    //    (a terminal, a socket, another child's pty) must not reach a child, sandboxed or
+    //    not, so this step comes before the early return for nested mode. Marking instead
+    //    of closing: std reports exec failures through a close-on-exec pipe that must stay
+    //    open until exec, and so must the Landlock ruleset used in step 6. It needs no
+    //    privilege, so it may come first, and must come before seccomp (step 7), which a
+    //    profile could make refuse close_range.
+    sys.close_on_exec_from(FIRST_UNKEPT_FD).map_err(at("mark descriptors close-on-exec (close_range)"))?;
+    let Some(steps) = steps else { return Ok(()) };
     // 1. Supplementary groups first: setgroups needs CAP_SETGID, which the uid change
     //    below takes away, and the supervisor's own groups (root's) must not leak.
     sys.setgroups(&steps.groups).map_err(at("setgroups"))?;
@@ -117,6 +133,9 @@ mod tests {
     }
 
     impl Syscalls for Recorder {
+        fn close_on_exec_from(&mut self, first: u32) -> io::Result<()> {
+            self.call("close_on_exec_from", format!("({first})"))
+        }
         fn setgroups(&mut self, groups: &[libc::gid_t]) -> io::Result<()> {
             self.call("setgroups", format!("{groups:?}"))
         }
@@ -162,8 +181,9 @@ mod tests {
     #[test]
     fn steps_run_in_the_documented_order() {
         let mut rec = Recorder::default();
-        enforce(&steps(true), &mut rec).unwrap();
+        enforce(Some(&steps(true)), &mut rec).unwrap();
         let expected = [
+            "close_on_exec_from(3)",
             "setgroups[100, 200]",
             "drop_bounding_set(40)",
             "bounding_set_is_empty",
@@ -181,15 +201,30 @@ mod tests {
     #[test]
     fn no_ruleset_skips_only_landlock() {
         let mut rec = Recorder::default();
-        enforce(&steps(false), &mut rec).unwrap();
+        enforce(Some(&steps(false)), &mut rec).unwrap();
         assert!(!rec.calls.iter().any(|c| c.starts_with("landlock")));
-        assert_eq!(rec.calls.len(), 9);
+        assert_eq!(rec.calls.len(), 10);
+    }
+
+    #[test]
+    fn without_steps_only_the_descriptors_are_marked() {
+        let mut rec = Recorder::default();
+        enforce(None, &mut rec).unwrap();
+        assert_eq!(rec.calls, ["close_on_exec_from(3)"]);
+    }
+
+    #[test]
+    fn descriptors_are_marked_before_anything_else_and_a_failure_stops_the_spawn() {
+        let mut rec = Recorder { fail: Some("close_on_exec_from"), ..Recorder::default() };
+        let failed = enforce(Some(&steps(true)), &mut rec).unwrap_err();
+        assert_eq!(failed.step, "mark descriptors close-on-exec (close_range)");
+        assert_eq!(rec.calls, ["close_on_exec_from(3)"], "no identity change, no filter after the failure");
     }
 
     #[test]
     fn a_failing_step_stops_everything_after_it() {
         let mut rec = Recorder { fail: Some("setresgid"), ..Recorder::default() };
-        let failed = enforce(&steps(true), &mut rec).unwrap_err();
+        let failed = enforce(Some(&steps(true)), &mut rec).unwrap_err();
         assert_eq!((failed.step, failed.error.raw_os_error()), ("setresgid", Some(libc::EPERM)));
         assert_eq!(rec.calls.last().map(String::as_str), Some("setresgid(100)"));
     }
@@ -197,7 +232,7 @@ mod tests {
     #[test]
     fn a_bounding_set_that_stays_non_empty_fails_before_the_uid_changes() {
         let mut rec = Recorder { bounding_left: true, ..Recorder::default() };
-        let failed = enforce(&steps(true), &mut rec).unwrap_err();
+        let failed = enforce(Some(&steps(true)), &mut rec).unwrap_err();
         assert_eq!(failed.step, "capability bounding set not empty");
         assert_eq!(rec.calls.last().map(String::as_str), Some("bounding_set_is_empty"));
     }

@@ -95,6 +95,24 @@ mod tests {
     }
 
     #[test]
+    fn the_baseline_refuses_terminal_injection_on_the_low_32_bits_of_the_request() {
+        let doc: serde_json::Value = serde_json::from_str(BASELINE).unwrap();
+        let rules = doc["deny_with_eperm"]["filter"].as_array().unwrap();
+        for request in [libc::TIOCSTI, libc::TIOCLINUX] {
+            let rule = rules
+                .iter()
+                .find(|r| r["syscall"] == "ioctl" && r["args"][0]["val"] == u64::from(request as u32))
+                .unwrap_or_else(|| panic!("no ioctl rule for {request:#x}"));
+            let arg = &rule["args"][0];
+            assert_eq!(
+                (arg["index"].as_u64(), arg["type"].as_str(), arg["op"].as_str()),
+                (Some(1), Some("dword"), Some("eq"))
+            );
+            assert_eq!(rule["args"].as_array().unwrap().len(), 1, "the request alone decides");
+        }
+    }
+
+    #[test]
     fn off_compiles_nothing() {
         assert!(prepare(&SeccompChoice::Off).unwrap().is_empty());
     }

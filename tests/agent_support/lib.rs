@@ -72,6 +72,22 @@ impl Fixture {
         Fixture { dir, nested: true }
     }
 
+    /// The fixture with enforcement (not nested): a policy that runs children as `user`
+    /// (`uid`, also the group) and a work dir they own. `None`, said on stderr, unless
+    /// the test runs as root (CAP_SETUID, CAP_SETGID, CAP_SETPCAP).
+    pub fn enforced_as(user: &str, uid: u32) -> Option<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: enforcement needs root (CAP_SETUID, CAP_SETGID, CAP_SETPCAP)");
+            return None;
+        }
+        let mut fixture = Fixture::new();
+        fixture.nested = false;
+        let policy = format!("version: 1\nprocess:\n  run_as_user: \"{user}\"\n  run_as_group: \"{uid}\"\n");
+        std::fs::write(fixture.path().join("policy.yaml"), policy).unwrap();
+        nix::unistd::chown(&fixture.work(), Some(uid.into()), Some(uid.into())).unwrap();
+        Some(fixture)
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -118,13 +134,57 @@ impl Fixture {
 
     /// Starts the agent and waits until its SSH socket answers.
     pub fn start(&self, extra: impl FnOnce(&mut Command)) -> Agent {
+        self.start_logging(Stdio::inherit(), extra)
+    }
+
+    /// Like [`Fixture::start`], with the agent's stderr (its log) going to `log`.
+    pub fn start_logging(&self, log: impl Into<Stdio>, extra: impl FnOnce(&mut Command)) -> Agent {
         let mut cmd = self.agent_command();
         extra(&mut cmd);
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
+        self.serving(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap())
+    }
+
+    /// Waits until the agent started as `child` (with this fixture's socket) answers.
+    pub fn serving(&self, child: Child) -> Agent {
         let mut agent = Agent { child: Some(child), socket: self.socket(), relay: self.path().join("relay.py") };
         agent.wait_listening();
         agent
     }
+}
+
+/// Makes `fd` the child's descriptor `at`, without close-on-exec: a descriptor the
+/// supervisor inherits and never asked for, as a careless parent would leave it.
+#[allow(unsafe_code)]
+pub fn inherit_fd(cmd: &mut Command, fd: std::os::fd::OwnedFd, at: i32) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2(2) only, async-signal-safe; `fd` stays open, owned by the hook, until
+    // the command is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd.as_raw_fd(), at) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The descriptors `ls -l /proc/self/fd` listed, as (number, target); panics unless the
+/// listing holds exactly 0, 1, 2 and `ls`'s own handle on the directory it reads.
+pub fn only_stdio(listing: &str) -> Vec<(u32, String)> {
+    let mut fds: Vec<(u32, String)> = listing
+        .lines()
+        .filter_map(|l| l.split_once(" -> "))
+        .map(|(left, target)| (left.rsplit(' ').next().unwrap().parse().unwrap(), target.trim_end().to_owned()))
+        .collect();
+    fds.sort();
+    let numbers: Vec<u32> = fds.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, [0, 1, 2, 3], "{listing}");
+    let dir = &fds[3].1;
+    let pid = dir.strip_prefix("/proc/").and_then(|d| d.strip_suffix("/fd")).unwrap_or_default();
+    assert!(pid.parse::<u32>().is_ok(), "descriptor 3 is ls's own directory handle, not {dir}: {listing}");
+    fds
 }
 
 /// A free TCP port on loopback (bound and released: the agent binds it again).
@@ -173,18 +233,7 @@ impl Agent {
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the agent did not stop within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(&mut child, Duration::from_secs(10))
     }
 }
 
@@ -194,6 +243,23 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Waits (bounded) for `child` to exit; its exit code. Past `limit` it is killed and the
+/// test fails.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

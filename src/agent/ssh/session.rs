@@ -18,9 +18,9 @@ use tokio::process::{Child, ChildStdin};
 use tokio::task::JoinSet;
 
 use super::Shared;
-use super::pty::{self, Master, Size};
 use super::signals::{to_sig, to_signal};
 use crate::agent::child::Session;
+use crate::agent::pty::{self, Master, Size};
 
 /// How long output may still drain after the child exited (a background process that
 /// keeps the pipes or the pty open does not hold the channel open for longer).
@@ -211,17 +211,12 @@ fn start(
     let mut pumps = JoinSet::new();
     let (child, input) = match pty {
         Some(pty) => {
-            let (master, slave) = pty::open(pty.size)?;
-            if let Some(user) = launcher.sandbox_user() {
-                // As sshd does: the terminal belongs to the user it serves (mode 0620).
-                nix::unistd::fchown(&slave, Some(user.uid.into()), Some(user.gid.into()))?;
-                nix::sys::stat::fchmod(&slave, nix::sys::stat::Mode::from_bits_truncate(0o620))?;
-            }
+            let (master, slave) = launcher.open_pty(pty.size, None)?;
             command.stdin(slave.try_clone()?).stdout(slave.try_clone()?).stderr(slave);
             let child = tokio::process::Command::from(command).kill_on_drop(true).spawn()?;
             // `command` is gone: the parent holds no slave fd, so the master reads EIO at the end.
             let master = Arc::new(master);
-            pumps.spawn(pump_pty(master.clone(), channel.make_writer()));
+            pumps.spawn(pty::copy_output(master.clone(), channel.make_writer()));
             (child, Input::Pty(master))
         }
         None => {
@@ -245,21 +240,6 @@ fn start(
 
 async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
     let _ = tokio::io::copy(&mut from, &mut to).await;
-    let _ = to.flush().await;
-}
-
-async fn pump_pty(master: Arc<Master>, mut to: impl AsyncWrite + Unpin) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match master.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
     let _ = to.flush().await;
 }
 
