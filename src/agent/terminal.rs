@@ -135,6 +135,9 @@ impl Relay {
         let Some(saved) = &self.modes else { return Ok(()) };
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
+        // Output processing stays on: the supervisor's own log lines (plain `\n`) start at
+        // the left margin; the pty's `\r\n` becomes `\r\r\n`, which shows the same.
+        raw.output_flags |= termios::OutputFlags::OPOST | termios::OutputFlags::ONLCR;
         termios::tcsetattr(io::stdin(), SetArg::TCSADRAIN, &raw).map_err(io::Error::from)?;
         self.raw = Some(RawMode(saved.clone()));
         Ok(())
