@@ -591,6 +591,27 @@ fn allowed_ips_may_not_cover_loopback_link_local_or_unspecified() {
 }
 
 #[test]
+fn allowed_ips_may_not_cover_reserved_ranges_or_ipv6_that_carries_ipv4() {
+    let yaml = format!(
+        "{HEAD}      - host: a.example.com\n        port: 443\n        allowed_ips: [198.18.0.0/15, \"2002::/16\", \"fec0::/10\", \"::10.0.0.0/104\", \"fd00::/8\", \"64:ff9b:1::/48\"]\n"
+    );
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(
+        errs[0].contains("`198.18.0.0/15` covers benchmarking addresses, which are never reachable"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].contains("`2002::/16` covers 6to4 addresses") && errs[1].contains("write the IPv4 range"),
+        "{}",
+        errs[1]
+    );
+    assert!(errs[2].contains("covers site-local (deprecated) addresses"), "{}", errs[2]);
+    assert!(errs[3].contains("covers IPv4-compatible addresses"), "{}", errs[3]);
+}
+
+#[test]
 fn root_is_refused_as_the_workload_user() {
     assert_eq!(
         error("process:\n  run_as_user: root\n"),
