@@ -53,13 +53,8 @@ pub async fn resolve(target: &Target<'_>, timeout: Duration) -> Result<Vec<Socke
 pub fn check(target: &Target<'_>, ip: IpAddr) -> Result<(), String> {
     let ip = ip.to_canonical();
     let host = target.host;
-    let shown = match ip {
-        IpAddr::V6(v6) => match carried_ipv4(v6) {
-            Some(c) => format!("{ip} ({}, carrying {})", c.form, c.ipv4),
-            None => ip.to_string(),
-        },
-        IpAddr::V4(_) => ip.to_string(),
-    };
+    let carried = if let IpAddr::V6(v6) = ip { carried_ipv4(v6) } else { None };
+    let shown = carried.map_or_else(|| ip.to_string(), |c| format!("{ip} ({}, carrying {})", c.form, c.ipv4));
     match classify(ip) {
         AddressClass::Public => Ok(()),
         // The development flag opens loopback itself, never an address that only carries it.
