@@ -27,6 +27,13 @@ FROM ${RUST_IMAGE} AS roots
 FROM ${RUNTIME_IMAGE} AS runtime-base
 COPY --from=roots /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY policies /etc/openshell/policies
+# The proxy listens on 0.0.0.0:3128 and, without OPENSHELL_PROXY_ALLOWED_CLIENTS, serves
+# any client that reaches it, with the sandbox's credentials (it warns at startup). The
+# driver must set it to the agent's internal subnet, plus 127.0.0.1/32 for this
+# HEALTHCHECK's probe, e.g. OPENSHELL_PROXY_ALLOWED_CLIENTS=10.89.10.0/24,127.0.0.1/32
+# (docs/podman.md). The image sets no default: it cannot know the subnet, a loopback-only
+# default would refuse every agent, and a private-range default would still admit the
+# neighbours on the proxy's outer network, the very clients the list must keep out.
 # The mode comes from the environment the driver sets; healthcheck follows the same mode.
 HEALTHCHECK --interval=5s --timeout=4s --start-period=5s --retries=3 \
   CMD ["/usr/local/bin/openshell-sandbox", "healthcheck"]

@@ -4,9 +4,13 @@
 # src/policy/engine/data.rs) and asks two questions:
 #   data.openshell.sandbox.network  may a connection to input.network.{host,port} open?  (L4)
 #   data.openshell.sandbox.request  may input.request.{method,path,query_params} be sent? (L7)
-# Inputs are already normalised: hosts lower case without a trailing dot, methods upper
-# case, paths canonical. Every answer is an object with "allow" and "reason"; a missing
-# or malformed answer is treated as a denial by the proxy (fail closed).
+# Inputs are already normalised: hosts lower case without a trailing dot, paths canonical.
+# input.request holds the request as sent (method, path, query_params read strictly) for
+# allow rules, and input.request.deny_view the widest reading of it for deny rules (built
+# by src/policy/request.rs): method upper case, paths lower case with and without a
+# trailing slash, query names lower case with every value any reading gives them.
+# Every answer is an object with "allow" and "reason"; a missing or malformed answer is
+# treated as a denial by the proxy (fail closed).
 #
 # OPENSHELL_POLICY_RULES may replace this file; a replacement must answer the same two
 # rules with the same shape.
@@ -72,7 +76,7 @@ query_met(globs, values) if {
 	count(failing) == 0
 }
 
-# A rule matches when its method, path glob (`*` within a segment, `**` across
+# An allow rule matches when its method, path glob (`*` within a segment, `**` across
 # segments) and every query matcher match.
 rule_matches(rule) if {
 	method_matches(rule.methods)
@@ -81,11 +85,38 @@ rule_matches(rule) if {
 	count(unmet) == 0
 }
 
+# A deny rule reads the request the widest way (fail closed): its method in upper case;
+# one of its path patterns (the glob lower-cased, plus `/x` for a glob `/x/**`) matching
+# one form of the path; and for each query matcher, ANY value some reading gives the
+# parameter matching (so `?service=ok&service=evil`, `SERVICE=evil` and `x=1;service=evil`
+# all meet a matcher for "evil").
+deny_rule_matches(rule) if {
+	deny_method_matches(rule.methods)
+	deny_path_matches(rule.paths)
+	unmet := [name | some name, globs in rule.query; not deny_query_met(globs, lower(name))]
+	count(unmet) == 0
+}
+
+deny_method_matches(methods) if count(methods) == 0
+
+deny_method_matches(methods) if input.request.deny_view.method in methods
+
+deny_path_matches(patterns) if {
+	some pattern in patterns
+	some path in input.request.deny_view.paths
+	glob.match(pattern, ["/"], path)
+}
+
+deny_query_met(globs, name) if {
+	some v in object.get(input.request.deny_view.query, name, [])
+	value_matches(globs, v)
+}
+
 # Deny rules of any matched endpoint; a deny wins over every allow.
 denied_by contains [rule.id, rule.policy] if {
 	some i in matched
 	some rule in data.policy.endpoints[i].deny_rules
-	rule_matches(rule)
+	deny_rule_matches(rule)
 }
 
 # An L4-only endpoint (no protocol) allows every request on its connections.

@@ -159,7 +159,8 @@ pub struct EvalArgs {
     /// Destination port.
     #[arg(long)]
     pub port: u16,
-    /// HTTP method, for an L7 decision (with --path).
+    /// HTTP method as the client sends it (case-sensitive, as the proxy judges it), for an
+    /// L7 decision (with --path).
     #[arg(long, requires = "path")]
     pub method: Option<String>,
     /// HTTP path with optional `?query`, for an L7 decision (with --method).

@@ -4,6 +4,7 @@
 //! or a file path only, never from the TOML file or the command line.
 
 mod agent;
+mod dirs;
 mod gateway;
 pub mod layers;
 mod proxy;
@@ -61,6 +62,23 @@ pub enum ConfigError {
         setting: &'static str,
         /// What is wrong and how to fix it.
         message: String,
+    },
+    /// The proxy's private state dir (the CA key) and the shared TLS dir overlap.
+    #[error(
+        "OPENSHELL_PROXY_STATE_DIR (--state-dir) {} {relation} OPENSHELL_TLS_DIR (--tls-dir) {} (resolved: {} and {}); the state dir holds the CA key and the TLS dir is the volume the agent reads: give them two separate directories, neither inside the other",
+        state_dir.display(), tls_dir.display(), state.display(), tls.display()
+    )]
+    DirsOverlap {
+        /// The state dir as set.
+        state_dir: PathBuf,
+        /// The state dir resolved.
+        state: PathBuf,
+        /// How they overlap ("is inside", ...).
+        relation: &'static str,
+        /// The TLS dir as set.
+        tls_dir: PathBuf,
+        /// The TLS dir resolved.
+        tls: PathBuf,
     },
     /// A setting that this mode needs is missing.
     #[error("{message}")]

@@ -8,8 +8,8 @@ use serde_json::json;
 use crate::Exit;
 use crate::cli::{EvalArgs, PolicyCommand};
 use crate::policy::model::{Endpoint, L7Rule, Policy};
-use crate::policy::request::parse_query;
-use crate::policy::{self, L7Request, PolicyEngine, PolicyError, RegoRules};
+use crate::policy::{self, PolicyEngine, PolicyError, RegoRules};
+use crate::proxy::l7::judge::decide;
 
 /// Runs a `policy` subcommand; output goes to stdout, errors to the caller.
 pub fn run(cmd: PolicyCommand) -> Result<Exit, PolicyError> {
@@ -33,19 +33,21 @@ fn eval(args: EvalArgs) -> Result<Exit, PolicyError> {
     let engine = PolicyEngine::new(policy, &rules, 1)?;
     let l4 = engine.evaluate_network(&args.host, args.port);
     let (allow, policy_key, rule, reason, what) = match (&args.method, &args.path) {
-        (Some(method), Some(full_path)) if l4.allow => {
-            let (path, query) = full_path.split_once('?').unwrap_or((full_path, ""));
-            let query = parse_query(query);
-            let method = method.to_ascii_uppercase();
-            let d = engine.request(&args.host, args.port, &L7Request { method: &method, path, query: &query });
-            let what = format!("{method} {full_path} to {}:{}", args.host, args.port);
-            let reason = match (d.allow, d.enforcement) {
-                (false, policy::model::Enforcement::Audit) => {
-                    format!("{} (audit mode: forwarded and logged)", d.reason)
+        (Some(method), Some(target)) if l4.allow => {
+            let what = format!("{method} {target} to {}:{}", args.host, args.port);
+            // The proxy's own judgement: the same canonical path, the same reading of the query.
+            match decide(&engine, &args.host, args.port, method, target) {
+                Ok((_, d)) => {
+                    let reason = match (d.allow, d.enforcement) {
+                        (false, policy::model::Enforcement::Audit) => {
+                            format!("{} (audit mode: forwarded and logged)", d.reason)
+                        }
+                        _ => d.reason,
+                    };
+                    (d.allow, d.policy, d.rule, reason, what)
                 }
-                _ => d.reason,
-            };
-            (d.allow, d.policy, d.rule, reason, what)
+                Err(e) => (false, None, None, format!("the proxy refuses the path with 400: {e}"), what),
+            }
         }
         _ => {
             let rule = l4.endpoints.first().and_then(|i| engine.endpoint(*i)).map(|e| e.id.clone());

@@ -242,6 +242,10 @@ fn sidecar_topology_on_podman() {
     let calls = gateway.state.calls_of("RelayStream");
     assert!(!calls.is_empty(), "the exec went through RelayStream: {calls:?}");
 
+    // The client list held: neither the startup warning nor a refused agent or health probe.
+    let proxy_logs = run(r.sb.podman().args(["logs", &r.proxy]), STEP).all();
+    assert!(!proxy_logs.contains("OPENSHELL_PROXY_ALLOWED_CLIENTS"), "proxy logs: {proxy_logs}");
+
     // Deleting in the driver's order leaves nothing.
     let mut sb = r.sb;
     sb.delete();

@@ -214,7 +214,6 @@ impl Rng {
 #[test]
 fn property_what_is_forwarded_is_what_was_judged_and_refusals_carry_no_secret() {
     use openshell_sandbox::policy::L7Request;
-    use openshell_sandbox::policy::request::parse_query;
     let e = engine(
         "        rules:\n          - allow: {method: GET, path: \"/repos/**\"}\n          - allow: {method: POST, path: /repos/*/issues}\n        deny_rules:\n          - {method: \"*\", path: \"/repos/secret/**\"}\n",
     );
@@ -244,8 +243,8 @@ fn property_what_is_forwarded_is_what_was_judged_and_refusals_carry_no_secret() 
                 )
                 .unwrap();
                 assert_eq!(again.path, path, "the forwarded path is canonical: {target}");
-                let query = parse_query(parts.uri.query().unwrap_or(""));
-                let rejudged = e.request(HOST, 443, &L7Request { method, path, query: &query });
+                let query = parts.uri.query().unwrap_or("");
+                let rejudged = e.request(HOST, 443, &L7Request { method, path, query });
                 assert!(rejudged.allow, "the forwarded request is itself allowed: {method} {target} -> {path}");
                 assert!(!seen.contains("openshell:resolve"), "no placeholder forwarded: {seen}");
             }

@@ -3,7 +3,6 @@
 //! with the exact messages users see.
 
 use openshell_sandbox::policy::model::Enforcement;
-use openshell_sandbox::policy::request::parse_query;
 use openshell_sandbox::policy::{self, L7Decision, L7Request, PolicyEngine, PolicyError, RegoRules};
 
 fn engine(yaml: &str) -> PolicyEngine {
@@ -21,8 +20,7 @@ fn allows(e: &PolicyEngine, host: &str, port: u16) -> bool {
 
 fn l7(e: &PolicyEngine, host: &str, method: &str, target: &str) -> L7Decision {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let query = parse_query(query);
-    e.request(host, 443, &L7Request { method, path, query: &query })
+    e.request(host, 443, &L7Request { method, path, query })
 }
 
 fn errors(yaml: &str) -> Vec<String> {
@@ -302,6 +300,128 @@ fn a_deny_rule_with_a_query_matcher() {
     assert!(l7(&e, "api.example.com", "GET", "/refs?service=git-upload-pack").allow);
 }
 
+fn denied_by_a_deny_rule(e: &PolicyEngine, host: &str, method: &str, target: &str) -> bool {
+    let d = l7(e, host, method, target);
+    !d.allow && d.rule.as_deref().is_some_and(|r| r.contains(".deny_rules["))
+}
+
+#[test]
+fn the_default_policy_denies_push_discovery_in_every_spelling_of_the_query() {
+    let e = PolicyEngine::new(policy::load_file("policies/default.yaml".as_ref()).unwrap(), &RegoRules::builtin(), 1)
+        .unwrap();
+    for target in [
+        "/o/r.git/info/refs?service=git-receive-pack",
+        "/o/r.git/info/refs?service=git-receive-pack&service=x",
+        "/o/r.git/info/refs?service=x&service=git-receive-pack",
+        "/o/r.git/info/refs?service=git-upload-pack&service=git-receive-pack",
+        "/o/r.git/info/refs?SERVICE=git-receive-pack",
+        "/o/r.git/info/refs?Service=git-upload-pack&sErViCe=git-receive-pack",
+        "/o/r.git/info/refs?x=1;service=git-receive-pack",
+        "/o/r.git/info/refs?service=git-upload-pack;service=git-receive-pack",
+        "/o/r.git/info/refs?%73ervice=git-receive-pack",
+        "/o/r.git/info/refs?service=git%2Dreceive%2Dpack",
+        "/o/r.git/info/refs?service=git%252Dreceive-pack",
+        "/o/r.git/info/refs?service=x&%53ERVICE=git%2dreceive-pack",
+        "/o/r.git/info/refs/?service=git-receive-pack",
+        "/O/R.GIT/INFO/REFS?service=git-receive-pack",
+    ] {
+        assert!(
+            denied_by_a_deny_rule(&e, "github.com", "GET", target),
+            "{target}: {:?}",
+            l7(&e, "github.com", "GET", target)
+        );
+    }
+    for target in [
+        "/o/r.git/info/refs?service=git-upload-pack",
+        "/o/r.git/info/refs?service=git-upload-pack&service=git-upload-pack",
+        "/o/r.git/info/refs?service=git-upload-pack&x=git-receive-pack",
+        "/o/r.git/info/refs?services=git-receive-pack",
+        "/o/r.git/info/refs",
+    ] {
+        assert!(l7(&e, "github.com", "GET", target).allow, "{target}");
+    }
+}
+
+#[test]
+fn a_deny_query_matcher_meets_any_value_of_any_reading() {
+    let e = rest(
+        "        rules:\n          - allow: {path: \"/**\"}\n        deny_rules:\n          - {path: /s, query: {debug: \"*\"}}\n          - {path: /find, query: {q: \"drop table*\"}}\n          - {path: /find, query: {q: \"a+b\"}}\n",
+    );
+    let host = "api.example.com";
+    for target in [
+        "/s?debug",
+        "/s?debug=",
+        "/s?Debug=1",
+        "/s?x=1;DEBUG",
+        "/find?q=drop+table",
+        "/find?q=drop%20table",
+        "/find?q=drop%2520table",
+        "/find?q=ok&q=drop+tables",
+        "/find?q=a%2Bb",
+        "/find?q=a+b",
+    ] {
+        assert!(denied_by_a_deny_rule(&e, host, "GET", target), "{target}: {:?}", l7(&e, host, "GET", target));
+    }
+    for target in ["/s", "/s?q=debug", "/s?debugger=1", "/find?q=drop", "/find?q=a", "/find?drop+table=q"] {
+        assert!(l7(&e, host, "GET", target).allow, "{target}");
+    }
+}
+
+#[test]
+fn allow_query_matchers_read_the_query_strictly() {
+    let e = rest("        rules:\n          - allow: {method: GET, path: /s, query: {q: ok}}\n");
+    let host = "api.example.com";
+    assert!(l7(&e, host, "GET", "/s?q=ok").allow);
+    assert!(l7(&e, host, "GET", "/s?q=o%6B").allow);
+    for target in ["/s?q=ok&q=evil", "/s?Q=ok", "/s?q=ok;q=evil", "/s?q=ok%3Bq%3Devil", "/s?q=ok+", "/s?q"] {
+        assert!(!l7(&e, host, "GET", target).allow, "{target}");
+    }
+    assert!(!l7(&e, host, "get", "/s?q=ok").allow, "methods are compared as sent by allow rules");
+}
+
+#[test]
+fn a_deny_path_covers_its_root_a_trailing_slash_and_any_case() {
+    let e = rest(
+        "        rules:\n          - allow: {path: \"/**\"}\n        deny_rules:\n          - {path: \"/admin/**\"}\n          - {path: /private}\n          - {method: DELETE, path: \"/Repos/*/hooks/\"}\n",
+    );
+    let host = "api.example.com";
+    for (method, target) in [
+        ("GET", "/admin"),
+        ("GET", "/admin/"),
+        ("GET", "/admin/users/1"),
+        ("GET", "/ADMIN"),
+        ("GET", "/Admin/Users/"),
+        ("GET", "/private"),
+        ("GET", "/private/"),
+        ("POST", "/PRIVATE"),
+        ("DELETE", "/repos/x/hooks"),
+        ("DELETE", "/REPOS/x/HOOKS/"),
+        ("delete", "/repos/x/hooks/"),
+        ("Delete", "/repos/x/hooks"),
+    ] {
+        assert!(
+            denied_by_a_deny_rule(&e, host, method, target),
+            "{method} {target}: {:?}",
+            l7(&e, host, method, target)
+        );
+    }
+    for (method, target) in [
+        ("GET", "/administrator"),
+        ("GET", "/public/admin"),
+        ("GET", "/private/x"),
+        ("GET", "/privately"),
+        ("GET", "/repos/x/hooks"),
+        ("DELETE", "/repos/x/hooks/1"),
+        ("GET", "/"),
+    ] {
+        assert!(l7(&e, host, method, target).allow, "{method} {target}");
+    }
+    // Allow rules keep their exact path: `/x` does not allow `/x/` or `/X`.
+    let e = rest("        rules:\n          - allow: {method: GET, path: /public}\n");
+    assert!(l7(&e, host, "GET", "/public").allow);
+    assert!(!l7(&e, host, "GET", "/public/").allow && !l7(&e, host, "GET", "/PUBLIC").allow);
+}
+
 #[test]
 fn enforce_is_the_default() {
     let d = l7(&rest("        access: read-only\n"), "api.example.com", "POST", "/x");
@@ -468,6 +588,27 @@ fn allowed_ips_may_not_cover_loopback_link_local_or_unspecified() {
     assert!(errs[1].contains("covers link-local addresses"), "{}", errs[1]);
     assert!(errs[2].contains("covers unspecified addresses"), "{}", errs[2]);
     assert!(errs[3].contains("`nope` is not an address or CIDR range"), "{}", errs[3]);
+}
+
+#[test]
+fn allowed_ips_may_not_cover_reserved_ranges_or_ipv6_that_carries_ipv4() {
+    let yaml = format!(
+        "{HEAD}      - host: a.example.com\n        port: 443\n        allowed_ips: [198.18.0.0/15, \"2002::/16\", \"fec0::/10\", \"::10.0.0.0/104\", \"fd00::/8\", \"64:ff9b:1::/48\"]\n"
+    );
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(
+        errs[0].contains("`198.18.0.0/15` covers benchmarking addresses, which are never reachable"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].contains("`2002::/16` covers 6to4 addresses") && errs[1].contains("write the IPv4 range"),
+        "{}",
+        errs[1]
+    );
+    assert!(errs[2].contains("covers site-local (deprecated) addresses"), "{}", errs[2]);
+    assert!(errs[3].contains("covers IPv4-compatible addresses"), "{}", errs[3]);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::layers::{FileConfig, GatewayLayer, ProxyLayer};
-use super::{CommonConfig, ConfigError, GatewayConfig, as_secs, secs};
+use super::{CommonConfig, ConfigError, GatewayConfig, as_secs, dirs, secs};
 
 /// Default proxy listener.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3128";
@@ -31,7 +31,8 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Gateway forward listener. Default 0.0.0.0:8081.
     pub forward_listen: SocketAddr,
-    /// Private state directory for the CA key. Default /var/lib/openshell/proxy.
+    /// Private state directory for the CA key; never the TLS dir, inside it or around it.
+    /// Default /var/lib/openshell/proxy.
     pub state_dir: PathBuf,
     /// Allow loopback upstreams (development and tests only). Default false.
     pub allow_loopback_upstreams: bool,
@@ -113,16 +114,15 @@ impl ProxyConfig {
         let addr = |a: Option<SocketAddr>, b: Option<SocketAddr>, default: &str| {
             a.or(b).unwrap_or_else(|| default.parse().expect("valid default"))
         };
+        let state_dir =
+            cli.state_dir.clone().or_else(|| f.state_dir.clone()).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        dirs::keep_apart(&state_dir, &common.tls_dir)?;
         Ok(ProxyConfig {
             common,
             gateway,
             listen: addr(cli.listen, f.listen, DEFAULT_LISTEN),
             forward_listen: addr(cli.forward_listen, f.forward_listen, DEFAULT_FORWARD_LISTEN),
-            state_dir: cli
-                .state_dir
-                .clone()
-                .or_else(|| f.state_dir.clone())
-                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir,
             allow_loopback_upstreams: cli.allow_loopback_upstreams.or(f.allow_loopback_upstreams).unwrap_or(false),
             allowed_clients: cli.allowed_clients.clone().or_else(|| f.allowed_clients.clone()).unwrap_or_default(),
             gateway_fallback_hosts: cli

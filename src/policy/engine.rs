@@ -20,6 +20,7 @@ pub use data::FlatEndpoint;
 
 use super::host::normalize_destination;
 use super::model::{Endpoint, Enforcement, Policy};
+use super::request;
 use super::{PolicyError, RegoRules};
 
 /// Most L4 decisions one generation caches; beyond it the cache starts over.
@@ -46,15 +47,17 @@ pub struct L4Decision {
     pub reason: String,
 }
 
-/// An HTTP request as the L7 rules see it (already canonicalised).
+/// An HTTP request as the L7 rules see it (already canonicalised). The engine reads the
+/// query itself, once strictly for allow rules and once every possible way for deny rules
+/// (see [`super::request`]), so every caller gets the same decision for the same request.
 #[derive(Clone, Copy, Debug)]
 pub struct L7Request<'a> {
-    /// Upper-case method.
+    /// The method as sent.
     pub method: &'a str,
     /// Canonical path, without the query.
     pub path: &'a str,
-    /// Query parameters: name to every value, in order.
-    pub query: &'a BTreeMap<String, Vec<String>>,
+    /// The query as sent, without the `?` (empty when there is none).
+    pub query: &'a str,
 }
 
 /// The answer for one HTTP request.
@@ -88,8 +91,8 @@ pub struct PolicyEngine {
 type L4Cache = RwLock<HashMap<(Box<str>, u16), Arc<L4Decision>>>;
 
 /// Everything an L7 decision depends on: normalised host, port, method, canonical path and
-/// the parsed query.
-type L7Key = (Box<str>, u16, Box<str>, Box<str>, BTreeMap<String, Vec<String>>);
+/// the query.
+type L7Key = (Box<str>, u16, Box<str>, Box<str>, Box<str>);
 
 /// One entry point compiled to an RVM program. Evaluation makes a fresh VM from it
 /// (about a microsecond), so concurrent decisions share nothing mutable.
@@ -126,8 +129,7 @@ impl PolicyEngine {
             l7_cache: Mutex::new(LruCache::new(L7_CACHE_CAPACITY)),
         };
         // A probe through both rules, so broken replacement rules fail at load, not per request.
-        let probe = BTreeMap::new();
-        let req = L7Request { method: "GET", path: "/", query: &probe };
+        let req = L7Request { method: "GET", path: "/", query: "" };
         engine.eval(&engine.network_rule, network_input("probe.invalid", 443, None)).map_err(fail)?;
         engine.eval(&engine.request_rule, network_input("probe.invalid", 443, Some(&req))).map_err(fail)?;
         Ok(engine)
@@ -201,12 +203,10 @@ impl PolicyEngine {
         let Some(host) = normalize_destination(host) else {
             return L7Decision::deny(format!("`{host}` is not a valid host name"));
         };
-        let query_bytes: usize =
-            request.query.iter().map(|(k, vs)| k.len() + vs.iter().map(String::len).sum::<usize>()).sum();
-        if request.path.len() + query_bytes > L7_CACHE_MAX_KEY_BYTES {
+        if request.path.len() + request.query.len() > L7_CACHE_MAX_KEY_BYTES {
             return self.evaluate_request_normalized(&host, port, request);
         }
-        let key: L7Key = (host.into(), port, request.method.into(), request.path.into(), request.query.clone());
+        let key: L7Key = (host.into(), port, request.method.into(), request.path.into(), request.query.into());
         if let Some(hit) = self.l7_cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
             return hit.clone();
         }
@@ -275,20 +275,27 @@ fn network_input(host: &str, port: u16, request: Option<&L7Request<'_>>) -> Valu
     let mut input = BTreeMap::new();
     input.insert(Value::from("network"), Value::from(network));
     if let Some(r) = request {
-        let query: BTreeMap<Value, Value> = r
-            .query
-            .iter()
-            .map(|(k, vs)| {
-                (Value::from(k.as_str()), Value::from(vs.iter().map(|v| Value::from(v.as_str())).collect::<Vec<_>>()))
-            })
-            .collect();
+        let mut deny_view = BTreeMap::new();
+        deny_view.insert(Value::from("method"), Value::from(r.method.to_ascii_uppercase()));
+        deny_view.insert(Value::from("paths"), strings(request::deny_paths(r.path)));
+        deny_view.insert(Value::from("query"), query_value(request::query_readings(r.query)));
         let mut req = BTreeMap::new();
         req.insert(Value::from("method"), Value::from(r.method));
         req.insert(Value::from("path"), Value::from(r.path));
-        req.insert(Value::from("query_params"), Value::from(query));
+        req.insert(Value::from("query_params"), query_value(request::parse_query(r.query)));
+        req.insert(Value::from("deny_view"), Value::from(deny_view));
         input.insert(Value::from("request"), Value::from(req));
     }
     Value::from(input)
+}
+
+fn strings(list: impl IntoIterator<Item = String>) -> Value {
+    Value::from(list.into_iter().map(Value::from).collect::<Vec<_>>())
+}
+
+/// `{name: [values]}` as a Rego object.
+fn query_value<V: IntoIterator<Item = String>>(query: BTreeMap<String, V>) -> Value {
+    Value::from(query.into_iter().map(|(k, vs)| (Value::from(k), strings(vs))).collect::<BTreeMap<_, _>>())
 }
 
 #[cfg(test)]
@@ -311,7 +318,7 @@ network_policies:
         let policy = policy::parse_yaml(POLICY, "test").unwrap();
         let engine = PolicyEngine::new(policy, &RegoRules::builtin(), 1).unwrap();
         let ask = |method: &str, path: &str, q: &str| {
-            let query = BTreeMap::from([("q".to_owned(), vec![q.to_owned()])]);
+            let query = format!("q={q}");
             engine.request("API.example.com.", 443, &L7Request { method, path, query: &query }).allow
         };
         for _ in 0..2 {

@@ -56,8 +56,19 @@ pub struct Ctx {
     pub shutdown: Shutdown,
 }
 
-/// Accepts on `listener` until shutdown.
+/// Accepts on `listener` until shutdown. Warns once when it listens beyond loopback with
+/// no client allow-list: then anything that reaches the port may use the sandbox's
+/// credentials through the proxy.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, allowed_clients: Vec<IpNet>) {
+    if let Ok(listen) = listener.local_addr()
+        && allowed_clients.is_empty()
+        && !listen.ip().to_canonical().is_loopback()
+    {
+        tracing::warn!(
+            %listen,
+            "the proxy listens beyond loopback and accepts any client; set OPENSHELL_PROXY_ALLOWED_CLIENTS (--allowed-clients) to the agent's subnet"
+        );
+    }
     let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let shutdown = ctx.shutdown.clone();
     let mut backoff = AcceptBackoff::new("proxy");

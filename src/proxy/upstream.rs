@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::policy::address::{AddressClass, classify};
+use crate::policy::address::{AddressClass, carried_ipv4, classify};
 use crate::policy::host::normalize_destination;
 use crate::policy::model::Endpoint;
 
@@ -48,14 +48,19 @@ pub async fn resolve(target: &Target<'_>, timeout: Duration) -> Result<Vec<Socke
 }
 
 /// The SSRF rule for one resolved address (design.md section 3, "SSRF").
+/// An IPv6 address carrying an IPv4 one is judged by it; `allowed_ips` (IPv4 ranges only
+/// for those) admits only the IPv4-mapped form, which `to_canonical` has made IPv4.
 pub fn check(target: &Target<'_>, ip: IpAddr) -> Result<(), String> {
     let ip = ip.to_canonical();
     let host = target.host;
+    let carried = if let IpAddr::V6(v6) = ip { carried_ipv4(v6) } else { None };
+    let shown = carried.map_or_else(|| ip.to_string(), |c| format!("{ip} ({}, carrying {})", c.form, c.ipv4));
     match classify(ip) {
         AddressClass::Public => Ok(()),
-        AddressClass::Forbidden("loopback") if target.allow_loopback => Ok(()),
+        // The development flag opens loopback itself, never an address that only carries it.
+        AddressClass::Forbidden("loopback") if target.allow_loopback && ip.is_loopback() => Ok(()),
         AddressClass::Forbidden(what) => {
-            Err(format!("{host} resolves to {ip}, a {what} address; the proxy never connects to {what} addresses"))
+            Err(format!("{host} resolves to {shown}, a {what} address; the proxy never connects to {what} addresses"))
         }
         AddressClass::Private(what) => {
             let normalized = normalize_destination(host).unwrap_or_default();
@@ -65,7 +70,7 @@ pub fn check(target: &Target<'_>, ip: IpAddr) -> Result<(), String> {
                 Ok(())
             } else {
                 Err(format!(
-                    "{host} resolves to {ip}, a {what} address; private addresses are reachable only through an endpoint that names the host exactly or lists the address in `allowed_ips`"
+                    "{host} resolves to {shown}, a {what} address; private addresses are reachable only through an endpoint that names the host exactly or lists the address in `allowed_ips`"
                 ))
             }
         }
@@ -129,6 +134,12 @@ mod tests {
         assert!(verdict("metadata.internal", &ep, "127.0.0.1", false).unwrap_err().contains("loopback"));
         assert!(verdict("metadata.internal", &ep, "::ffff:127.0.0.1", false).is_err());
         assert!(verdict("metadata.internal", &ep, "127.0.0.1", true).is_ok());
+        assert!(verdict("metadata.internal", &ep, "::ffff:127.0.0.1", true).is_ok(), "mapped loopback is loopback");
+        for carrying in ["::127.0.0.1", "::ffff:0:127.0.0.1", "2002:7f00:1::1", "2001:0:4136:e378:8000:63bf:80ff:fffe"]
+        {
+            let err = verdict("metadata.internal", &ep, carrying, true).unwrap_err();
+            assert!(err.contains("carrying 127.0.0.1), a loopback address"), "{carrying}: {err}");
+        }
     }
 
     #[test]
@@ -142,5 +153,12 @@ mod tests {
         let exact = endpoint("db.corp.example", &[]);
         assert!(verdict("DB.corp.example.", &exact, "10.1.2.3", false).is_ok());
         assert!(verdict("db.corp.example", &glob, "93.184.216.34", false).is_ok());
+        // An IPv4 range admits the mapped form only; other carrying forms need the exact host.
+        assert!(verdict("db.corp.example", &listed, "::ffff:10.1.2.3", false).is_ok());
+        for carrying in ["2002:a01:203::1", "::10.1.2.3", "::ffff:0:10.1.2.3"] {
+            let err = verdict("db.corp.example", &listed, carrying, false).unwrap_err();
+            assert!(err.contains("carrying 10.1.2.3), a private (RFC 1918) address"), "{carrying}: {err}");
+            assert!(verdict("DB.corp.example.", &exact, carrying, false).is_ok(), "{carrying}");
+        }
     }
 }

@@ -160,6 +160,8 @@ impl Run {
             (format!("{}:ip={}", self.int, self.proxy_int()), format!("{}:ip={}", self.ext, self.proxy_ext()));
         let rw = format!("{}:/openshell-tls:rw", self.vol);
         let listen = format!("OPENSHELL_PROXY_LISTEN=0.0.0.0:{PROXY_PORT}");
+        // The agent's internal subnet, and loopback for the image's HEALTHCHECK probe.
+        let clients = format!("OPENSHELL_PROXY_ALLOWED_CLIENTS=10.231.{}.0/24,127.0.0.1/32", self.net);
         let endpoint = format!("OPENSHELL_ENDPOINT=http://{}:{GATEWAY_PORT}", self.upstream());
         let (token, id) = (format!("OPENSHELL_SANDBOX_TOKEN={TOKEN}"), format!("OPENSHELL_SANDBOX_ID={SANDBOX_ID}"));
         #[rustfmt::skip]
@@ -169,7 +171,7 @@ impl Run {
             "-e", "OPENSHELL_MODE=proxy", "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
             "-e", "OPENSHELL_UPSTREAM_CA_FILE=/etc/openshell/upstream-ca.pem",
             "-e", "OPENSHELL_PROVIDER_ENV_FILE=/etc/openshell/provider.env",
-            "-e", &listen, "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
+            "-e", &listen, "-e", &clients, "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
             "-e", &endpoint, "-e", &token, "-e", &id, "-e", "OPENSHELL_FORWARD_LISTEN=0.0.0.0:8081",
             &self.sb.image,
         ]]));

@@ -1,6 +1,6 @@
 //! Builds `data.policy`, the form of a validated [`Policy`] the Rego rules read: a flat
-//! list of endpoints with stable ids, an index of exact hosts, and the list of wildcard
-//! endpoints with their compiled patterns.
+//! list of endpoints with stable ids, an index of exact hosts, the list of wildcard
+//! endpoints with their compiled patterns, and each deny rule's path patterns.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::policy::host::HostPattern;
 use crate::policy::model::{Endpoint, L7Rule, Policy, Protocol};
+use crate::policy::request;
 
 /// One endpoint in flat order, with the key of the policy it belongs to.
 #[derive(Clone, Debug)]
@@ -68,7 +69,11 @@ pub fn build(endpoints: &[FlatEndpoint]) -> Value {
             .deny_rules
             .iter()
             .enumerate()
-            .map(|(j, r)| rule(&format!("{}.deny_rules[{j}]", flat.id), &flat.policy, r))
+            .map(|(j, r)| {
+                let mut deny = rule(&format!("{}.deny_rules[{j}]", flat.id), &flat.policy, r);
+                deny["paths"] = json!(request::deny_patterns(&r.path));
+                deny
+            })
             .collect();
         list.push(json!({
             "id": flat.id,

@@ -300,11 +300,7 @@ fn allowed_ips(cx: &mut Cx, path: &str, map: &MarkedMappingNode) -> Vec<IpNet> {
         match parsed {
             Err(_) => cx.issue(&at, item, format!("`{text}` is not an address or CIDR range like 10.0.0.0/8")),
             Ok(net) => match address::forbidden_overlap(&net) {
-                Some(what) => cx.issue(
-                    &at,
-                    item,
-                    format!("`{text}` covers {what} addresses, which are never reachable through the proxy; list private ranges only"),
-                ),
+                Some(why) => cx.issue(&at, item, format!("`{text}` {why}; list private ranges only")),
                 None => out.push(net.trunc()),
             },
         }

@@ -9,7 +9,7 @@ use http::request::Parts;
 use http::uri::{Authority, Uri};
 
 use super::deny::{self, Refused};
-use super::path::{EncodedSlash, PathError, canonicalize};
+use super::path::{Canonical, EncodedSlash, PathError, canonicalize};
 use crate::policy::model::Enforcement;
 use crate::policy::{L7Decision, L7Request, PolicyEngine};
 use crate::proxy::credentials::SecretStore;
@@ -56,12 +56,10 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
     if let Err(named) = check_host(parts, host, port) {
         return Verdict::Refuse { response: deny::host_mismatch(refused(&target), &named), decision: None };
     }
-    let canonical = match canonicalize(&target, encoded_slash(engine, host, port)) {
-        Ok(c) => c,
+    let (canonical, decision) = match decide(engine, host, port, &method, &target) {
+        Ok(decided) => decided,
         Err(e) => return Verdict::Refuse { response: deny::bad_path(refused(&target), &e), decision: None },
     };
-    let query = canonical.query_params();
-    let decision = engine.request(host, port, &L7Request { method: &method, path: &canonical.path, query: &query });
     if !decision.allow && decision.enforcement == Enforcement::Enforce {
         let response = deny::policy_denied(refused(&canonical.path), &decision);
         return Verdict::Refuse { response, decision: Some(decision) };
@@ -79,6 +77,21 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
             Verdict::Refuse { response, decision: Some(decision) }
         }
     }
+}
+
+/// The canonical form of `target` and the L7 decision for `method` on it to `host:port`:
+/// what the proxy judges, and what `policy eval` reports.
+pub fn decide(
+    engine: &PolicyEngine,
+    host: &str,
+    port: u16,
+    method: &str,
+    target: &str,
+) -> Result<(Canonical, L7Decision), PathError> {
+    let canonical = canonicalize(target, encoded_slash(engine, host, port))?;
+    let query = canonical.query.as_deref().unwrap_or("");
+    let decision = engine.request(host, port, &L7Request { method, path: &canonical.path, query });
+    Ok((canonical, decision))
 }
 
 /// Every host the request names (absolute URI, `Host` header) must be the judged host
