@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::proto::inference::inference_client::InferenceClient;
 use super::proto::open_shell_client::OpenShellClient;
+use super::tls_cause::TlsFacts;
 use super::{CallFailure, GatewayError, Method};
 use crate::config::{GatewayConfig, GatewayTls, Secret, TOKEN_ENV, TokenSource};
 
@@ -57,6 +58,8 @@ pub struct GatewayClient {
     inference: InferenceClient<Authed>,
     sandbox_id: Arc<str>,
     endpoint: Arc<str>,
+    /// For naming TLS failures (`None`: plaintext).
+    tls: Option<Arc<TlsFacts>>,
     token: BearerToken,
     options: ClientOptions,
 }
@@ -80,11 +83,17 @@ impl GatewayClient {
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.connect_timeout)
             .keep_alive_while_idle(false);
+        let mut facts = None;
         if config.endpoint.tls {
             let Some(tls) = &config.tls else {
                 return Err(connect_error("an https endpoint needs OPENSHELL_TLS_CA".into()));
             };
             let server_name = config.server_name.clone().unwrap_or_else(|| config.endpoint.host.clone());
+            facts = Some(Arc::new(TlsFacts {
+                ca: tls.ca.clone(),
+                client_cert: tls.cert.is_some() && tls.key.is_some(),
+                server_name: server_name.clone(),
+            }));
             endpoint = endpoint
                 .tls_config(tls_config(tls, server_name, options.connect_timeout).map_err(connect_error)?)
                 .map_err(|e| connect_error(format!("TLS setup failed: {e}")))?;
@@ -96,6 +105,7 @@ impl GatewayClient {
             inference: InferenceClient::with_interceptor(channel, token.clone()),
             sandbox_id: config.sandbox_id.as_str().into(),
             endpoint: url.into(),
+            tls: facts,
             token,
             options,
         })
@@ -144,7 +154,7 @@ impl GatewayClient {
         if status.metadata().contains_key(TOKEN_ERROR_KEY) {
             return GatewayError::Token { message: status.message().to_owned() };
         }
-        method.failed(CallFailure::from_status(&self.endpoint, status))
+        method.failed(CallFailure::from_status_with(&self.endpoint, status, self.tls.as_deref()))
     }
 }
 
