@@ -15,11 +15,9 @@ mod l7_support;
 #[path = "l7_support/session.rs"]
 mod rig;
 
-#[allow(dead_code)]
 #[path = "l7_support/through.rs"]
 mod through;
 
-#[allow(dead_code)]
 #[path = "l7_support/lifecycle.rs"]
 mod lifecycle;
 

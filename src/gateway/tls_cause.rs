@@ -1,14 +1,24 @@
 //! Why TLS to an `https://` gateway failed, in words: the rustls error found in a failed
 //! call's error chain (or the broken connection a gateway that wants a client certificate
-//! leaves behind), named with the setting that fixes it.
+//! leaves behind), named with the setting that fixes it. When a call only saw its
+//! connection close (the TLS alert went to the connection, not to the call), a probe
+//! handshake with the same settings finds the cause.
 
 use std::error::Error;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use rustls::{AlertDescription, CertificateError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-/// What the client was configured with, for the messages.
+/// The HTTP/2 client preface and an empty SETTINGS frame: what a gateway expects first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// What the client was configured with: for the messages, and for a probe handshake.
 #[derive(Clone, Debug)]
 pub(crate) struct TlsFacts {
     /// `OPENSHELL_TLS_CA`.
@@ -17,6 +27,59 @@ pub(crate) struct TlsFacts {
     pub client_cert: bool,
     /// The name the gateway's certificate must hold.
     pub server_name: String,
+    /// The endpoint's host and port.
+    pub address: (String, u16),
+    /// The same trust and client certificate as the gRPC channel's.
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+/// Whether `error`'s chain says only that the connection closed under the call (a
+/// cancelled stream, a closed or reset connection) without saying why.
+pub(crate) fn closed_under_call(error: &(dyn Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(status) = e.downcast_ref::<tonic::Status>()
+            && status.code() == tonic::Code::Cancelled
+        {
+            return true;
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && (hyper.is_closed() || hyper.is_canceled() || hyper.is_incomplete_message())
+        {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && is_closed(io.kind())
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Connects to the gateway with the client's TLS settings, sends the HTTP/2 preface and
+/// reads the first answer (a refused client certificate is told only after the TLS 1.3
+/// handshake): the TLS failure met, if any, within `timeout`.
+pub(crate) async fn probe(tls: &TlsFacts, timeout: Duration) -> Option<String> {
+    let attempt = async {
+        let tcp = TcpStream::connect((tls.address.0.as_str(), tls.address.1)).await.ok()?;
+        let name = ServerName::try_from(tls.server_name.clone()).ok()?;
+        let mut stream = match tokio_rustls::TlsConnector::from(tls.config.clone()).connect(name, tcp).await {
+            Ok(stream) => stream,
+            Err(e) => return diagnose(&e, tls),
+        };
+        if let Err(e) = stream.write_all(H2_PREFACE).await {
+            return diagnose(&e, tls);
+        }
+        let mut first = [0u8; 64];
+        match stream.read(&mut first).await {
+            Ok(0) => diagnose(&io::Error::from(io::ErrorKind::UnexpectedEof), tls),
+            Ok(_) => None,
+            Err(e) => diagnose(&e, tls),
+        }
+    };
+    tokio::time::timeout(timeout, attempt).await.ok().flatten()
 }
 
 /// The failure found in `error`'s chain: what went wrong and how to fix it.
@@ -118,13 +181,16 @@ fn is_certificate_alert(alert: AlertDescription) -> bool {
 /// A gateway that requires a client certificate may close the connection before its alert
 /// is read: the client sees only a broken pipe or a reset.
 fn closed_without_certificate(e: &io::Error, tls: &TlsFacts) -> Option<String> {
-    use io::ErrorKind as K;
-    let closed = matches!(e.kind(), K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof);
-    (closed && !tls.client_cert).then(|| {
+    (is_closed(e.kind()) && !tls.client_cert).then(|| {
         format!(
             "{PREFIX}the gateway closed the connection ({e}) and no client certificate is configured, which is how a gateway that requires one answers; {SET_CERT}"
         )
     })
+}
+
+fn is_closed(kind: io::ErrorKind) -> bool {
+    use io::ErrorKind as K;
+    matches!(kind, K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof)
 }
 
 /// `DnsName("gw.internal")` (how rustls names what a certificate presents) as `gw.internal`.
@@ -140,7 +206,19 @@ mod tests {
     use super::*;
 
     fn facts(client_cert: bool) -> TlsFacts {
-        TlsFacts { ca: "/etc/openshell/ca.pem".into(), client_cert, server_name: "gw.internal".into() }
+        let roots = rustls::RootCertStore::empty();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsFacts {
+            ca: "/etc/openshell/ca.pem".into(),
+            client_cert,
+            server_name: "gw.internal".into(),
+            address: ("127.0.0.1".into(), 1),
+            config: Arc::new(config),
+        }
     }
 
     fn wrapped(e: rustls::Error) -> io::Error {
@@ -171,6 +249,15 @@ mod tests {
         let text = diagnose(&wrapped(e), &facts(true)).unwrap();
         assert!(text.contains("not valid for `gw.internal` (it names other.internal)"), "{text}");
         assert!(text.contains("OPENSHELL_GATEWAY_TLS_SERVER_NAME"), "{text}");
+    }
+
+    #[test]
+    fn only_a_connection_closed_under_the_call_asks_for_a_probe() {
+        let closed = tonic::Status::from_error(Box::new(io::Error::from(io::ErrorKind::ConnectionReset)));
+        assert!(closed_under_call(&closed));
+        assert!(closed_under_call(&tonic::Status::cancelled("operation was canceled")));
+        assert!(!closed_under_call(&tonic::Status::unavailable("tcp connect error")));
+        assert!(!closed_under_call(&tonic::Status::permission_denied("no")));
     }
 
     #[test]
