@@ -7,8 +7,9 @@
 //! on its `opened()`; [`config::fetch_with_retries`], build the engine, report LOADED;
 //! [`GatewayClient::get_provider_environment`] (failure: warn, start empty);
 //! [`GatewayClient::get_inference_bundle`]; listeners and `.ready`; then spawn
-//! [`config::ConfigPoller`], [`provider::ProviderPoller`] (fed by the config poller's
-//! `provider_revisions()`) and [`inference::InferencePoller`], each with a [`Sink`].
+//! [`config::ConfigPoller`] (with a [`config::PolicySink`]), [`provider::ProviderPoller`]
+//! (fed by the config poller's `provider_revisions()`) and [`inference::InferencePoller`]
+//! (each with a [`Sink`]).
 //! Agent mode: [`config::fetch_with_retries`], spawn [`session::Supervisor::run`], and
 //! when the workload ends [`exit::report_main_process_exit`] with its instance id.
 
@@ -34,9 +35,9 @@ pub use client::{BearerToken, ClientOptions, GatewayClient, read_token};
 use crate::policy::PolicyError;
 use crate::{Exit, ExitStatus};
 
-/// Something that takes a new value from a poller: a policy, a provider environment, an
-/// inference bundle. `Err` means the value was not applied; its text is reported (for a
-/// policy, as `ReportPolicyStatus` FAILED) and the previous value stays in force.
+/// Something that takes a new value from a poller: a provider environment, an inference
+/// bundle. `Err` means the value was not applied; its text is logged and the previous
+/// value stays in force. (Policies have their own [`config::PolicySink`].)
 pub trait Sink<T>: Send + Sync + 'static {
     /// Applies `value`.
     fn install(&self, value: T) -> Result<(), String>;
