@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
 /// What the client was configured with: for the messages, and for a probe handshake.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct TlsFacts {
     /// `OPENSHELL_TLS_CA`.
     pub ca: PathBuf,
@@ -31,6 +31,18 @@ pub(crate) struct TlsFacts {
     pub address: (String, u16),
     /// The same trust and client certificate as the gRPC channel's.
     pub config: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsFacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The rustls configuration holds the client key: never printed.
+        f.debug_struct("TlsFacts")
+            .field("ca", &self.ca)
+            .field("client_cert", &self.client_cert)
+            .field("server_name", &self.server_name)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether `error`'s chain says only that the connection closed under the call (a

@@ -83,8 +83,11 @@ impl PolicyHandle {
     pub fn reject(&self, error: &str, mode: ValidationFailureMode) {
         match mode {
             ValidationFailureMode::RetainLastValid => {
-                let state = if self.current().quarantine().is_some() { "stays quarantined" } else { "stays in force" };
-                tracing::warn!("the policy in force {state} (retain_last_valid)");
+                if self.current().quarantine().is_some() {
+                    tracing::warn!("the proxy stays quarantined: retain_last_valid has no valid policy to return to");
+                } else {
+                    tracing::warn!("the last valid policy stays in force (retain_last_valid)");
+                }
             }
             ValidationFailureMode::FailClosed => {
                 let reason = format!("policy quarantined until a valid policy loads: {error}");

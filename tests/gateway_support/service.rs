@@ -178,7 +178,7 @@ impl Inference for Service {
         let mut bundle = self.bundle.lock().unwrap().clone();
         // As the real gateway: "now" on every answer, whether the bundle changed or not.
         bundle.generated_at_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
         Ok(Response::new(bundle))
     }
 }

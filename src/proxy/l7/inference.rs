@@ -143,7 +143,9 @@ pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Resul
     let body = match json.as_mut() {
         Some(j) if vertex => {
             // The model is in the path; Vertex AI refuses it in the body.
-            j.as_object_mut().map(|o| o.remove("model"));
+            if let Some(fields) = j.as_object_mut() {
+                fields.remove("model");
+            }
             if j.get("anthropic_version").is_none() {
                 j["anthropic_version"] = serde_json::Value::from(VERTEX_ANTHROPIC_VERSION);
             }
