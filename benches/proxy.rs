@@ -105,6 +105,7 @@ async fn start_proxy(dir: &std::path::Path, ports: &[u16], inspected: u16, upstr
         allowed_clients: Vec::new(),
         gateway_fallback_hosts: Vec::new(),
         provider_env_file: None,
+        policy_validation_failure_mode: Default::default(),
         inference_routes: None,
         upstream_ca_file: Some(ca_file),
         limits: ProxyLimits::default(),

@@ -18,7 +18,7 @@ use serde::{Serialize, Serializer};
 pub use agent::{AgentConfig, SeccompChoice};
 pub use gateway::TOKEN_ENV;
 pub use gateway::{GatewayConfig, GatewayEndpoint, GatewayTls, TokenSource};
-pub use layers::{FileConfig, LogFormat};
+pub use layers::{FileConfig, LogFormat, ValidationFailureMode};
 pub use proxy::{ProxyConfig, ProxyLimits};
 
 use crate::{Exit, ExitStatus};

@@ -7,8 +7,9 @@
 //! on its `opened()`; [`config::fetch_with_retries`], build the engine, report LOADED;
 //! [`GatewayClient::get_provider_environment`] (failure: warn, start empty);
 //! [`GatewayClient::get_inference_bundle`]; listeners and `.ready`; then spawn
-//! [`config::ConfigPoller`], [`provider::ProviderPoller`] (fed by the config poller's
-//! `provider_revisions()`) and [`inference::InferencePoller`], each with a [`Sink`].
+//! [`config::ConfigPoller`] (with a [`config::PolicySink`]), [`provider::ProviderPoller`]
+//! (fed by the config poller's `provider_revisions()`) and [`inference::InferencePoller`]
+//! (each with a [`Sink`]).
 //! Agent mode: [`config::fetch_with_retries`], spawn [`session::Supervisor::run`], and
 //! when the workload ends [`exit::report_main_process_exit`] with its instance id.
 
@@ -24,6 +25,7 @@ pub mod provider;
 #[doc(hidden)]
 pub mod relay;
 pub mod session;
+mod tls_cause;
 
 use std::fmt;
 use std::time::Duration;
@@ -33,9 +35,9 @@ pub use client::{BearerToken, ClientOptions, GatewayClient, read_token};
 use crate::policy::PolicyError;
 use crate::{Exit, ExitStatus};
 
-/// Something that takes a new value from a poller: a policy, a provider environment, an
-/// inference bundle. `Err` means the value was not applied; its text is reported (for a
-/// policy, as `ReportPolicyStatus` FAILED) and the previous value stays in force.
+/// Something that takes a new value from a poller: a provider environment, an inference
+/// bundle. `Err` means the value was not applied; its text is logged and the previous
+/// value stays in force. (Policies have their own [`config::PolicySink`].)
 pub trait Sink<T>: Send + Sync + 'static {
     /// Applies `value`.
     fn install(&self, value: T) -> Result<(), String>;
@@ -57,11 +59,21 @@ pub struct CallFailure {
     pub endpoint: String,
     /// The gRPC status code; `DeadlineExceeded` for a local timeout.
     pub code: tonic::Code,
-    /// The status message with its causes (transport and TLS errors included).
+    /// The status message with its causes (transport and TLS errors included); for a TLS
+    /// failure, its cause in words and the fix.
     pub message: String,
 }
 
 impl CallFailure {
+    /// The failure of a call to a gateway reached over TLS configured as `tls` (`None`:
+    /// plaintext): a TLS failure is named by its cause, else the status and its causes.
+    pub(crate) fn from_status_with(endpoint: &str, status: &tonic::Status, tls: Option<&tls_cause::TlsFacts>) -> Self {
+        match tls.and_then(|tls| tls_cause::diagnose(status, tls)) {
+            Some(message) => CallFailure { endpoint: endpoint.to_owned(), code: status.code(), message },
+            None => Self::from_status(endpoint, status),
+        }
+    }
+
     pub(crate) fn from_status(endpoint: &str, status: &tonic::Status) -> Self {
         let mut message = status.message().to_owned();
         let mut source = std::error::Error::source(status);
@@ -85,6 +97,9 @@ impl CallFailure {
 
     fn hint(&self) -> &'static str {
         use tonic::Code;
+        if self.message.starts_with(tls_cause::PREFIX) {
+            return ""; // The message names the fix.
+        }
         match self.code {
             Code::Unavailable | Code::DeadlineExceeded => {
                 "check that the gateway runs, that OPENSHELL_ENDPOINT points at it (in agent mode: at the proxy's forward), and the TLS settings"
@@ -100,7 +115,11 @@ impl CallFailure {
 
 impl fmt::Display for CallFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({:?}): {}; {}", self.endpoint, self.code, self.message, self.hint())
+        write!(f, "{} ({:?}): {}", self.endpoint, self.code, self.message)?;
+        match self.hint() {
+            "" => Ok(()),
+            hint => write!(f, "; {hint}"),
+        }
     }
 }
 

@@ -61,6 +61,20 @@ impl ExitStatus for PolicyError {
     }
 }
 
+impl PolicyError {
+    /// The error on one line, for a status the gateway stores and a denial's reason:
+    /// `invalid policy <source>: <issue>; <issue>`.
+    pub fn summary(&self) -> String {
+        match self {
+            PolicyError::Invalid { source_name, issues } => {
+                let issues: Vec<String> = issues.iter().map(ToString::to_string).collect();
+                format!("invalid policy {source_name}: {}", issues.join("; "))
+            }
+            other => other.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; "),
+        }
+    }
+}
+
 struct InvalidList<'a> {
     source_name: &'a str,
     issues: &'a [Issue],
@@ -201,6 +215,20 @@ mod tests {
         let found = issues("!\u{0}1");
         assert!(!found.is_empty());
         assert!(found.iter().all(|i| i.line == Some(1)), "{found:?}");
+    }
+
+    #[test]
+    fn a_summary_is_one_line_naming_every_issue() {
+        let err = parse_yaml(
+            "version: 1\nnetwork_policies:\n  a: {endpoints: [{host: \"*\", port: 443, protocl: rest}]}\n",
+            "t.yaml",
+        )
+        .unwrap_err();
+        let summary = err.summary();
+        assert!(summary.starts_with("invalid policy t.yaml: network_policies.a.endpoints[0]"), "{summary}");
+        assert!(summary.contains("; ") && summary.contains("protocl") && !summary.contains('\n'), "{summary}");
+        let rules = PolicyError::Rules { source_name: "r.rego".into(), message: "line 1\n  caused by: x".into() };
+        assert_eq!(rules.summary(), "Rego rules r.rego are not usable: line 1; caused by: x");
     }
 
     #[test]

@@ -32,6 +32,12 @@ impl Shutdown {
         self.token.cancelled()
     }
 
+    /// A shutdown signalled with this one or by its own [`Shutdown::trigger`] (which leaves
+    /// this one alone); its tasks are tracked with this one's, so the drain waits for them.
+    pub fn child(&self) -> Shutdown {
+        Shutdown { token: self.token.child_token(), tracker: self.tracker.clone() }
+    }
+
     /// Whether shutdown has started.
     pub fn is_triggered(&self) -> bool {
         self.token.is_cancelled()
@@ -92,6 +98,20 @@ mod tests {
         assert_eq!(shutdown.tasks(), 1);
         assert_eq!(shutdown.drain(Duration::from_secs(5)).await, 0);
         assert!(shutdown.is_triggered());
+    }
+
+    #[tokio::test]
+    async fn a_child_is_signalled_with_its_parent_or_alone() {
+        let parent = Shutdown::new();
+        let child = parent.child();
+        child.trigger();
+        assert!(child.is_triggered() && !parent.is_triggered(), "a child's trigger stays with the child");
+        let other = parent.child();
+        other.spawn(std::future::pending::<()>());
+        assert_eq!(parent.tasks(), 1, "a child's tasks are the parent's");
+        parent.trigger();
+        assert!(other.is_triggered());
+        other.signalled().await;
     }
 
     #[tokio::test]

@@ -50,7 +50,7 @@ async fn get_sandbox_config_is_retried_on_unavailable_then_succeeds() {
     let client = GatewayClient::new(&gw.client_config()).unwrap();
 
     let config = fetch_with_retries(&client, &short_schedule()).await.unwrap();
-    assert_eq!((config.version, config.policy_hash.as_str()), (3, "hash-1"));
+    assert_eq!((config.origin.version, config.policy_hash.as_str()), (3, "hash-1"));
     assert_eq!((config.config_revision, config.provider_env_revision), (7, 2));
     assert!(config.policy.network_policies["p"].endpoints[0].host.to_string() == "api.example.com");
 
@@ -107,11 +107,20 @@ async fn an_invalid_startup_policy_is_reported_failed_and_exits_65() {
     let err = fetch_with_retries(&client, &short_schedule()).await.unwrap_err();
     assert_eq!(err.exit_status(), Exit::InvalidPolicy);
     let text = err.to_string();
-    assert!(text.contains("the gateway's policy") && text.contains("network_policies.p.endpoints[0].host"), "{text}");
+    assert!(
+        text.starts_with("invalid policy from the gateway (1 error):\n  network_policies.p.endpoints[0].host"),
+        "{text}"
+    );
     let reports = gw.state.calls_of("ReportPolicyStatus");
     let Payload::PolicyStatus(report) = &reports[0].payload else { panic!() };
     assert_eq!((report.version, report.status()), (5, PolicyStatus::Failed));
-    assert_eq!(report.load_error, text);
+    // The status the gateway stores reads as one line.
+    assert!(
+        report.load_error.starts_with("invalid policy from the gateway: network_policies.p.endpoints[0].host: "),
+        "{}",
+        report.load_error
+    );
+    assert!(!report.load_error.contains('\n'));
 }
 
 /// Every unary method once; returns how many calls that made.
@@ -205,6 +214,9 @@ async fn the_server_name_override_is_what_is_verified() {
     // The endpoint is 127.0.0.1, which the certificate does not name.
     let err = GatewayClient::new(&config).unwrap().get_sandbox_config().await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("certificate is not valid for `127.0.0.1` (it names gateway.internal)"), "{text}");
+    assert!(text.contains("OPENSHELL_GATEWAY_TLS_SERVER_NAME") && !text.contains("DnsName"), "{text}");
 
     config.server_name = Some("gateway.internal".into());
     GatewayClient::new(&config).unwrap().get_sandbox_config().await.unwrap();
@@ -223,8 +235,34 @@ async fn a_gateway_certificate_from_another_ca_is_refused() {
     let err = client.get_sandbox_config().await.unwrap_err();
     assert_eq!(err.exit_status(), Exit::Unavailable);
     let text = err.to_string();
-    assert!(text.to_lowercase().contains("certificate"), "the cause should be named: {text}");
+    assert!(
+        text.contains("certificate is not issued by the CA in OPENSHELL_TLS_CA"),
+        "the cause should be named: {text}"
+    );
+    assert!(text.contains(&dir.path().join("ca.pem").display().to_string()), "{text}");
     assert!(gw.state.calls().is_empty(), "nothing may reach a gateway that was not verified");
+}
+
+#[tokio::test]
+async fn a_gateway_that_wants_a_client_certificate_names_the_missing_one() {
+    let ca = TestCa::new("gateway CA");
+    let gw = TestGateway::start_tls(server_tls(&ca, &["127.0.0.1"], &ca)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = client_files(dir.path(), &ca, None);
+    let client =
+        GatewayClient::new(&gw.client_config_with(TokenSource::File(token_file(dir.path())), Some(tls))).unwrap();
+    for _ in 0..3 {
+        let text = client.get_sandbox_config().await.unwrap_err().to_string();
+        assert!(
+            text.contains(
+                "TLS with the gateway failed: the gateway asked for a client certificate and none is configured"
+            ) || text.contains("TLS with the gateway failed: the gateway closed the connection"),
+            "{text}"
+        );
+        assert!(text.contains("set OPENSHELL_TLS_CERT and OPENSHELL_TLS_KEY"), "{text}");
+        assert!(!text.contains("see the gateway's logs") && !text.contains("transport error"), "{text}");
+    }
+    assert!(gw.state.calls().is_empty());
 }
 
 #[tokio::test]

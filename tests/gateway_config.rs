@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gateway_support::{Payload, TestGateway, eventually};
+use openshell_sandbox::config::ValidationFailureMode;
 use openshell_sandbox::gateway::GatewayClient;
 use openshell_sandbox::gateway::backoff::{Backoff, RetrySchedule};
-use openshell_sandbox::gateway::config::{ConfigPoller, PollOutcome, SandboxConfig, fetch_with_retries};
+use openshell_sandbox::gateway::config::{ConfigPoller, PolicySink, PollOutcome, SandboxConfig, fetch_with_retries};
 use openshell_sandbox::gateway::inference::{InferenceBundle, InferencePoller};
 use openshell_sandbox::gateway::proto::inference::{GetInferenceBundleResponse, ResolvedRoute};
 use openshell_sandbox::gateway::proto::sandbox::{NetworkEndpoint, NetworkPolicyRule, SandboxPolicy};
@@ -179,6 +180,82 @@ async fn a_poll_while_the_gateway_is_down_keeps_the_policy() {
     assert_eq!(host_of(&store.lock().unwrap()[0]), "two.example");
 }
 
+/// A sink that records every install and every rejection with its mode.
+#[derive(Clone, Default)]
+struct Recorder {
+    installed: Arc<Mutex<Vec<String>>>,
+    rejected: Arc<Mutex<Vec<(String, ValidationFailureMode)>>>,
+}
+
+impl PolicySink for Recorder {
+    fn install(&self, config: SandboxConfig) -> Result<(), String> {
+        self.installed.lock().unwrap().push(host_of(&config));
+        Ok(())
+    }
+
+    fn reject(&self, error: &str, mode: ValidationFailureMode) {
+        self.rejected.lock().unwrap().push((error.to_owned(), mode));
+    }
+}
+
+#[tokio::test]
+async fn each_rejection_reaches_the_sink_with_the_gateways_failure_mode() {
+    let gw = TestGateway::start().await;
+    gw.state.set_policy(policy("good.example"), 1, "h1", 1);
+    let (client, initial) = started(&gw).await;
+    let recorder = Recorder::default();
+    let mut poller = ConfigPoller::new(client, recorder.clone(), POLL).starting_from(&initial);
+    let modes = [
+        ("", ValidationFailureMode::FailClosed),
+        ("retain_last_valid", ValidationFailureMode::RetainLastValid),
+        ("fail_closed", ValidationFailureMode::FailClosed),
+        ("a_mode_from_the_future", ValidationFailureMode::FailClosed),
+    ];
+    for (revision, (sent, want)) in (2..).zip(modes) {
+        gw.state.set_failure_mode(sent);
+        gw.state.set_policy(policy("bad host"), revision, &format!("h{revision}"), u64::from(revision));
+        assert!(matches!(poller.poll_once().await.unwrap(), PollOutcome::Failed { .. }));
+        let (error, mode) = recorder.rejected.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(mode, want, "mode `{sent}`");
+        assert!(error.starts_with("invalid policy from the gateway: network_policies.p.endpoints[0].host"), "{error}");
+    }
+    assert!(recorder.installed.lock().unwrap().is_empty());
+    assert_eq!(reports(&gw).len(), 4, "every rejection is reported FAILED");
+}
+
+#[tokio::test]
+async fn the_global_policy_is_applied_and_never_reported() {
+    let gw = TestGateway::start().await;
+    gw.state.set_global(Some(7));
+    gw.state.set_policy(policy("bad host"), 1, "h1", 1);
+    let client = GatewayClient::new(&gw.client_config()).unwrap();
+    assert!(
+        fetch_with_retries(&client, &RetrySchedule::startup()).await.is_err(),
+        "an invalid global policy ends startup"
+    );
+    assert!(reports(&gw).is_empty(), "no sandbox version is reported for the global policy");
+
+    gw.state.set_policy(policy("global.example"), 1, "h2", 2);
+    let initial = fetch_with_retries(&client, &RetrySchedule::startup()).await.unwrap();
+    assert_eq!((initial.origin.global, initial.origin.reported()), (Some(7), false));
+    let recorder = Recorder::default();
+    let mut poller = ConfigPoller::new(client, recorder.clone(), POLL).starting_from(&initial);
+    gw.state.set_policy(policy("global-two.example"), 1, "h3", 3);
+    assert_eq!(poller.poll_once().await.unwrap(), PollOutcome::Loaded { version: 1 });
+    gw.state.set_policy(policy("bad host"), 1, "h4", 4);
+    assert!(matches!(poller.poll_once().await.unwrap(), PollOutcome::Failed { .. }));
+    assert_eq!(recorder.rejected.lock().unwrap().len(), 1, "a rejected global policy still quarantines");
+    assert!(reports(&gw).is_empty(), "{:?}", reports(&gw));
+
+    // The sandbox's own policy again: reported.
+    gw.state.set_global(None);
+    gw.state.set_policy(policy("own.example"), 2, "h5", 5);
+    assert_eq!(poller.poll_once().await.unwrap(), PollOutcome::Loaded { version: 2 });
+    assert_eq!(*recorder.installed.lock().unwrap(), ["global-two.example", "own.example"]);
+    let statuses: Vec<(u32, PolicyStatus)> = reports(&gw).iter().map(|r| (r.version, r.status())).collect();
+    assert_eq!(statuses, [(2, PolicyStatus::Loaded)]);
+}
+
 fn env(pairs: &[(&str, &str)], revision: u64) -> GetSandboxProviderEnvironmentResponse {
     GetSandboxProviderEnvironmentResponse {
         environment: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
@@ -248,6 +325,8 @@ fn bundle(revision: &str, key: &str) -> GetInferenceBundleResponse {
             model_id: "model-1".into(),
             provider_type: "openai".into(),
             timeout_secs: 30,
+            model_in_path: true,
+            request_path_override: Some(":predict".into()),
         }],
         revision: revision.into(),
         generated_at_ms: 1,
@@ -272,6 +351,10 @@ async fn the_inference_bundle_is_polled_and_the_last_good_one_kept_on_error() {
     assert_eq!(first.revision, "r1");
     assert_eq!(first.routes[0].api_key.expose(), "sk-first");
     assert_eq!(first.routes[0].timeout, Some(Duration::from_secs(30)));
+    assert_eq!(
+        (first.routes[0].model_in_path, first.routes[0].request_path_override.as_deref()),
+        (true, Some(":predict"))
+    );
     assert!(!format!("{first:?}").contains("sk-first"));
 
     // The gateway fails for a while: nothing is installed, the last good bundle stays.
@@ -282,7 +365,7 @@ async fn the_inference_bundle_is_polled_and_the_last_good_one_kept_on_error() {
     let calls = gw.state.calls_of("GetInferenceBundle");
     assert_eq!(calls.iter().filter(|c| c.failed).count(), 3);
     assert!(calls.iter().all(|c| c.token.as_deref() == Some("Bearer test-sandbox-jwt")));
-    // Unchanged polls do not reinstall.
+    // Polls of the same revision do not reinstall, though the gateway stamps each answer anew.
     let polls = calls.len();
     eventually(WAIT, "more polls", || (gw.state.calls_of("GetInferenceBundle").len() >= polls + 3).then_some(())).await;
     shutdown.drain(WAIT).await;

@@ -1,8 +1,10 @@
 //! Proxy mode with only the test gateway (no local policy file), as the real binary:
 //! the contract's startup order with `.ready` last, CONNECT decided by the gateway's
-//! policy, updates applied and reported LOADED, a bad update kept out and reported
-//! FAILED, a provider revision change swaps the credentials, a gateway that goes away
-//! neither slows the proxy nor floods its log; in process: config retries on
+//! policy, updates applied and reported LOADED, a bad update reported FAILED and either
+//! kept out (`retain_last_valid`) or quarantining the proxy (`fail_closed`), the global
+//! policy applied without a status, a provider revision change swaps the credentials, a
+//! gateway that goes away neither slows the proxy nor floods its log, a TLS gateway that
+//! wants a client certificate named as the cause; in process: config retries on
 //! UNAVAILABLE and inference routes following the gateway's bundle.
 
 #[allow(dead_code, unused_imports)]
@@ -16,6 +18,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use gateway_support::{Payload, SANDBOX_ID, TOKEN, TestGateway, eventually};
 use openshell_sandbox::gateway::backoff::RetrySchedule;
@@ -97,11 +102,25 @@ impl Proxy {
     }
 
     async fn connect_status(&self, target: SocketAddr) -> String {
-        let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
-        let head = proxy_support::read_head(&mut stream).await;
+        let (_, head) = self.connect(target).await;
         head.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// `CONNECT target`: the stream after the answer head, and the head.
+    async fn connect(&self, target: SocketAddr) -> (TcpStream, String) {
+        let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let head = proxy_support::read_head(&mut stream).await;
+        (stream, head)
+    }
+
+    /// A tunnel to the echo server at `target` that has carried one request.
+    async fn tunnel(&self, target: SocketAddr) -> TcpStream {
+        let (mut tunnel, head) = self.connect(target).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}: {}", self.log());
+        assert!(round_trip(&mut tunnel).await, "the tunnel carries a request");
+        tunnel
     }
 }
 
@@ -161,11 +180,29 @@ async fn startup_follows_the_contract_order_and_the_gateway_policy_decides() {
     assert!(lines.iter().all(|l| l.sandbox_id == SANDBOX_ID && l.source == "sandbox"), "{lines:?}");
 }
 
+/// One request through a tunnel to an echo server; `false` when the tunnel is closed.
+async fn round_trip(tunnel: &mut TcpStream) -> bool {
+    if tunnel.write_all(b"GET /t HTTP/1.1\r\nHost: echo\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let head = proxy_support::read_head(tunnel).await;
+    let mut body = [0u8; 256];
+    head.starts_with("HTTP/1.1 200 ") && tunnel.read(&mut body).await.is_ok_and(|n| n > 0)
+}
+
+/// Whether the proxy closes `tunnel` within a few seconds (EOF or reset).
+async fn closed(tunnel: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    let read = async { while tunnel.read(&mut buf).await.is_ok_and(|n| n > 0) {} };
+    tokio::time::timeout(Duration::from_secs(3), read).await.is_ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn updates_apply_to_new_connections_and_bad_ones_are_reported_failed() {
+async fn under_retain_last_valid_updates_apply_and_bad_ones_are_reported_failed_and_kept_out() {
     let first = EchoServer::start().await;
     let second = EchoServer::start().await;
     let gateway = TestGateway::start().await;
+    gateway.state.set_failure_mode("retain_last_valid");
     gateway.state.set_policy(policy(&[("127.0.0.1", first.addr.port())], ""), 1, "h1", 1);
     let (proxy, _) = tokio::task::block_in_place(|| Proxy::start(&gateway, "info"));
     assert!(proxy.connect_status(first.addr).await.contains(" 200 "));
@@ -175,14 +212,95 @@ async fn updates_apply_to_new_connections_and_bad_ones_are_reported_failed() {
     assert_eq!(statuses(&gateway).last().unwrap(), &(2, PolicyStatus::Loaded as i32, String::new()));
     assert!(proxy.connect_status(second.addr).await.contains(" 200 "), "{}", proxy.log());
     assert!(proxy.connect_status(first.addr).await.starts_with("HTTP/1.1 403"));
+    let mut tunnel = proxy.tunnel(second.addr).await;
 
     gateway.state.set_policy(policy(&[("127.0.0.1", first.addr.port())], "gopher"), 3, "h3", 3);
     eventually(WAIT, "a status for version 3", || statuses(&gateway).iter().any(|s| s.0 == 3).then_some(())).await;
     let (version, status, error) = statuses(&gateway).last().unwrap().clone();
     assert_eq!((version, status), (3, PolicyStatus::Failed as i32));
-    assert!(error.contains("protocol") && error.contains("network_policies.test"), "{error}");
+    assert!(
+        error.starts_with("invalid policy from the gateway: network_policies.test.endpoints[0].protocol"),
+        "{error}"
+    );
     assert!(proxy.connect_status(second.addr).await.contains(" 200 "), "the last good policy stays");
     assert!(proxy.connect_status(first.addr).await.starts_with("HTTP/1.1 403"));
+    assert!(round_trip(&mut tunnel).await, "an open tunnel stays open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_fail_closed_a_rejected_policy_quarantines_until_a_valid_one_loads() {
+    let echo = EchoServer::start().await;
+    let gateway = TestGateway::start().await;
+    gateway.state.set_policy(policy(&[("127.0.0.1", echo.addr.port())], ""), 1, "h1", 1);
+    let (proxy, _) = tokio::task::block_in_place(|| Proxy::start(&gateway, "info"));
+    let mut tunnel = proxy.tunnel(echo.addr).await;
+
+    // The gateway's default mode (empty) is fail_closed.
+    gateway.state.set_policy(policy(&[("127.0.0.1", echo.addr.port())], "gopher"), 2, "h2", 2);
+    eventually(WAIT, "FAILED for version 2", || statuses(&gateway).iter().any(|s| s.0 == 2).then_some(())).await;
+    let (_, status, error) = statuses(&gateway).last().unwrap().clone();
+    assert_eq!(status, PolicyStatus::Failed as i32);
+    let (mut denied, head) = proxy.connect(echo.addr).await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let body: serde_json::Value = serde_json::from_str(proxy_support::read_all(&mut denied).await.trim()).unwrap();
+    assert_eq!(body["error"], "policy_denied");
+    assert_eq!(body["reason"], format!("policy quarantined until a valid policy loads: {error}"), "{body}");
+    assert!(closed(&mut tunnel).await, "the tunnel of the deactivated policy is closed");
+    assert!(proxy.log().contains("policy quarantined"), "{}", proxy.log());
+
+    gateway.state.set_policy(policy(&[("127.0.0.1", echo.addr.port())], ""), 3, "h3", 3);
+    eventually(WAIT, "LOADED for version 3", || statuses(&gateway).iter().any(|s| s.0 == 3).then_some(())).await;
+    let mut tunnel = proxy.tunnel(echo.addr).await;
+    assert!(round_trip(&mut tunnel).await);
+    assert!(proxy.log().contains("policy recovered from quarantine"), "{}", proxy.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_policy_is_applied_and_no_status_is_reported_for_it() {
+    let (first, second) = (EchoServer::start().await, EchoServer::start().await);
+    let gateway = TestGateway::start().await;
+    gateway.state.set_global(Some(4));
+    gateway.state.set_policy(policy(&[("127.0.0.1", first.addr.port())], ""), 1, "h1", 1);
+    let (proxy, _) = tokio::task::block_in_place(|| Proxy::start(&gateway, "info"));
+    assert!(proxy.connect_status(first.addr).await.contains(" 200 "));
+
+    gateway.state.set_policy(policy(&[("127.0.0.1", second.addr.port())], ""), 1, "h2", 2);
+    let deadline = Instant::now() + WAIT;
+    while !proxy.connect_status(second.addr).await.contains(" 200 ") {
+        assert!(Instant::now() < deadline, "the new global policy was not applied: {}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(proxy.connect_status(first.addr).await.starts_with("HTTP/1.1 403"));
+    assert!(statuses(&gateway).is_empty(), "no sandbox version is reported for the global policy");
+    assert!(proxy.log().contains("the gateway's global policy version 4"), "{}", proxy.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_wants_a_client_certificate_is_named_as_the_cause() {
+    use gateway_support::certs::{TestCa, client_files, server_tls};
+    let ca = TestCa::new("gateway CA");
+    let gateway = TestGateway::start_tls(server_tls(&ca, &["127.0.0.1"], &ca)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = client_files(dir.path(), &ca, None);
+    let mut command = Command::new(BIN);
+    command
+        .args(["proxy", "--listen", "127.0.0.1:0", "--endpoint", &gateway.url(), "--sandbox-id", SANDBOX_ID])
+        .arg("--gateway-tls-ca")
+        .arg(&tls.ca)
+        .arg("--tls-dir")
+        .arg(dir.path().join("tls"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_clear()
+        .env("OPENSHELL_SANDBOX_TOKEN", TOKEN);
+    let output = tokio::task::block_in_place(|| command.output().unwrap());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("TLS with the gateway failed: the gateway asked for a client certificate and none is configured; set OPENSHELL_TLS_CERT and OPENSHELL_TLS_KEY"),
+        "the exit message names the cause: {err}"
+    );
 }
 
 async fn timed_connects(proxy: &Proxy, target: SocketAddr, n: usize) -> Duration {

@@ -101,6 +101,8 @@ fn route(name: &str, base_url: String, protocols: &[&str], provider_type: &str) 
         model_id: format!("model-of-{name}"),
         provider_type: provider_type.into(),
         timeout: Some(Duration::from_secs(10)),
+        model_in_path: false,
+        request_path_override: None,
     }
 }
 
@@ -259,4 +261,57 @@ async fn an_http2_client_is_served_and_routed_over_http1() {
         (echo["target"].as_str(), echo["authorization"].as_str()),
         (Some("/v1/embeddings"), Some("Bearer route-key-default"))
     );
+}
+
+/// Sends `req` over HTTP/2 on a fresh connection; returns the status and the JSON echo.
+async fn send_h2(proxy: SocketAddr, sandbox_ca: &Ca, req: Request<ClientBody>) -> (StatusCode, Value) {
+    let tls = connect(proxy, "inference.local", sandbox_ca, &[b"h2"]).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or_else(|_| json!(String::from_utf8_lossy(&body))))
+}
+
+/// The gateway's `model_in_path` and `request_path_override` place the request on the
+/// upstream as OpenShell's router does, over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn the_model_in_the_path_and_the_path_override_reach_the_upstream_path() {
+    let (sandbox_ca, unused_ca) = (ca("Sandbox CA"), ca("Unused CA"));
+    let (addr, seen) = upstream(None).await;
+    let shaped = |name: &str, model_in_path: bool, over: Option<&str>| {
+        let mut r = route(name, format!("http://{addr}/base"), &["openai", "anthropic"], "vertex");
+        (r.model_in_path, r.request_path_override) = (model_in_path, over.map(str::to_owned));
+        r
+    };
+    let routes = vec![
+        shaped("inpath", true, None),
+        shaped("suffix", true, Some(":predict")),
+        shaped("replaced", false, Some("/custom/generate")),
+        shaped("bare", false, Some("")),
+        shaped("vertex", true, Some(":rawPredict")),
+    ];
+    let proxy = proxy(&sandbox_ca, routes, &unused_ca).await;
+    let cases = [
+        ("inpath", "/v1/chat/completions?x=1", "/base/model-of-inpath/v1/chat/completions?x=1"),
+        ("suffix", "/v1/chat/completions?x=1", "/base/model-of-suffix:predict"),
+        ("replaced", "/v1/chat/completions", "/base/custom/generate"),
+        ("bare", "/v1/chat/completions", "/base"),
+        ("vertex", "/v1/messages?beta=true", "/base/model-of-vertex:streamRawPredict"),
+    ];
+    for (name, path, want) in cases {
+        let body = json!({"model": name, "max_tokens": 1});
+        let mut c = client(proxy, &sandbox_ca).await;
+        let h1 = send(&mut c, post(path, body.clone())).await;
+        let h2 = send_h2(proxy, &sandbox_ca, post(&format!("https://inference.local{path}"), body)).await;
+        for (status, echo) in [h1, h2] {
+            assert_eq!(status, StatusCode::OK, "{echo}");
+            assert_eq!(echo["target"], want, "{name}");
+            assert_eq!(echo["authorization"], format!("Bearer route-key-{name}"), "{name}");
+        }
+    }
+    let vertex = seen.requests.lock().unwrap().last().unwrap()["body"].clone();
+    assert_eq!(vertex, json!({"max_tokens": 1, "anthropic_version": "vertex-2023-10-16"}), "the model is in the path");
 }

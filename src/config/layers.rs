@@ -36,6 +36,41 @@ pub enum LogFormat {
     Json,
 }
 
+/// What a policy source does with a new policy that fails validation (the candidate is
+/// always rejected whole).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidationFailureMode {
+    /// Quarantine: the policy in force is deactivated too, and all egress is denied (naming
+    /// the failure) until a valid policy loads.
+    #[default]
+    #[value(name = "fail_closed")]
+    FailClosed,
+    /// The last valid policy stays in force.
+    #[value(name = "retain_last_valid")]
+    RetainLastValid,
+}
+
+impl ValidationFailureMode {
+    /// The gateway's `policy_validation_failure_mode`: empty means `fail_closed`, and so does
+    /// a value this supervisor does not know (`Err` carries it, to be logged).
+    pub fn from_gateway(value: &str) -> Result<Self, (Self, String)> {
+        match value {
+            "" | "fail_closed" => Ok(ValidationFailureMode::FailClosed),
+            "retain_last_valid" => Ok(ValidationFailureMode::RetainLastValid),
+            other => Err((ValidationFailureMode::FailClosed, other.to_owned())),
+        }
+    }
+
+    /// The name used in settings and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidationFailureMode::FailClosed => "fail_closed",
+            ValidationFailureMode::RetainLastValid => "retain_last_valid",
+        }
+    }
+}
+
 /// `[sandbox]`: settings both modes share.
 #[derive(Args, Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -130,6 +165,10 @@ pub struct ProxyLayer {
     #[arg(long, env = "OPENSHELL_PROVIDER_ENV_FILE", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_env_file: Option<PathBuf>,
+    /// What a changed local policy file that fails validation does: `fail_closed` denies all egress until the file is valid again, `retain_last_valid` keeps the last valid policy. (A gateway's policy follows the gateway's own setting.) Default: fail_closed.
+    #[arg(long, env = "OPENSHELL_POLICY_VALIDATION_FAILURE_MODE", value_name = "MODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_validation_failure_mode: Option<ValidationFailureMode>,
     /// Local inference routes (YAML) for inference.local. Default: none.
     #[arg(long, env = "OPENSHELL_INFERENCE_ROUTES", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::layers::{FileConfig, GatewayLayer, ProxyLayer};
-use super::{CommonConfig, ConfigError, GatewayConfig, as_secs, dirs, secs};
+use super::{CommonConfig, ConfigError, GatewayConfig, ValidationFailureMode, as_secs, dirs, secs};
 
 /// Default proxy listener.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3128";
@@ -42,6 +42,8 @@ pub struct ProxyConfig {
     pub gateway_fallback_hosts: Vec<String>,
     /// Local provider credentials file. Default none.
     pub provider_env_file: Option<PathBuf>,
+    /// What a changed local policy file that fails validation does. Default fail_closed.
+    pub policy_validation_failure_mode: ValidationFailureMode,
     /// Local inference routes file. Default none.
     pub inference_routes: Option<PathBuf>,
     /// Extra upstream CA certificates. Default none.
@@ -135,6 +137,10 @@ impl ProxyConfig {
                 .filter(|h| !h.is_empty())
                 .collect(),
             provider_env_file: cli.provider_env_file.clone().or_else(|| f.provider_env_file.clone()),
+            policy_validation_failure_mode: cli
+                .policy_validation_failure_mode
+                .or(f.policy_validation_failure_mode)
+                .unwrap_or_default(),
             inference_routes: cli.inference_routes.clone().or_else(|| f.inference_routes.clone()),
             upstream_ca_file: cli.upstream_ca_file.clone().or_else(|| f.upstream_ca_file.clone()),
             limits: ProxyLimits::resolve(cli, f),

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::proto::inference::inference_client::InferenceClient;
 use super::proto::open_shell_client::OpenShellClient;
+use super::tls_cause::{self, TlsFacts};
 use super::{CallFailure, GatewayError, Method};
 use crate::config::{GatewayConfig, GatewayTls, Secret, TOKEN_ENV, TokenSource};
 
@@ -57,6 +58,8 @@ pub struct GatewayClient {
     inference: InferenceClient<Authed>,
     sandbox_id: Arc<str>,
     endpoint: Arc<str>,
+    /// For naming TLS failures (`None`: plaintext).
+    tls: Option<Arc<TlsFacts>>,
     token: BearerToken,
     options: ClientOptions,
 }
@@ -80,14 +83,22 @@ impl GatewayClient {
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.connect_timeout)
             .keep_alive_while_idle(false);
+        let mut facts = None;
         if config.endpoint.tls {
             let Some(tls) = &config.tls else {
                 return Err(connect_error("an https endpoint needs OPENSHELL_TLS_CA".into()));
             };
             let server_name = config.server_name.clone().unwrap_or_else(|| config.endpoint.host.clone());
-            endpoint = endpoint
-                .tls_config(tls_config(tls, server_name, options.connect_timeout).map_err(connect_error)?)
-                .map_err(|e| connect_error(format!("TLS setup failed: {e}")))?;
+            let (channel_tls, probe_tls) =
+                tls_configs(tls, &server_name, options.connect_timeout).map_err(connect_error)?;
+            facts = Some(Arc::new(TlsFacts {
+                ca: tls.ca.clone(),
+                client_cert: tls.cert.is_some() && tls.key.is_some(),
+                server_name,
+                address: (config.endpoint.host.clone(), config.endpoint.port),
+                config: probe_tls,
+            }));
+            endpoint = endpoint.tls_config(channel_tls).map_err(|e| connect_error(format!("TLS setup failed: {e}")))?;
         }
         let channel = endpoint.connect_lazy();
         let token = BearerToken::new(config.token.clone());
@@ -96,6 +107,7 @@ impl GatewayClient {
             inference: InferenceClient::with_interceptor(channel, token.clone()),
             sandbox_id: config.sandbox_id.as_str().into(),
             endpoint: url.into(),
+            tls: facts,
             token,
             options,
         })
@@ -134,9 +146,22 @@ impl GatewayClient {
     ) -> Result<T, GatewayError> {
         match tokio::time::timeout(self.options.call_timeout, call).await {
             Err(_) => Err(method.failed(CallFailure::timeout(&self.endpoint, self.options.call_timeout))),
-            Ok(Err(status)) => Err(self.failure(method, &status)),
+            Ok(Err(status)) => Err(self.failure_probed(method, &status).await),
             Ok(Ok(response)) => Ok(response.into_inner()),
         }
+    }
+
+    /// Like [`GatewayClient::failure`]; when TLS is in use and the call only saw its
+    /// connection close, a probe handshake names the TLS failure behind it, if there is one.
+    async fn failure_probed(&self, method: Method, status: &Status) -> GatewayError {
+        if let Some(tls) = &self.tls
+            && tls_cause::diagnose(status, tls).is_none()
+            && tls_cause::closed_under_call(status)
+            && let Some(message) = tls_cause::probe(tls, self.options.connect_timeout).await
+        {
+            return method.failed(CallFailure { endpoint: self.endpoint.to_string(), code: status.code(), message });
+        }
+        self.failure(method, status)
     }
 
     /// Maps a status to `method`'s error; a token that could not be read stays a token error.
@@ -144,33 +169,59 @@ impl GatewayClient {
         if status.metadata().contains_key(TOKEN_ERROR_KEY) {
             return GatewayError::Token { message: status.message().to_owned() };
         }
-        method.failed(CallFailure::from_status(&self.endpoint, status))
+        method.failed(CallFailure::from_status_with(&self.endpoint, status, self.tls.as_deref()))
     }
 }
 
-fn tls_config(tls: &GatewayTls, server_name: String, timeout: Duration) -> Result<ClientTlsConfig, String> {
+/// The channel's TLS settings, and the same trust and identity as a rustls configuration
+/// for [`tls_cause::probe`]. Only the configured CA is trusted: no system roots.
+fn tls_configs(
+    tls: &GatewayTls,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<(ClientTlsConfig, Arc<rustls::ClientConfig>), String> {
     let ca = read_pem(&tls.ca, "CA certificate", "OPENSHELL_TLS_CA")?;
-    if CertificateDer::pem_slice_iter(&ca).next().is_none_or(|c| c.is_err()) {
-        return Err(format!("{} (OPENSHELL_TLS_CA) holds no PEM certificate", tls.ca.display()));
+    let no_certificate =
+        |path: &Path, setting: &str| format!("{} ({setting}) holds no PEM certificate", path.display());
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca)
+        .collect::<Result<_, _>>()
+        .map_err(|_| no_certificate(&tls.ca, "OPENSHELL_TLS_CA"))?;
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(roots);
+    if added == 0 {
+        return Err(no_certificate(&tls.ca, "OPENSHELL_TLS_CA"));
     }
-    // Only the configured CA is trusted: no system roots are added.
     let mut config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .domain_name(server_name)
         .assume_http2(true)
         .timeout(timeout);
-    if let (Some(cert_path), Some(key_path)) = (&tls.cert, &tls.key) {
-        let cert = read_pem(cert_path, "client certificate", "OPENSHELL_TLS_CERT")?;
-        if CertificateDer::pem_slice_iter(&cert).next().is_none_or(|c| c.is_err()) {
-            return Err(format!("{} (OPENSHELL_TLS_CERT) holds no PEM certificate", cert_path.display()));
+    let probe = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(store);
+    let mut probe = match (&tls.cert, &tls.key) {
+        (Some(cert_path), Some(key_path)) => {
+            let cert = read_pem(cert_path, "client certificate", "OPENSHELL_TLS_CERT")?;
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
+                .collect::<Result<_, _>>()
+                .ok()
+                .filter(|c: &Vec<_>| !c.is_empty())
+                .ok_or_else(|| no_certificate(cert_path, "OPENSHELL_TLS_CERT"))?;
+            let key = read_pem(key_path, "client key", "OPENSHELL_TLS_KEY")?;
+            let private = PrivateKeyDer::from_pem_slice(&key)
+                .map_err(|_| format!("{} (OPENSHELL_TLS_KEY) holds no PEM private key", key_path.display()))?;
+            config = config.identity(Identity::from_pem(cert, key));
+            probe.with_client_auth_cert(chain, private).map_err(|e| {
+                format!(
+                    "the client certificate (OPENSHELL_TLS_CERT) and key (OPENSHELL_TLS_KEY) do not go together: {e}"
+                )
+            })?
         }
-        let key = read_pem(key_path, "client key", "OPENSHELL_TLS_KEY")?;
-        if PrivateKeyDer::from_pem_slice(&key).is_err() {
-            return Err(format!("{} (OPENSHELL_TLS_KEY) holds no PEM private key", key_path.display()));
-        }
-        config = config.identity(Identity::from_pem(cert, key));
-    }
-    Ok(config)
+        _ => probe.with_no_client_auth(),
+    };
+    probe.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((config, Arc::new(probe)))
 }
 
 fn read_pem(path: &Path, what: &str, setting: &str) -> Result<Vec<u8>, String> {

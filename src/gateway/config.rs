@@ -1,33 +1,72 @@
 //! The sandbox's policy from the gateway: `GetSandboxConfig` with the contract's startup
-//! retries, validation through the YAML rules, and the poller that applies a changed
-//! policy (new revision or hash) and answers every reload with `ReportPolicyStatus`
-//! LOADED or FAILED, keeping the last good policy in force.
-
-use std::time::Duration;
-
-use tokio::sync::watch;
+//! retries, validation through the YAML rules, what an answer says about its policy
+//! (version, GLOBAL source, failure mode), and `ReportPolicyStatus` for the sandbox's own
+//! policy only; the poller that applies changes lives in `poller`.
 
 use super::backoff::RetrySchedule;
-use super::proto::{GetSandboxConfigRequest, GetSandboxConfigResponse, PolicyStatus, ReportPolicyStatusRequest};
-use super::{GatewayClient, GatewayError, Method, Sink};
+use super::proto::{
+    GetSandboxConfigRequest, GetSandboxConfigResponse, PolicySource, PolicyStatus, ReportPolicyStatusRequest,
+};
+use super::{GatewayClient, GatewayError, Method};
+use crate::config::ValidationFailureMode;
 use crate::policy::{Issue, Policy, PolicyError};
-use crate::shutdown::Shutdown;
+
+/// What a `GetSandboxConfig` answer says about its policy, whether the policy is valid or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyOrigin {
+    /// The sandbox's policy version (what `ReportPolicyStatus` names).
+    pub version: u32,
+    /// `Some(global_policy_version)` when the policy is the gateway-wide one (`policy_source`
+    /// GLOBAL): it is applied, but no status is reported for it.
+    pub global: Option<u32>,
+    /// What a rejected policy does to the one in force (`policy_validation_failure_mode`).
+    pub failure_mode: ValidationFailureMode,
+}
+
+impl PolicyOrigin {
+    /// Reads the answer's version, source and failure mode; an unknown mode is logged and
+    /// taken as `fail_closed`.
+    pub fn of(response: &GetSandboxConfigResponse) -> Self {
+        let failure_mode = ValidationFailureMode::from_gateway(&response.policy_validation_failure_mode)
+            .unwrap_or_else(|(mode, unknown)| {
+                tracing::warn!(
+                    "the gateway's policy_validation_failure_mode `{unknown}` is unknown; using {}",
+                    mode.as_str()
+                );
+                mode
+            });
+        let global = (response.policy_source() == PolicySource::Global).then_some(response.global_policy_version);
+        PolicyOrigin { version: response.version, global, failure_mode }
+    }
+
+    /// Whether `ReportPolicyStatus` is sent for this policy (the sandbox's own only).
+    pub fn reported(&self) -> bool {
+        self.global.is_none()
+    }
+}
+
+impl std::fmt::Display for PolicyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.global {
+            Some(global) => write!(f, "the gateway's global policy version {global}"),
+            None => write!(f, "the gateway's policy version {}", self.version),
+        }
+    }
+}
 
 /// A validated configuration from the gateway.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SandboxConfig {
     /// The policy, validated like a YAML file.
     pub policy: Policy,
-    /// The gateway's policy version (reported back in `ReportPolicyStatus`).
-    pub version: u32,
+    /// Its version, source and failure mode.
+    pub origin: PolicyOrigin,
     /// The gateway's hash of the policy.
     pub policy_hash: String,
     /// The configuration's revision.
     pub config_revision: u64,
     /// The provider environment's revision: when it changes, fetch the environment again.
     pub provider_env_revision: u64,
-    /// The gateway's `policy_validation_failure_mode`, as sent (not acted upon).
-    pub policy_validation_failure_mode: String,
     /// Fields the policy sets that are not applied, for warnings.
     pub unapplied: Vec<String>,
 }
@@ -35,6 +74,7 @@ pub struct SandboxConfig {
 impl SandboxConfig {
     /// Validates a `GetSandboxConfig` answer.
     pub fn from_response(response: GetSandboxConfigResponse) -> Result<Self, PolicyError> {
+        let origin = PolicyOrigin::of(&response);
         let Some(message) = response.policy else {
             return Err(PolicyError::Invalid {
                 source_name: super::policy::SOURCE_NAME.to_owned(),
@@ -48,18 +88,17 @@ impl SandboxConfig {
         Ok(SandboxConfig {
             policy: super::policy::to_policy(&message)?,
             unapplied: super::policy::unapplied_fields(&message),
-            version: response.version,
+            origin,
             policy_hash: response.policy_hash,
             config_revision: response.config_revision,
             provider_env_revision: response.provider_env_revision,
-            policy_validation_failure_mode: response.policy_validation_failure_mode,
         })
     }
 
     /// Logs what is accepted but not applied.
     pub fn log_warnings(&self) {
         for note in &self.unapplied {
-            tracing::warn!("{} {note}", super::policy::SOURCE_NAME);
+            tracing::warn!("{} {note}", super::policy::WARNING_PREFIX);
         }
         crate::policy::log_warnings(&self.policy);
     }
@@ -89,10 +128,22 @@ impl GatewayClient {
     }
 }
 
+/// Sends `ReportPolicyStatus` for `origin` unless it is the global policy; a failure
+/// to deliver it is logged (the caller goes on).
+pub async fn report_status(client: &GatewayClient, origin: &PolicyOrigin, status: PolicyStatus, error: &str) {
+    if !origin.reported() {
+        return;
+    }
+    if let Err(e) = client.report_policy_status(origin.version, status, error).await {
+        tracing::warn!("could not report {origin} as {}: {e}", status.as_str_name());
+    }
+}
+
 /// The startup fetch: `GetSandboxConfig`, tried again after each delay of `schedule`
 /// while the gateway is UNAVAILABLE, then validated. An invalid policy is reported
-/// FAILED (best effort) and returned as [`GatewayError::Policy`] (exit 65). The caller
-/// reports LOADED once it has installed the policy.
+/// FAILED (best effort; not for the global policy) and returned as
+/// [`GatewayError::Policy`] (exit 65, whatever the failure mode: nothing valid was ever
+/// loaded). The caller reports LOADED once it has installed the policy.
 pub async fn fetch_with_retries(
     client: &GatewayClient,
     schedule: &RetrySchedule,
@@ -117,132 +168,16 @@ pub async fn fetch_with_retries(
             Err(e) => return Err(e),
         }
     };
-    let version = response.version;
+    let origin = PolicyOrigin::of(&response);
     match SandboxConfig::from_response(response) {
         Ok(config) => Ok(config),
         Err(e) => {
-            if let Err(report) = client.report_policy_status(version, PolicyStatus::Failed, &e.to_string()).await {
-                tracing::warn!("could not report the invalid policy: {report}");
-            }
+            report_status(client, &origin, PolicyStatus::Failed, &e.summary()).await;
             Err(e.into())
         }
     }
 }
 
-/// What one poll decided.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PollOutcome {
-    /// Same revision and hash as the last decision: nothing to do.
-    Unchanged,
-    /// A new policy was installed and reported LOADED.
-    Loaded {
-        /// The gateway's policy version.
-        version: u32,
-    },
-    /// A new policy was refused (invalid, or the sink refused it) and reported FAILED;
-    /// the previous policy stays.
-    Failed {
-        /// The gateway's policy version.
-        version: u32,
-        /// The reported error.
-        error: String,
-    },
-}
+mod poller;
 
-/// Polls `GetSandboxConfig` and applies changes through a [`Sink`].
-pub struct ConfigPoller<S> {
-    client: GatewayClient,
-    sink: S,
-    interval: Duration,
-    /// (config_revision, policy_hash) of the last reload decision.
-    seen: Option<(u64, String)>,
-    /// A status report that could not be delivered yet; sent again on the next poll.
-    unreported: Option<(u32, PolicyStatus, String)>,
-    provider_revision: watch::Sender<u64>,
-}
-
-impl<S: Sink<SandboxConfig>> ConfigPoller<S> {
-    /// A poller calling the gateway every `interval` (`OPENSHELL_POLICY_POLL_INTERVAL_SECS`).
-    pub fn new(client: GatewayClient, sink: S, interval: Duration) -> Self {
-        ConfigPoller { client, sink, interval, seen: None, unreported: None, provider_revision: watch::Sender::new(0) }
-    }
-
-    /// Starts from the policy installed at startup: the same revision and hash are not
-    /// reloaded, and its provider revision is the current one.
-    pub fn starting_from(mut self, installed: &SandboxConfig) -> Self {
-        self.seen = Some((installed.config_revision, installed.policy_hash.clone()));
-        self.provider_revision.send_replace(installed.provider_env_revision);
-        self
-    }
-
-    /// The provider environment revision of the latest answer, for [`super::provider::ProviderPoller`].
-    pub fn provider_revisions(&self) -> watch::Receiver<u64> {
-        self.provider_revision.subscribe()
-    }
-
-    /// One poll: fetch, and when the revision or hash changed, validate, install and report.
-    pub async fn poll_once(&mut self) -> Result<PollOutcome, GatewayError> {
-        if let Some((version, status, error)) = self.unreported.take() {
-            self.report(version, status, error).await;
-        }
-        let response = self.client.get_sandbox_config().await?;
-        let provider_revision = response.provider_env_revision;
-        self.provider_revision.send_if_modified(|r| {
-            let changed = *r != provider_revision;
-            *r = provider_revision;
-            changed
-        });
-        let key = (response.config_revision, response.policy_hash.clone());
-        if self.seen.as_ref() == Some(&key) {
-            return Ok(PollOutcome::Unchanged);
-        }
-        self.seen = Some(key);
-        let version = response.version;
-        let installed = SandboxConfig::from_response(response).map_err(|e| e.to_string()).and_then(|config| {
-            config.log_warnings();
-            self.sink.install(config)
-        });
-        Ok(match installed {
-            Ok(()) => {
-                tracing::info!(version, "applied the gateway's new policy");
-                self.report(version, PolicyStatus::Loaded, String::new()).await;
-                PollOutcome::Loaded { version }
-            }
-            Err(error) => {
-                tracing::warn!(version, "kept the previous policy: {error}");
-                self.report(version, PolicyStatus::Failed, error.clone()).await;
-                PollOutcome::Failed { version, error }
-            }
-        })
-    }
-
-    async fn report(&mut self, version: u32, status: PolicyStatus, error: String) {
-        if let Err(e) = self.client.report_policy_status(version, status, &error).await {
-            tracing::warn!("{e}; the status is sent again on the next poll");
-            self.unreported = Some((version, status, error));
-        }
-    }
-
-    /// Polls every interval until shutdown. Failed polls are logged once per outage.
-    pub async fn run(mut self, shutdown: Shutdown) {
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                () = shutdown.signalled() => return,
-                () = tokio::time::sleep(self.interval) => {}
-            }
-            match self.poll_once().await {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("policy polling works again");
-                }
-                Ok(_) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!("policy poll failed, the current policy stays: {e}");
-                }
-                Err(e) => tracing::debug!("policy poll failed again: {e}"),
-            }
-        }
-    }
-}
+pub use poller::{ConfigPoller, PolicySink, PollOutcome};

@@ -1,6 +1,7 @@
 //! Inference routes for `inference.local`: `GetInferenceBundle`, polled every 5 s. A
-//! changed bundle is installed; a failed poll keeps the last good bundle. API keys are
-//! secrets: never logged.
+//! bundle with a new `revision` is installed (the gateway stamps `generated_at_ms` on
+//! every answer, so that says nothing); a failed poll keeps the last good bundle. API keys
+//! are secrets: never logged.
 
 use std::time::Duration;
 
@@ -19,8 +20,16 @@ pub struct InferenceBundle {
     pub routes: Vec<Route>,
     /// The gateway's revision of the bundle.
     pub revision: String,
-    /// When the gateway built it (ms since the Unix epoch).
+    /// When the gateway answered (ms since the Unix epoch); not a sign of change.
     pub generated_at_ms: i64,
+}
+
+impl InferenceBundle {
+    /// Whether `other` is the bundle this one is: the same revision (and, for a gateway
+    /// that sends none, the same routes).
+    pub fn same_as(&self, other: &InferenceBundle) -> bool {
+        self.revision == other.revision && (!self.revision.is_empty() || self.routes == other.routes)
+    }
 }
 
 /// One inference route.
@@ -40,6 +49,11 @@ pub struct Route {
     pub provider_type: String,
     /// Upstream request timeout; `None` when the gateway leaves it unset (0).
     pub timeout: Option<Duration>,
+    /// The model id goes in the URL path (Vertex AI style); see
+    /// [`crate::proxy::l7::inference::upstream_uri`].
+    pub model_in_path: bool,
+    /// Replaces the request's path (with `model_in_path`: the suffix after the model id).
+    pub request_path_override: Option<String>,
 }
 
 impl From<ResolvedRoute> for Route {
@@ -52,6 +66,8 @@ impl From<ResolvedRoute> for Route {
             model_id: r.model_id,
             provider_type: r.provider_type,
             timeout: (r.timeout_secs > 0).then(|| Duration::from_secs(r.timeout_secs)),
+            model_in_path: r.model_in_path,
+            request_path_override: r.request_path_override,
         }
     }
 }
@@ -70,7 +86,7 @@ impl GatewayClient {
     }
 }
 
-/// Polls the bundle and installs it when it changed.
+/// Polls the bundle and installs it when its revision changed.
 pub struct InferencePoller<S> {
     client: GatewayClient,
     sink: S,
@@ -96,10 +112,11 @@ impl<S: Sink<InferenceBundle>> InferencePoller<S> {
         self
     }
 
-    /// One poll: `Ok(true)` when a changed bundle was installed. On error nothing changes.
+    /// One poll: `Ok(true)` when a bundle with a new revision was installed. On error
+    /// nothing changes.
     pub async fn poll_once(&mut self) -> Result<bool, GatewayError> {
         let bundle = self.client.get_inference_bundle().await?;
-        if self.last.as_ref() == Some(&bundle) {
+        if self.last.as_ref().is_some_and(|last| last.same_as(&bundle)) {
             return Ok(false);
         }
         let (revision, routes) = (bundle.revision.clone(), bundle.routes.len());

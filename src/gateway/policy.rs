@@ -11,8 +11,10 @@ use super::proto::sandbox::{
 };
 use crate::policy::{self, Policy, PolicyError};
 
-/// How errors name a policy that came from the gateway.
-pub const SOURCE_NAME: &str = "the gateway's policy";
+/// How errors name a policy that came from the gateway: "invalid policy from the gateway: ...".
+pub const SOURCE_NAME: &str = "from the gateway";
+/// How warnings about it begin.
+pub const WARNING_PREFIX: &str = "the gateway's policy:";
 
 /// Validates the gateway's policy with the same rules as a YAML file.
 pub fn to_policy(message: &SandboxPolicy) -> Result<Policy, PolicyError> {

@@ -55,6 +55,8 @@ impl fmt::Debug for inference::ResolvedRoute {
             .field("model_id", &self.model_id)
             .field("provider_type", &self.provider_type)
             .field("timeout_secs", &self.timeout_secs)
+            .field("model_in_path", &self.model_in_path)
+            .field("request_path_override", &self.request_path_override)
             .finish()
     }
 }
@@ -82,7 +84,9 @@ mod tests {
             policy_hash: "abc".into(),
             config_revision: 9,
             provider_env_revision: 2,
-            policy_validation_failure_mode: String::new(),
+            policy_source: PolicySource::Global.into(),
+            global_policy_version: 4,
+            policy_validation_failure_mode: "retain_last_valid".into(),
         };
         let decoded = GetSandboxConfigResponse::decode(with_unknown_fields(response.encode_to_vec()).as_slice())
             .expect("unknown fields are tolerated");
@@ -108,6 +112,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(endpoint.encode_to_vec(), [0xc2, 0x01, 0x03, 0x0a, 0x01, b'p']);
+        // policy_source is field 6 (tag 0x30), global_policy_version 7 (0x38), the failure mode 11 (0x5a).
+        let response = GetSandboxConfigResponse {
+            policy_source: PolicySource::Global.into(),
+            global_policy_version: 2,
+            policy_validation_failure_mode: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(response.encode_to_vec(), [0x30, 0x02, 0x38, 0x02, 0x5a, 0x01, b'x']);
+        // model_in_path is field 8 (0x40), request_path_override 9 (0x4a), kept when empty (optional).
+        let route = inference::ResolvedRoute {
+            model_in_path: true,
+            request_path_override: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(route.encode_to_vec(), [0x40, 0x01, 0x4a, 0x00]);
     }
 
     #[test]

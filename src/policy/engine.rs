@@ -78,6 +78,8 @@ pub struct L7Decision {
 /// A compiled policy generation. Cheap to share (`Arc`), safe to use from many tasks.
 pub struct PolicyEngine {
     generation: u64,
+    /// Set on a quarantined generation: every decision is a denial with this reason.
+    quarantine: Option<Arc<str>>,
     policy: Policy,
     endpoints: Vec<FlatEndpoint>,
     data: Value,
@@ -96,6 +98,7 @@ type L7Key = (Box<str>, u16, Box<str>, Box<str>, Box<str>);
 
 /// One entry point compiled to an RVM program. Evaluation makes a fresh VM from it
 /// (about a microsecond), so concurrent decisions share nothing mutable.
+#[derive(Clone)]
 struct Compiled {
     rule: &'static str,
     policy: regorus::CompiledPolicy,
@@ -120,6 +123,7 @@ impl PolicyEngine {
         let request_rule = compile(REQUEST_RULE)?;
         let engine = PolicyEngine {
             generation,
+            quarantine: None,
             policy,
             endpoints,
             data,
@@ -138,6 +142,28 @@ impl PolicyEngine {
     /// The generation number this engine was built as.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// A quarantined generation `generation` (the policy source rejected a new policy and
+    /// deactivated this one): it matches no endpoint and denies every connection and request
+    /// with `reason`.
+    pub fn quarantined(&self, generation: u64, reason: &str) -> PolicyEngine {
+        PolicyEngine {
+            generation,
+            quarantine: Some(reason.into()),
+            policy: self.policy.clone(),
+            endpoints: Vec::new(),
+            data: self.data.clone(),
+            network_rule: self.network_rule.clone(),
+            request_rule: self.request_rule.clone(),
+            cache: RwLock::new(HashMap::new()),
+            l7_cache: Mutex::new(LruCache::new(L7_CACHE_CAPACITY)),
+        }
+    }
+
+    /// Why this generation is quarantined; `None` for a generation that decides by its policy.
+    pub fn quarantine(&self) -> Option<&str> {
+        self.quarantine.as_deref()
     }
 
     /// The validated policy.
@@ -183,6 +209,9 @@ impl PolicyEngine {
     }
 
     fn evaluate_network_normalized(&self, host: &str, port: u16) -> L4Decision {
+        if let Some(reason) = &self.quarantine {
+            return L4Decision::deny(reason.to_string());
+        }
         match self.eval(&self.network_rule, network_input(host, port, None)) {
             Ok(v) => L4Decision {
                 allow: v["allow"] == Value::Bool(true),
@@ -224,6 +253,9 @@ impl PolicyEngine {
     }
 
     fn evaluate_request_normalized(&self, host: &str, port: u16, request: &L7Request<'_>) -> L7Decision {
+        if let Some(reason) = &self.quarantine {
+            return L7Decision::deny(reason.to_string());
+        }
         match self.eval(&self.request_rule, network_input(host, port, Some(request))) {
             Ok(v) => L7Decision {
                 allow: v["allow"] == Value::Bool(true),
@@ -331,5 +363,43 @@ network_policies:
         let long = format!("/{}", "x".repeat(L7_CACHE_MAX_KEY_BYTES));
         assert!(!ask("GET", &long, "a"));
         assert_eq!(engine.l7_cache.lock().unwrap().len(), 4, "long requests are not cached");
+    }
+}
+
+#[cfg(test)]
+mod quarantine_tests {
+    use super::*;
+    use crate::policy::{self, RegoRules};
+
+    #[test]
+    fn a_quarantined_generation_denies_everything_with_its_reason() {
+        let yaml = "network_policies:\n  api:\n    endpoints:\n      - {host: api.example.com, port: 443, protocol: rest, access: full}\n";
+        let engine = PolicyEngine::new(policy::parse_yaml(yaml, "test").unwrap(), &RegoRules::builtin(), 1).unwrap();
+        let query = BTreeMap::new();
+        let get = L7Request { method: "GET", path: "/", query: &query };
+        assert!(engine.network("api.example.com", 443).allow && engine.request("api.example.com", 443, &get).allow);
+
+        let quarantined = engine.quarantined(2, "policy quarantined: bad");
+        assert_eq!((quarantined.generation(), quarantined.quarantine()), (2, Some("policy quarantined: bad")));
+        for decision in [
+            quarantined.network("api.example.com", 443),
+            Arc::new(quarantined.evaluate_network("api.example.com", 443)),
+        ] {
+            assert!(!decision.allow && decision.endpoints.is_empty(), "{decision:?}");
+            assert_eq!(decision.reason, "policy quarantined: bad");
+        }
+        for decision in [
+            quarantined.request("api.example.com", 443, &get),
+            quarantined.evaluate_request("api.example.com", 443, &get),
+        ] {
+            assert_eq!(
+                (decision.allow, decision.enforcement, decision.reason.as_str()),
+                (false, Enforcement::Enforce, "policy quarantined: bad")
+            );
+        }
+        assert!(
+            engine.quarantine().is_none() && engine.network("api.example.com", 443).allow,
+            "the source engine is unchanged"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! Audit events: one per policy decision and one when an allowed connection or request
-//! closes, under the `openshell::audit` target (design.md section 3, "Audit").
+//! Audit events: one per policy decision, one when an allowed connection or request
+//! closes, and one when the policy is quarantined or recovers, under the
+//! `openshell::audit` target (design.md section 3, "Audit").
 
 use std::time::Duration;
 
@@ -65,6 +66,17 @@ pub fn denied(subject: &Subject<'_>, refusal: &Refusal, policy: Option<&str>, ru
         path,
         "refused"
     );
+}
+
+/// The policy source rejected a new policy under `fail_closed`: generation `generation`
+/// denies all egress with `reason`, and connections decided before it are closed.
+pub fn policy_quarantined(generation: u64, reason: &str) {
+    tracing::error!(target: AUDIT_TARGET, action = "quarantine", generation, reason, "policy quarantined");
+}
+
+/// A valid policy loaded after a quarantine, as generation `generation`.
+pub fn policy_recovered(generation: u64) {
+    tracing::info!(target: AUDIT_TARGET, action = "recover", generation, "policy recovered from quarantine");
 }
 
 /// An allowed tunnel or forwarded request has ended: the upstream's status (requests),

@@ -77,13 +77,18 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = ctx.limits.idle_timeout;
     let host = host.to_owned();
+    let revoked = ctx.policy.revoked(engine.generation());
     ctx.shutdown.spawn(async move {
         let _permit = permit;
         let started = Instant::now();
         let subject = Subject { kind: "connect", host: &host, port, request: None };
         match on_upgrade.await {
             Ok(upgraded) => {
-                let relayed = relay(TokioIo::new(upgraded), stream, idle).await;
+                let quarantined = async {
+                    revoked.await;
+                    "quarantined"
+                };
+                let relayed = relay(TokioIo::new(upgraded), stream, idle, quarantined).await;
                 let bytes = (relayed.sent, relayed.received);
                 audit::closed(&subject, None, bytes, started.elapsed(), relayed.outcome);
             }
@@ -145,7 +150,8 @@ async fn intercept_tls(
         idle_timeout: ctx.limits.idle_timeout,
         response_timeout: ctx.limits.response_timeout,
     };
-    serve_upgraded(&mut req, ctx, permit, host, port, move |io, shutdown| {
+    let generation = Some(engine.generation());
+    serve_upgraded(&mut req, ctx, permit, host, port, generation, move |io, shutdown| {
         serve_tls(io, server_config, session, shutdown)
     })
 }
@@ -177,19 +183,22 @@ fn inference(mut req: Request<Incoming>, ctx: &Arc<Ctx>, permit: Arc<OwnedSemaph
         idle_timeout: ctx.limits.idle_timeout,
         response_timeout: ctx.limits.response_timeout,
     };
-    serve_upgraded(&mut req, ctx, permit, INFERENCE_HOST, 443, move |io, shutdown| {
+    serve_upgraded(&mut req, ctx, permit, INFERENCE_HOST, 443, None, move |io, shutdown| {
         serve_inference_tls(io, server_config, session, shutdown)
     })
 }
 
 /// Answers `200` and, once the client's stream is handed over, runs `serve` on it in a
-/// task of the shutdown (holding the connection permit until it ends).
+/// task of the shutdown (holding the connection permit until it ends). A connection
+/// decided under a policy generation (`Some`, not `inference.local`) is closed when a
+/// quarantine deactivates that generation.
 fn serve_upgraded<F, Fut>(
     req: &mut Request<Incoming>,
     ctx: &Ctx,
     permit: Arc<OwnedSemaphorePermit>,
     host: &str,
     port: u16,
+    generation: Option<u64>,
     serve: F,
 ) -> Response<Body>
 where
@@ -197,20 +206,25 @@ where
     Fut: Future<Output = Result<(), SessionError>> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(req);
-    let (host, shutdown) = (host.to_owned(), ctx.shutdown.clone());
+    let (host, shutdown, policy) = (host.to_owned(), ctx.shutdown.clone(), ctx.policy.clone());
     ctx.shutdown.spawn(async move {
         let _permit = permit;
         let started = Instant::now();
         let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
+            Ok(upgraded) => TokioIo::new(upgraded),
             Err(e) => return tracing::debug!(host, port, error = %e, "CONNECT client left before the tunnel opened"),
         };
-        match serve(TokioIo::new(upgraded), shutdown).await {
-            Ok(()) => {}
-            Err(e @ (SessionError::ClientHandshake { .. } | SessionError::HandshakeTimeout { .. })) => {
+        let served = match generation {
+            Some(generation) => policy.serve_pinned(generation, &shutdown, |pinned| serve(upgraded, pinned)).await,
+            None => Some(serve(upgraded, shutdown).await),
+        };
+        match served {
+            Some(Ok(())) => {}
+            Some(Err(e @ (SessionError::ClientHandshake { .. } | SessionError::HandshakeTimeout { .. }))) => {
                 tracing::warn!(host, port, "{e} (the client must trust ca-bundle.pem from the shared TLS dir)")
             }
-            Err(e) => tracing::debug!(host, port, "{e}"),
+            Some(Err(e)) => tracing::debug!(host, port, "{e}"),
+            None => tracing::info!(host, port, "inspected connection cut: the policy that allowed it is quarantined"),
         }
         tracing::debug!(host, port, duration_ms = started.elapsed().as_millis() as u64, "inspected connection closed");
     });

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::ProxyConfig;
 use crate::gateway::backoff::RetrySchedule;
-use crate::gateway::config::{ConfigPoller, SandboxConfig, fetch_with_retries};
+use crate::gateway::config::{ConfigPoller, SandboxConfig, fetch_with_retries, report_status};
 use crate::gateway::inference::{InferenceBundle, InferencePoller};
 use crate::gateway::logs::{LogQueue, LogShipper};
 use crate::gateway::proto::PolicyStatus;
@@ -22,7 +22,7 @@ use crate::volume;
 use super::ProxyError;
 use super::credentials::SecretStore;
 use super::l7::routes::RoutesHandle;
-use super::policy_source::{PolicyHandle, gateway_sink};
+use super::policy_source::{GatewayPolicy, PolicyHandle};
 
 /// How long startup waits for the log stream to open before going on without it.
 pub const LOG_STREAM_WAIT: Duration = Duration::from_secs(3);
@@ -46,7 +46,7 @@ impl std::fmt::Debug for GatewayStart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayStart")
             .field("endpoint", &self.client.endpoint())
-            .field("policy_version", &self.policy.as_ref().map(|(c, _)| c.version))
+            .field("policy_version", &self.policy.as_ref().map(|(c, _)| c.origin.version))
             .field("provider_revision", &self.provider_revision)
             .field("bundle_revision", &self.bundle.as_ref().map(|b| &b.revision))
             .finish_non_exhaustive()
@@ -116,7 +116,8 @@ pub async fn start(
 }
 
 /// `GetSandboxConfig` with retries, compiled as generation 1 and reported LOADED; an
-/// invalid policy or one that does not compile is reported FAILED and ends startup.
+/// invalid policy or one that does not compile is reported FAILED and ends startup (no
+/// status for the gateway's global policy).
 async fn gateway_policy(
     client: &GatewayClient,
     config: &ProxyConfig,
@@ -128,19 +129,13 @@ async fn gateway_policy(
     let engine = match PolicyEngine::new(fetched.policy.clone(), &rules, 1) {
         Ok(engine) => engine,
         Err(e) => {
-            report(client, fetched.version, PolicyStatus::Failed, &e.to_string()).await;
+            report_status(client, &fetched.origin, PolicyStatus::Failed, &e.summary()).await;
             return Err(e.into());
         }
     };
-    tracing::info!(version = fetched.version, hash = fetched.policy_hash, "policy loaded from the gateway");
-    report(client, fetched.version, PolicyStatus::Loaded, "").await;
+    tracing::info!(hash = fetched.policy_hash, "loaded {}", fetched.origin);
+    report_status(client, &fetched.origin, PolicyStatus::Loaded, "").await;
     Ok((fetched, Some(engine)))
-}
-
-async fn report(client: &GatewayClient, version: u32, status: PolicyStatus, error: &str) {
-    if let Err(e) = client.report_policy_status(version, status, error).await {
-        tracing::warn!("could not report the policy status {status:?}: {e}");
-    }
 }
 
 /// Installs the gateway's provider environment into `secrets`; returns the revision in
@@ -195,12 +190,8 @@ impl GatewayStart {
     pub fn spawn_pollers(self, policy: &PolicyHandle, rules: &RegoRules, shutdown: &Shutdown) {
         let revisions = match &self.policy {
             Some((installed, _)) => {
-                let poller = ConfigPoller::new(
-                    self.client.clone(),
-                    gateway_sink(policy.clone(), rules.clone()),
-                    self.poll_interval,
-                )
-                .starting_from(installed);
+                let sink = GatewayPolicy { handle: policy.clone(), rules: rules.clone() };
+                let poller = ConfigPoller::new(self.client.clone(), sink, self.poll_interval).starting_from(installed);
                 let revisions = poller.provider_revisions();
                 shutdown.spawn(poller.run(shutdown.clone()));
                 Some(revisions)

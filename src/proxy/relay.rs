@@ -1,6 +1,7 @@
 //! Byte relay of a tunnel: `copy_bidirectional` (half-close forwarded) between two
 //! streams, with byte counts and an idle timeout. Work is per read call, never per byte.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,12 +23,13 @@ pub struct Relayed {
     pub sent: u64,
     /// Bytes from the upstream to the client.
     pub received: u64,
-    /// `eof` (both sides closed), `idle` (timed out), `error`, or `shutdown`.
+    /// `eof` (both sides closed), `idle` (timed out), `error`, or what stopped it.
     pub outcome: &'static str,
 }
 
-/// Relays until both directions close, the link is silent for `idle`, or an error.
-pub async fn relay<A, B>(client: A, upstream: B, idle: Duration) -> Relayed
+/// Relays until both directions close, the link is silent for `idle`, an error, or `stop`
+/// completes (its output is the outcome, like `quarantined`).
+pub async fn relay<A, B>(client: A, upstream: B, idle: Duration, stop: impl Future<Output = &'static str>) -> Relayed
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -41,6 +43,7 @@ where
     let outcome = tokio::select! {
         result = copy => if result.is_ok() { "eof" } else { "error" },
         () = activity.idle_for(idle) => "idle",
+        outcome = stop => outcome,
     };
     Relayed { sent: sent.load(Ordering::Relaxed), received: received.load(Ordering::Relaxed), outcome }
 }
@@ -117,6 +120,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::pending;
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -124,7 +129,7 @@ mod tests {
     async fn relays_both_ways_with_half_close_and_counts() {
         let (mut client, client_side) = tokio::io::duplex(1024);
         let (upstream_side, mut upstream) = tokio::io::duplex(1024);
-        let task = tokio::spawn(relay(client_side, upstream_side, Duration::from_secs(5)));
+        let task = tokio::spawn(relay(client_side, upstream_side, Duration::from_secs(5), pending()));
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -144,8 +149,26 @@ mod tests {
         let (_client, client_side) = tokio::io::duplex(64);
         let (upstream_side, _upstream) = tokio::io::duplex(64);
         let started = std::time::Instant::now();
-        let relayed = relay(client_side, upstream_side, Duration::from_millis(100)).await;
+        let relayed = relay(client_side, upstream_side, Duration::from_millis(100), pending()).await;
         assert_eq!(relayed.outcome, "idle");
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_relay_ends_with_the_stop_outcome_and_its_counts() {
+        let (mut client, client_side) = tokio::io::duplex(64);
+        let (upstream_side, mut upstream) = tokio::io::duplex(64);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(relay(client_side, upstream_side, Duration::from_secs(5), async {
+            let _ = stopped.await;
+            "quarantined"
+        }));
+        client.write_all(b"abc").await.unwrap();
+        let mut got = [0u8; 3];
+        upstream.read_exact(&mut got).await.unwrap();
+        stop.send(()).unwrap();
+        let relayed = task.await.unwrap();
+        assert_eq!(relayed, Relayed { sent: 3, received: 0, outcome: "quarantined" });
+        assert_eq!(client.read(&mut got).await.unwrap(), 0, "the client's side is closed");
     }
 }

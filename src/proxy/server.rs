@@ -89,8 +89,24 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, allowed_clients: Vec<Ip
     }
 }
 
-/// Serves one client connection until it closes, or gracefully at shutdown.
+/// Serves one client connection until it closes, or gracefully at shutdown or when a
+/// quarantine deactivates the policy generation in force when it was accepted.
 async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, permit: OwnedSemaphorePermit) {
+    let (policy, shutdown) = (ctx.policy.clone(), ctx.shutdown.clone());
+    let generation = policy.current().generation();
+    let served = policy.serve_pinned(generation, &shutdown, |pinned| serve_client(stream, peer, ctx, permit, pinned));
+    if served.await.is_none() {
+        tracing::debug!(client = %peer, "client connection cut: the policy it was accepted under is quarantined");
+    }
+}
+
+async fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    permit: OwnedSemaphorePermit,
+    stop: Shutdown,
+) {
     let _ = stream.set_nodelay(true);
     let permit = Arc::new(permit);
     let kept = Arc::new(Kept::default());
@@ -118,7 +134,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, permit: 
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = ctx.shutdown.signalled() => {
+        _ = stop.signalled() => {
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(ctx.limits.shutdown_grace, conn.as_mut()).await {
                 Ok(result) => result,

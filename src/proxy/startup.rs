@@ -172,6 +172,7 @@ impl Prepared {
                 self.rules.clone(),
                 self.policy.clone(),
                 config.common.policy_poll_interval,
+                config.policy_validation_failure_mode,
             );
             shutdown.spawn(reloader.run(shutdown.clone()));
         }

@@ -175,6 +175,10 @@ impl Inference for Service {
         request: Request<GetInferenceBundleRequest>,
     ) -> Result<Response<GetInferenceBundleResponse>, Status> {
         self.record("GetInferenceBundle", &request, "", Payload::Bundle)?;
-        Ok(Response::new(self.bundle.lock().unwrap().clone()))
+        let mut bundle = self.bundle.lock().unwrap().clone();
+        // As the real gateway: "now" on every answer, whether the bundle changed or not.
+        bundle.generated_at_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        Ok(Response::new(bundle))
     }
 }

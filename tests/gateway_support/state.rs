@@ -188,6 +188,24 @@ impl State {
         config.config_revision = revision;
     }
 
+    /// Serves `policy_validation_failure_mode` (`""`, `fail_closed`, `retain_last_valid`).
+    pub fn set_failure_mode(&self, mode: &str) {
+        self.config.lock().unwrap().policy_validation_failure_mode = mode.into();
+    }
+
+    /// Serves the policy as the gateway-wide one (`policy_source` GLOBAL, version
+    /// `global_version`), or as the sandbox's own with `None`.
+    pub fn set_global(&self, global_version: Option<u32>) {
+        use openshell_sandbox::gateway::proto::PolicySource;
+        let mut config = self.config.lock().unwrap();
+        config.policy_source = match global_version {
+            Some(_) => PolicySource::Global,
+            None => PolicySource::Sandbox,
+        }
+        .into();
+        config.global_policy_version = global_version.unwrap_or(0);
+    }
+
     /// Announces a provider environment revision in `GetSandboxConfig` answers.
     pub fn set_provider_revision(&self, revision: u64) {
         self.config.lock().unwrap().provider_env_revision = revision;

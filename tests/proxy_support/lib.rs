@@ -43,6 +43,7 @@ pub fn config(dir: &Path, policy: &str) -> ProxyConfig {
         allowed_clients: Vec::new(),
         gateway_fallback_hosts: Vec::new(),
         provider_env_file: None,
+        policy_validation_failure_mode: Default::default(),
         inference_routes: None,
         upstream_ca_file: None,
         limits: ProxyLimits::default(),

@@ -178,7 +178,7 @@ fn an_invalid_policy_has_the_yaml_messages_without_lines() {
         .replace("192.168.1.7]", "192.168.1.7, 127.0.0.0/8]")
         .replace("network_policies:\n", "network_policies:\n  empty: {}\n");
     let err = to_policy(&message).unwrap_err();
-    assert!(err.to_string().starts_with("invalid policy the gateway's policy ("), "{err}");
+    assert!(err.to_string().starts_with("invalid policy from the gateway ("), "{err}");
     let from_gateway = without_lines(err);
     let from_yaml = without_lines(crate::policy::parse_yaml(&yaml, "bad.yaml").unwrap_err());
     assert_eq!(from_gateway, from_yaml);

@@ -1,6 +1,8 @@
 //! `inference.local` request shaping: which API shape a request is (OpenAI or Anthropic),
-//! which route serves it, and the upstream request: the route's base URL, API key and model,
-//! with every caller credential removed; [`serve_inference_tls`] serves a connection with it.
+//! which route serves it, and the upstream request: the route's URL (base URL and path, or
+//! the model in the path and a path override, as OpenShell's router builds them), API key
+//! and model, with every caller credential removed; [`serve_inference_tls`] serves a
+//! connection with it.
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -22,6 +24,15 @@ pub const MAX_BODY: u64 = 10 * 1024 * 1024;
 
 /// The Anthropic API version sent when the caller gave none.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The `request_path_override` of Vertex AI's Anthropic models (with `model_in_path`).
+const RAW_PREDICT: &str = ":rawPredict";
+
+/// What Vertex AI's Anthropic models are sent instead: it answers streamed and whole requests.
+const STREAM_RAW_PREDICT: &str = ":streamRawPredict";
+
+/// The `anthropic_version` Vertex AI wants in the body (it takes no `anthropic-version` header).
+const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
 
 /// Headers that carry the caller's credentials; never forwarded.
 const CALLER_CREDENTIALS: &[&str] = &["authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"];
@@ -126,15 +137,29 @@ pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Resul
     let Some(route) = select(bundle, shape, requested) else {
         return Err(Box::new(deny::no_inference_route(refused, shape.family())));
     };
-    let uri = upstream_uri(&route.base_url, &path, parts.uri.query())
+    let uri = upstream_uri(route, shape, &path, parts.uri.query())
         .ok_or_else(|| Box::new(deny::no_inference_route(refused, shape.family())))?;
+    let vertex = vertex_anthropic(route, shape);
     let body = match json.as_mut() {
+        Some(j) if vertex => {
+            // The model is in the path; Vertex AI refuses it in the body.
+            if let Some(fields) = j.as_object_mut() {
+                fields.remove("model");
+            }
+            if j.get("anthropic_version").is_none() {
+                j["anthropic_version"] = serde_json::Value::from(VERTEX_ANTHROPIC_VERSION);
+            }
+            Bytes::from(j.to_string())
+        }
         Some(j) if !route.model_id.is_empty() => {
             j["model"] = serde_json::Value::from(route.model_id.as_str());
             Bytes::from(j.to_string())
         }
         _ => body,
     };
+    if vertex {
+        parts.headers.remove("anthropic-beta");
+    }
     for name in CALLER_CREDENTIALS {
         parts.headers.remove(*name);
     }
@@ -156,12 +181,19 @@ pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Resul
     Ok(Prepared { parts, body, route: route.name.clone(), timeout: route.timeout })
 }
 
-/// The route's API key as `x-api-key` (Anthropic providers and shapes) or `Authorization:
-/// Bearer`; `false` when the key cannot be a header value (the gateway's keys are not
-/// checked at load).
+/// The route's API key as `x-api-key` (an `anthropic` provider, or an Anthropic request to
+/// a route without a provider type) or `Authorization: Bearer` (every other provider, as
+/// OpenShell's router does); `false` when the key cannot be a header value (the gateway's
+/// keys are not checked at load). Anthropic requests get an `anthropic-version` unless
+/// they carry one (or go to Vertex AI, which takes it in the body).
 fn set_auth(parts: &mut Parts, route: &Route, shape: Shape) -> bool {
-    let anthropic = route.provider_type.eq_ignore_ascii_case("anthropic") || shape == Shape::Messages;
-    if anthropic && !parts.headers.contains_key("anthropic-version") {
+    let anthropic = if route.provider_type.is_empty() {
+        shape == Shape::Messages
+    } else {
+        route.provider_type.eq_ignore_ascii_case("anthropic")
+    };
+    let wants_version = (anthropic || shape == Shape::Messages) && !vertex_anthropic(route, shape);
+    if wants_version && !parts.headers.contains_key("anthropic-version") {
         parts.headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static(ANTHROPIC_VERSION));
     }
     let key = route.api_key.expose();
@@ -179,15 +211,46 @@ fn set_auth(parts: &mut Parts, route: &Route, shape: Shape) -> bool {
     true
 }
 
-/// `base_url` joined with the request path (a base ending in `/v1` takes the path without
-/// its `/v1`), keeping the query.
-pub fn upstream_uri(base_url: &str, path: &str, query: Option<&str>) -> Option<Uri> {
-    let base: Uri = base_url.parse().ok()?;
+/// Whether `route` serves `shape` as Vertex AI's Anthropic `rawPredict` (model in the path,
+/// override `:rawPredict`, an Anthropic request): the request goes to `:streamRawPredict`,
+/// its body carries `anthropic_version` instead of `model`, and `anthropic-beta` is dropped.
+fn vertex_anthropic(route: &Route, shape: Shape) -> bool {
+    route.model_in_path && shape == Shape::Messages && route.request_path_override.as_deref() == Some(RAW_PREDICT)
+}
+
+/// The upstream URL of a request to `route`, built as OpenShell's router builds it:
+///
+/// | `model_in_path` | `request_path_override` | URL |
+/// |---|---|---|
+/// | false | none | `base_url` + path (a base ending in `/v1` takes the path without its `/v1`) |
+/// | true | none | `base_url/model_id` + path |
+/// | true | `S` | `base_url/model_id` + `S` (like `:rawPredict`; empty: `base_url/model_id`) |
+/// | false | `P` | `base_url` + `P` (a `/` put between when `P` lacks it; empty: `base_url`) |
+///
+/// The query is kept where the request's path is kept, and dropped with an override (it
+/// belongs to the path replaced). `None` when the URL is unusable, or the model belongs in
+/// the path and the route has no `model_id` (the caller's model never goes in a path).
+pub fn upstream_uri(route: &Route, shape: Shape, path: &str, query: Option<&str>) -> Option<Uri> {
+    let base: Uri = route.base_url.parse().ok()?;
     let base_path = base.path().trim_end_matches('/');
-    let rest = if base_path.ends_with("/v1") { path.strip_prefix("/v1").unwrap_or(path) } else { path };
+    let model = route.model_id.as_str();
+    if route.model_in_path && model.is_empty() {
+        return None;
+    }
     let query = query.map(|q| format!("?{q}")).unwrap_or_default();
-    let target = format!("{}://{}{base_path}{rest}{query}", base.scheme_str()?, base.authority()?);
-    target.parse().ok()
+    let (path, query) = match (route.request_path_override.as_deref(), route.model_in_path) {
+        (Some(_), true) if vertex_anthropic(route, shape) => (format!("{base_path}/{model}{STREAM_RAW_PREDICT}"), ""),
+        (Some(suffix), true) => (format!("{base_path}/{model}{suffix}"), ""),
+        (Some(over), false) if over.is_empty() || over.starts_with('/') => (format!("{base_path}{over}"), ""),
+        (Some(over), false) => (format!("{base_path}/{over}"), ""),
+        (None, true) => (format!("{base_path}/{model}{path}"), query.as_str()),
+        (None, false) => {
+            let rest = if base_path.ends_with("/v1") { path.strip_prefix("/v1").unwrap_or(path) } else { path };
+            (format!("{base_path}{rest}"), query.as_str())
+        }
+    };
+    let path = if path.is_empty() { "/" } else { path.as_str() };
+    format!("{}://{}{path}{query}", base.scheme_str()?, base.authority()?).parse().ok()
 }
 
 #[cfg(test)]

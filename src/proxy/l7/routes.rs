@@ -11,6 +11,8 @@
 //!     model_id: gpt-4o-mini               # optional: empty keeps the caller's model
 //!     provider_type: openai               # optional
 //!     timeout_secs: 60                    # optional; 0 or absent: the response timeout
+//!     model_in_path: false                # optional: the model id goes in the URL path (needs model_id)
+//!     request_path_override: ":predict"   # optional: replaces the request's path (see inference::upstream_uri)
 //! ```
 
 mod handle;
@@ -30,7 +32,17 @@ use crate::{Exit, ExitStatus};
 /// The revision given to a bundle read from the local file.
 pub const FILE_REVISION: &str = "local-file";
 
-const ROUTE_KEYS: &[&str] = &["name", "base_url", "protocols", "api_key", "model_id", "provider_type", "timeout_secs"];
+const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "base_url",
+    "protocols",
+    "api_key",
+    "model_id",
+    "provider_type",
+    "timeout_secs",
+    "model_in_path",
+    "request_path_override",
+];
 
 /// Failures of reading the routes file. Both exit 64.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +158,25 @@ fn route(cx: &mut Cx, path: &str, node: &Node) -> Option<Route> {
             }
         },
     };
+    let model_in_path = match map.get_node("model_in_path") {
+        None => false,
+        Some(n) => match n.as_scalar().map(|s| s.as_str()) {
+            Some("true") => true,
+            Some("false") => false,
+            _ => {
+                cx.issue(&format!("{path}.model_in_path"), n, "expected true or false");
+                false
+            }
+        },
+    };
+    if model_in_path && model_id.is_empty() {
+        cx.issue(
+            &format!("{path}.model_in_path"),
+            at("model_in_path"),
+            "needs model_id: the model that goes in the path",
+        );
+    }
+    let request_path_override = cx.text(path, map, "request_path_override", false);
     Some(Route {
         name: name?,
         base_url: base_url?,
@@ -154,6 +185,8 @@ fn route(cx: &mut Cx, path: &str, node: &Node) -> Option<Route> {
         model_id,
         provider_type,
         timeout,
+        model_in_path,
+        request_path_override,
     })
 }
 

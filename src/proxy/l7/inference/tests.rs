@@ -15,6 +15,8 @@ fn route(name: &str, base_url: &str, protocols: &[&str], provider_type: &str, mo
         model_id: model.into(),
         provider_type: provider_type.into(),
         timeout: Some(Duration::from_secs(30)),
+        model_in_path: false,
+        request_path_override: None,
     }
 }
 
@@ -159,9 +161,68 @@ fn upstream_uris_join_base_and_path() {
         ("https://h/api", "/v1/embeddings", None, "https://h/api/v1/embeddings"),
     ];
     for (base, path, query, want) in cases {
-        assert_eq!(upstream_uri(base, path, query).unwrap(), want, "{base} + {path}");
+        let r = route("r", base, &["openai"], "", "");
+        assert_eq!(upstream_uri(&r, Shape::Models, path, query).unwrap(), want, "{base} + {path}");
     }
-    assert!(upstream_uri("not a url", "/v1/models", None).is_none());
+    assert!(upstream_uri(&route("r", "not a url", &["openai"], "", ""), Shape::Models, "/v1/models", None).is_none());
+}
+
+/// The matrix of OpenShell's router: the model in the path, and the path override.
+#[test]
+fn the_model_in_the_path_and_the_path_override_place_the_request() {
+    let at = |model_in_path: bool, over: Option<&str>, shape: Shape, path: &str| {
+        let mut r = route("r", "https://h/base/", &["openai", "anthropic"], "", "m@1");
+        (r.model_in_path, r.request_path_override) = (model_in_path, over.map(str::to_owned));
+        upstream_uri(&r, shape, path, Some("beta=true")).map(|u| u.to_string())
+    };
+    let chat = (Shape::ChatCompletions, "/v1/chat/completions");
+    let cases = [
+        (true, None, chat, "https://h/base/m@1/v1/chat/completions?beta=true"),
+        (true, Some(":predict"), chat, "https://h/base/m@1:predict"),
+        (true, Some(""), chat, "https://h/base/m@1"),
+        (true, Some(":rawPredict"), chat, "https://h/base/m@1:rawPredict"),
+        (true, Some(":rawPredict"), (Shape::Messages, "/v1/messages"), "https://h/base/m@1:streamRawPredict"),
+        (false, Some("/chat"), chat, "https://h/base/chat"),
+        (false, Some("chat"), chat, "https://h/base/chat"),
+        (false, Some(""), chat, "https://h/base"),
+        (false, None, chat, "https://h/base/v1/chat/completions?beta=true"),
+    ];
+    for (model_in_path, over, (shape, path), want) in cases {
+        assert_eq!(at(model_in_path, over, shape, path).as_deref(), Some(want), "{model_in_path} {over:?} {shape:?}");
+    }
+    let mut no_model = route("r", "https://h", &["openai"], "", "");
+    no_model.model_in_path = true;
+    assert!(upstream_uri(&no_model, Shape::ChatCompletions, "/v1/chat/completions", None).is_none());
+    let (status, _) = refused(prepare(
+        &InferenceBundle { routes: vec![no_model], ..bundle() },
+        parts("POST", "/v1/chat/completions", &[]),
+        json_body(json!({"model": "../../admin"})),
+    ));
+    assert_eq!(status.as_u16(), 503, "the caller's model never goes in a path");
+}
+
+#[test]
+fn a_vertex_anthropic_route_gets_the_model_in_the_path_and_the_version_in_the_body() {
+    let mut vertex = route(
+        "vertex",
+        "https://r-aiplatform.example/v1/p/x/publishers/anthropic/models",
+        &["anthropic_messages"],
+        "vertex",
+        "claude@1",
+    );
+    (vertex.model_in_path, vertex.request_path_override) = (true, Some(RAW_PREDICT.to_owned()));
+    let b = InferenceBundle { routes: vec![vertex], ..bundle() };
+    let head = parts("POST", "/v1/messages?beta=true", &[("anthropic-beta", "x"), ("x-api-key", "caller")]);
+    let p = prepare(&b, head, json_body(json!({"model": "claude-sonnet", "max_tokens": 5}))).unwrap();
+    assert_eq!(
+        p.parts.uri,
+        "https://r-aiplatform.example/v1/p/x/publishers/anthropic/models/claude@1:streamRawPredict"
+    );
+    assert_eq!(p.parts.headers["authorization"], "Bearer key-of-vertex", "a non-Anthropic provider gets a bearer key");
+    assert!(p.parts.headers.get("x-api-key").is_none() && p.parts.headers.get("anthropic-beta").is_none());
+    assert!(p.parts.headers.get("anthropic-version").is_none());
+    let sent: Value = serde_json::from_slice(&p.body).unwrap();
+    assert_eq!(sent, json!({"anthropic_version": VERTEX_ANTHROPIC_VERSION, "max_tokens": 5}));
 }
 
 #[test]

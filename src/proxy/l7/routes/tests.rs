@@ -16,6 +16,12 @@ routes:
     protocols:
       - anthropic
     timeout_secs: 0
+  - name: vertex
+    base_url: https://vertex.example/v1/models
+    protocols: [anthropic]
+    model_id: claude@1
+    model_in_path: true
+    request_path_override: \":rawPredict\"
 ";
 
 fn issues(text: &str) -> String {
@@ -25,7 +31,7 @@ fn issues(text: &str) -> String {
 #[test]
 fn a_full_file_becomes_gateway_routes() {
     let routes = parse_routes(GOOD).unwrap();
-    assert_eq!(routes.len(), 2);
+    assert_eq!(routes.len(), 3);
     let r = &routes[0];
     assert_eq!((r.name.as_str(), r.base_url.as_str()), ("default", "https://api.openai.com/v1"));
     assert_eq!(r.protocols, ["openai"]);
@@ -34,6 +40,9 @@ fn a_full_file_becomes_gateway_routes() {
     assert_eq!(r.timeout, Some(Duration::from_secs(60)));
     let c = &routes[1];
     assert_eq!((c.api_key.expose(), c.model_id.as_str(), c.timeout), ("", "", None));
+    assert!(!c.model_in_path && c.request_path_override.is_none());
+    let v = &routes[2];
+    assert_eq!((v.model_in_path, v.request_path_override.as_deref()), (true, Some(":rawPredict")));
     assert!(!format!("{routes:?}").contains("SECRET"), "the key is redacted in Debug");
     assert!(parse_routes("routes: []").unwrap().is_empty());
 }
@@ -44,7 +53,7 @@ fn a_file_loads_as_a_bundle_and_problems_name_the_file() {
     let path = dir.path().join("routes.yaml");
     std::fs::write(&path, GOOD).unwrap();
     let bundle = load_routes_file(&path).unwrap();
-    assert_eq!((bundle.routes.len(), bundle.revision.as_str()), (2, FILE_REVISION));
+    assert_eq!((bundle.routes.len(), bundle.revision.as_str()), (3, FILE_REVISION));
     std::fs::write(&path, "routes:\n  - name: x\n").unwrap();
     let e = load_routes_file(&path).unwrap_err();
     assert!(e.to_string().contains("routes.yaml") && e.to_string().contains("routes[0].base_url"), "{e}");
@@ -112,4 +121,12 @@ fn urls_with_credentials_and_unsafe_keys_are_refused_without_echo() {
 fn duplicate_keys_and_bad_yaml_are_reported() {
     assert!(issues("routes: []\nroutes: []\n").contains("`routes` appears twice"));
     assert!(issues("routes: [\n").contains("not valid YAML"));
+}
+
+#[test]
+fn the_model_in_the_path_needs_a_model_and_a_boolean() {
+    let text = "routes:\n  - {name: a, base_url: https://h, protocols: [openai], model_in_path: true}\n  - {name: b, base_url: https://h, protocols: [openai], model_in_path: yes}\n";
+    let found = issues(text);
+    assert!(found.contains("routes[0].model_in_path (line 2): needs model_id"), "{found}");
+    assert!(found.contains("routes[1].model_in_path (line 3): expected true or false"), "{found}");
 }
