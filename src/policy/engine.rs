@@ -375,8 +375,7 @@ mod quarantine_tests {
     fn a_quarantined_generation_denies_everything_with_its_reason() {
         let yaml = "network_policies:\n  api:\n    endpoints:\n      - {host: api.example.com, port: 443, protocol: rest, access: full}\n";
         let engine = PolicyEngine::new(policy::parse_yaml(yaml, "test").unwrap(), &RegoRules::builtin(), 1).unwrap();
-        let query = BTreeMap::new();
-        let get = L7Request { method: "GET", path: "/", query: &query };
+        let get = L7Request { method: "GET", path: "/", query: "" };
         assert!(engine.network("api.example.com", 443).allow && engine.request("api.example.com", 443, &get).allow);
 
         let quarantined = engine.quarantined(2, "policy quarantined: bad");
