@@ -10,6 +10,7 @@ pub mod ca;
 pub mod connect;
 pub mod counted;
 pub mod credentials;
+pub mod drain;
 pub mod gateway_source;
 pub mod l7;
 pub mod policy_source;

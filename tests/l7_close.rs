@@ -92,7 +92,7 @@ async fn a_websocket_connection_is_closed_once_when_its_relay_ends() {
     audit_events();
     let upstream_ca = ca("Upstream CA");
     let (addr, _seen) = rig::upstream_named(&upstream_ca, "localhost").await;
-    let (proxy, _dir) = proxy(&upstream_ca, addr.port(), |_| {}).await;
+    let (proxy, _dir) = proxy_speaking("websocket", &upstream_ca, addr.port(), |_| {}).await;
     let mut c = client_through(proxy.addr, "localhost", addr.port(), &proxy.tls_dir()).await;
     let upgrade =
         [("connection", "Upgrade".into()), ("upgrade", "websocket".into()), ("sec-websocket-version", "13".into())];

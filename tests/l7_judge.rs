@@ -178,13 +178,17 @@ fn a_request_naming_another_host_is_refused() {
     assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("policy_denied")));
     assert!(body["reason"].as_str().unwrap().contains("other.example.com"), "{body}");
 
+    let mut parts = Request::builder().uri("http://other.example.com/x").body(()).unwrap().into_parts().0;
+    let verdict = judge(&e, HOST, 443, &secrets(), &mut parts);
+    assert_eq!(refusal(&verdict).0, StatusCode::FORBIDDEN, "an absolute URI naming another host");
     let (v, _) = run(&e, "GET", "http://other.example.com/x", &[]);
-    assert_eq!(refusal(&v).0, StatusCode::FORBIDDEN, "an absolute URI naming another host");
+    assert_eq!(refusal(&v).0, StatusCode::BAD_REQUEST, "... with a Host naming the judged one: ambiguous");
 
     for same in ["API.example.com", "api.example.com:443", "api.example.com."] {
         let mut parts = request("GET", "/x", &[]);
         parts.headers.insert("host", same.parse().unwrap());
         assert!(judge(&e, HOST, 443, &secrets(), &mut parts).forwards(), "{same}");
+        assert_eq!(parts.headers["host"], HOST, "the Host forwarded is the judged one");
     }
     let mut parts = request("GET", "/x", &[]);
     parts.headers.insert("host", "api.example.com:8443".parse().unwrap());

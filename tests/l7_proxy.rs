@@ -46,6 +46,8 @@ struct Rig {
     audit: (SocketAddr, Arc<Seen>),
     /// `tls: skip`.
     skip: (SocketAddr, Arc<Seen>),
+    /// `protocol: websocket`, read-only.
+    ws: (SocketAddr, Arc<Seen>),
     /// A certificate from a CA the proxy does not trust.
     untrusted: SocketAddr,
     /// Plain HTTP, `protocol: rest`, read-only.
@@ -61,6 +63,7 @@ impl Rig {
         let main = upstream_named(&upstream_ca, "localhost").await;
         let audit = upstream_named(&upstream_ca, "localhost").await;
         let skip = upstream_named(&upstream_ca, "localhost").await;
+        let ws = upstream_named(&upstream_ca, "localhost").await;
         let untrusted = upstream_named(&ca("Rogue CA"), "localhost").await.0;
         let (echo, denied) = (EchoServer::start().await, EchoServer::start().await);
         let policy = format!(
@@ -71,12 +74,15 @@ impl Rig {
              \x20 watched:\n    endpoints:\n\
              \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only, enforcement: audit}}\n\
              \x20 opaque:\n    endpoints:\n\
-             \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only, tls: skip}}\n",
+             \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only, tls: skip}}\n\
+             \x20 chat:\n    endpoints:\n\
+             \x20     - {{host: localhost, port: {}, protocol: websocket, access: read-only}}\n",
             main.0.port(),
             untrusted.port(),
             echo.addr.port(),
             audit.0.port(),
             skip.0.port(),
+            ws.0.port(),
         );
         let env_dir = tempfile::tempdir().unwrap();
         let env_file = env_dir.path().join("provider.env");
@@ -87,7 +93,7 @@ impl Rig {
             c.upstream_ca_file = Some(ca_file);
         })
         .await;
-        Rig { proxy, upstream_ca, main, audit, skip, untrusted, echo, denied, env_dir }
+        Rig { proxy, upstream_ca, main, audit, skip, ws, untrusted, echo, denied, env_dir }
     }
 
     /// One request on a new inspected tunnel to `localhost:port`.
@@ -204,10 +210,10 @@ async fn placeholders_are_swapped_only_in_allowed_inspected_requests() {
 }
 
 #[tokio::test]
-async fn a_websocket_echo_passes_an_inspected_endpoint() {
+async fn a_websocket_echo_passes_a_websocket_endpoint() {
     let _check = NoSecretLogged::start();
     let rig = Rig::start().await;
-    let mut c = client_through(rig.proxy.addr, "localhost", rig.main.0.port(), &rig.proxy.tls_dir()).await;
+    let mut c = client_through(rig.proxy.addr, "localhost", rig.ws.0.port(), &rig.proxy.tls_dir()).await;
     // Judged as a GET on a read-only endpoint, then relayed as bytes after the 101.
     let upgrade =
         [("connection", "Upgrade".into()), ("upgrade", "websocket".into()), ("sec-websocket-version", "13".into())];

@@ -173,3 +173,36 @@ async fn a_changed_routes_file_applies_to_the_next_request() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reads_the_whole_403_and_413_whatever_the_body_over_h2_and_http1() {
+    let (proxy, seen, dir, _) = start().await;
+    let curl = |data: String, version: &'static str, path: &'static str| {
+        let (proxy, bundle) = (format!("http://{}", proxy.addr), proxy.tls_dir().join("ca-bundle.pem"));
+        async move {
+            let mut cmd = tokio::process::Command::new("curl");
+            cmd.args(["-sS", "--max-time", "20", "--noproxy", "", "-x", &proxy, version, "--data-binary", &data]);
+            cmd.args(["-H", "content-type: application/json", "-w", "\n%{http_code} %{http_version}", "--cacert"]);
+            let output = cmd.arg(bundle).arg(format!("https://inference.local{path}")).output().await.unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            assert!(output.status.success(), "{version} {path} {data}: curl {}: {stderr}", output.status);
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+    };
+    let sizes = [(0, "/v1/files", "403"), (1024, "/v1/files", "403"), (100 * 1024, "/v1/files", "403")];
+    let sizes = sizes
+        .into_iter()
+        .chain([(1024 * 1024, "/v1/files", "403"), (10 * 1024 * 1024 + 1, "/v1/chat/completions", "413")]);
+    for (size, path, status) in sizes {
+        let file = dir.path().join(format!("body-{size}"));
+        std::fs::write(&file, vec![b' '; size]).unwrap();
+        for (version, shown) in [("--http2", "2"), ("--http1.1", "1.1")] {
+            for _ in 0..10 {
+                let out = curl(format!("@{}", file.display()), version, path).await;
+                assert!(out.ends_with(&format!("\n{status} {shown}")), "{version} {size} bytes: {out}");
+                assert!(out.starts_with("{\"error\":"), "the JSON is read whole: {out}");
+            }
+        }
+    }
+    assert!(seen.requests.lock().unwrap().is_empty());
+}

@@ -108,7 +108,7 @@ async fn a_websocket_upgrade_is_judged_then_relayed() {
     let _check = NoSecretLogged::start();
     let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Upstream CA"));
     let (upstream_addr, seen) = upstream(&upstream_ca).await;
-    let proxy_addr = proxy(&sandbox_ca, &upstream_ca, upstream_addr).await;
+    let proxy_addr = proxy_with(&websocket_policy(), &sandbox_ca, &upstream_ca, upstream_addr).await;
     let mut c = client(proxy_addr, &sandbox_ca).await;
     let mut req = get("/ws", &[("connection", "Upgrade".into()), ("upgrade", "websocket".into())]);
     req.headers_mut().insert("sec-websocket-version", "13".parse().unwrap());
@@ -130,7 +130,8 @@ async fn an_idle_websocket_is_closed_after_the_idle_bound() {
     let _check = NoSecretLogged::start();
     let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Upstream CA"));
     let (upstream_addr, _) = upstream(&upstream_ca).await;
-    let proxy_addr = proxy_idle(Duration::from_millis(300), &sandbox_ca, &upstream_ca, upstream_addr).await;
+    let proxy_addr =
+        proxy_idle(&websocket_policy(), Duration::from_millis(300), &sandbox_ca, &upstream_ca, upstream_addr).await;
     let mut c = client(proxy_addr, &sandbox_ca).await;
     sender_ready(&mut c).await;
     let response =

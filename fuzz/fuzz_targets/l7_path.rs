@@ -1,7 +1,9 @@
 //! Request-target canonicalisation (`proxy::l7::path::canonicalize`). Properties: a
 //! canonical path starts with `/` and never holds `//`, a `.` or `..` segment, an escape of
-//! an unreserved character, lower-case hex or (unless kept) `%2F`; canonicalising the
-//! result again changes nothing; every refusal is true of the input at the offset it names.
+//! an unreserved character, lower-case hex, (unless kept) `%2F`, a `;` or backslash raw or
+//! encoded, `%25` before two hex digits, a segment ending in `.` or `%20`, or escapes that
+//! are not UTF-8; canonicalising the result again changes nothing; every refusal is true of
+//! the input at the offset it names.
 
 #![no_main]
 
@@ -18,8 +20,16 @@ fuzz_target!(|data: &[u8]| {
             assert!(p.starts_with('/'), "{p:?}");
             assert!(!p.contains("//"), "{p:?}");
             assert!(p.split('/').all(|s| s != "." && s != ".."), "{p:?}");
-            assert!(!p.contains(['?', '#']), "{p:?}");
+            assert!(!p.contains(['?', '#', ';', '\\']), "{p:?}");
+            assert!(p.split('/').all(|s| !s.ends_with('.') && !s.ends_with("%20")), "trimmable segment: {p:?}");
             let b = p.as_bytes();
+            let mut decoded = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                decoded.push(if b[i] == b'%' { hex_at(b, i).expect("a canonical escape") } else { b[i] });
+                i += if b[i] == b'%' { 3 } else { 1 };
+            }
+            assert!(std::str::from_utf8(&decoded).is_ok(), "escapes that are not UTF-8: {p:?}");
             for (i, _) in p.match_indices('%') {
                 let hex = &b[i + 1..i + 3];
                 assert!(hex.iter().all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h)), "{p:?}");
@@ -27,6 +37,8 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!(byte.is_ascii_alphanumeric() || b"-._~".contains(&byte)), "unreserved left escaped: {p:?}");
                 assert!(byte >= 0x20 && byte != 0x7F, "control byte kept: {p:?}");
                 assert!(byte != b'/' || mode == EncodedSlash::Keep, "%2F kept while refused: {p:?}");
+                assert!(byte != b';' && byte != b'\\', "{p:?}");
+                assert!(byte != b'%' || hex_at(b, i + 2).is_none(), "double encoding kept: {p:?}");
             }
             assert_eq!(c.query.as_deref(), target.split_once('?').map(|(_, q)| q), "the query is kept as sent");
             let again = canonicalize(&c.target(), mode).expect("a canonical target is accepted");
@@ -65,6 +77,16 @@ fn check_refusal(target: &str, mode: EncodedSlash, e: &PathError) {
         }
         PathError::EncodedSlash { offset } => {
             assert!(mode == EncodedSlash::Refuse && offset < path.len() && hex_at(b, offset) == Some(b'/'), "{e}")
+        }
+        PathError::PathParameter { offset } => assert!(b[offset] == b';' || hex_at(b, offset) == Some(b';'), "{e}"),
+        PathError::Backslash { offset } => assert!(b[offset] == b'\\' || hex_at(b, offset) == Some(b'\\'), "{e}"),
+        PathError::DoubleEncoded { offset } => assert!(b[offset] == b'%' && hex_at(b, offset) == Some(b'%'), "{e}"),
+        PathError::InvalidUtf8 { offset } => {
+            assert!(b[offset] == b'%' && hex_at(b, offset).is_some_and(|x| x >= 0x80), "{e}: {target:?}")
+        }
+        PathError::TrimmedSegment { offset } => {
+            let trimmed = |x| x == b'.' || x == b' ';
+            assert!(trimmed(b[offset]) || hex_at(b, offset).is_some_and(trimmed), "{e}: {target:?}")
         }
         PathError::AboveRoot => {
             // Decoding `%2E` as `.`, some `..` segment climbs above the root.

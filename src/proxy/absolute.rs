@@ -1,7 +1,8 @@
 //! Absolute-form HTTP (`GET http://host/path`): one L4 decision per request; for an
 //! endpoint with an L7 `protocol`, the L7 rules and the credential swap of inspected
 //! connections ([`crate::proxy::l7::judge`]); then the request is forwarded over an SSRF-checked upstream connection with hyper, bodies
-//! streamed both ways, hop-by-hop and `Proxy-*` headers stripped. The upstream
+//! streamed both ways, hop-by-hop and `Proxy-*` headers stripped (`Upgrade` too: a `101` is
+//! answered 502, never relayed). The upstream
 //! connection is kept for the next request of the same client connection to the same
 //! host:port under the same policy generation. The response timeout counts from the end of
 //! the request body.
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self as client, SendRequest};
@@ -26,6 +27,7 @@ use super::answer::{self, Body, INVALID_HOST, Refusal, USERINFO};
 use super::audit::{self, Subject};
 use super::counted::{Counted, OnEnd, answer_within};
 use super::credentials::SecretStore;
+use super::drain::then_drain;
 use super::l7::judge::{Verdict, judge};
 use super::l7::session::audit as audit_l7;
 use super::server::Ctx;
@@ -53,7 +55,10 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
     let path = uri.path().to_owned();
     let (host, port) = match target_of(&uri) {
         Ok(hp) => hp,
-        Err(refusal) => return refusal.response(uri.host().unwrap_or(""), uri.port_u16().unwrap_or(0), None),
+        Err(refusal) => {
+            let answer = refusal.response(uri.host().unwrap_or(""), uri.port_u16().unwrap_or(0), None);
+            return drained(answer, req.into_body());
+        }
     };
     let subject = Subject { kind: "http", host: &host, port, request: Some((&method, &path)) };
     let engine = ctx.policy.current();
@@ -62,7 +67,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
     if !decision.allow {
         let refusal = Refusal::Policy { reason: decision.reason.clone(), policy: decision.policy.clone() };
         audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);
-        return refusal.response(&host, port, subject.request);
+        return drained(refusal.response(&host, port, subject.request), req.into_body());
     }
     let endpoints: Vec<&Endpoint> = engine.matched(&decision).collect();
     let (req, path) = if endpoints.iter().any(|e| e.protocol.is_some()) {
@@ -84,7 +89,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
         Ok(sender) => sender,
         Err(refusal) => {
             audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);
-            return refusal.response(&host, port, subject.request);
+            return drained(refusal.response(&host, port, subject.request), req.into_body());
         }
     };
     audit::allowed(&subject, decision.policy.as_deref(), rule, &decision.reason);
@@ -93,6 +98,10 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
     let (body, body_sent) = Counted::request(body, sent.clone(), ctx.limits.idle_timeout);
     let exchange = sender.send_request(Request::from_parts(parts, body));
     let refusal = match answer_within(exchange, body_sent, ctx.limits.response_timeout).await {
+        // The upstream never got an `Upgrade` (stripped), and bytes after a `101` are never relayed.
+        Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Refusal::Unreachable(format!("{host}:{port} answered 101 to a request that did not ask to upgrade"))
+        }
         Ok(Ok(mut response)) => {
             *kept.0.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some(KeptConnection { host: host.clone(), port, generation, sender });
@@ -156,8 +165,14 @@ fn inspect_http(
     audit_l7(host, port, &method, path, &verdict);
     match verdict {
         Verdict::Forward { .. } => Ok(Request::from_parts(parts, body)),
-        Verdict::Refuse { response, .. } => Err(Box::new(response.map(answer::full))),
+        Verdict::Refuse { response, .. } => Err(Box::new(drained(response.map(answer::full), body))),
     }
+}
+
+/// The proxy's own `answer` to a request whose `body` is drained once the answer is sent
+/// ([`crate::proxy::drain`]).
+fn drained(answer: Response<Body>, body: Incoming) -> Response<Body> {
+    then_drain(answer, body).map(BodyExt::boxed)
 }
 
 /// The kept connection when it goes to the same place, was checked under the same policy
@@ -206,7 +221,8 @@ fn to_upstream(req: Request<Incoming>, host: &str, port: Option<u16>) -> Request
     Request::from_parts(parts, body)
 }
 
-/// Removes hop-by-hop headers, the headers `Connection` names, and every `Proxy-*`.
+/// Removes hop-by-hop headers (`Upgrade` and h2c's `HTTP2-Settings` too: no upgrade is ever
+/// relayed here), the headers `Connection` names, and every `Proxy-*`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most requests have neither a `Connection` list nor a `Proxy-*` header: no allocation then.
     let named = headers.get_all(header::CONNECTION).iter().next().is_some();
@@ -228,6 +244,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove("keep-alive");
+    headers.remove("http2-settings");
 }
 
 #[cfg(test)]

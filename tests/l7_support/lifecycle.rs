@@ -198,10 +198,20 @@ pub async fn proxy(
     port: u16,
     tweak: impl FnOnce(&mut ProxyConfig),
 ) -> (TestProxy, tempfile::TempDir) {
+    proxy_speaking("rest", upstream_ca, port, tweak).await
+}
+
+/// Like [`proxy`], the endpoint's `protocol` being `protocol` (`rest` or `websocket`).
+pub async fn proxy_speaking(
+    protocol: &str,
+    upstream_ca: &Ca,
+    port: u16,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> (TestProxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = write_pem(dir.path(), "upstream-ca.pem", upstream_ca);
     let policy = format!(
-        "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {{host: localhost, port: {port}, protocol: rest, access: read-write}}\n"
+        "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {{host: localhost, port: {port}, protocol: {protocol}, access: read-write}}\n"
     );
     let proxy = TestProxy::start(&policy, |c| {
         c.upstream_ca_file = Some(ca_file);

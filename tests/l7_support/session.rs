@@ -136,9 +136,20 @@ pub async fn proxy_with(policy: &str, sandbox_ca: &Ca, trusted_upstream_ca: &Ca,
     proxy_tracked(policy, Shutdown::new(), sandbox_ca, trusted_upstream_ca, upstream).await
 }
 
-/// Like [`proxy_with`] under [`POLICY`] with another idle bound.
-pub async fn proxy_idle(idle: Duration, sandbox_ca: &Ca, trusted_upstream_ca: &Ca, upstream: SocketAddr) -> SocketAddr {
-    proxy_built(POLICY, Shutdown::new(), idle, sandbox_ca, trusted_upstream_ca, upstream).await
+/// [`POLICY`] with `api.test` as a `protocol: websocket` endpoint (the only kind that upgrades).
+pub fn websocket_policy() -> String {
+    POLICY.replace("protocol: rest", "protocol: websocket")
+}
+
+/// Like [`proxy_with`] with another idle bound.
+pub async fn proxy_idle(
+    policy: &str,
+    idle: Duration,
+    sandbox_ca: &Ca,
+    trusted_upstream_ca: &Ca,
+    upstream: SocketAddr,
+) -> SocketAddr {
+    proxy_built(policy, Shutdown::new(), idle, sandbox_ca, trusted_upstream_ca, upstream).await
 }
 
 /// Like [`proxy_with`], each session a task of `shutdown`.

@@ -43,13 +43,40 @@ pub async fn connect_raw(proxy: SocketAddr, target: &str) -> (TcpStream, String)
     (tcp, head)
 }
 
-/// `CONNECT target`, then TLS as `name` trusting only `ca`.
+/// `CONNECT target`, then TLS as `name` trusting only `ca`, offering HTTP/1.1.
 pub async fn tls_through(proxy: SocketAddr, target: &str, name: &str, ca: &Ca) -> TlsStream<TcpStream> {
+    tls_through_alpn(proxy, target, name, ca, &[b"http/1.1"]).await
+}
+
+/// `CONNECT target`, then TLS as `name` trusting only `ca`, offering `alpn`.
+pub async fn tls_through_alpn(
+    proxy: SocketAddr,
+    target: &str,
+    name: &str,
+    ca: &Ca,
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
     let (tcp, head) = connect_raw(proxy, target).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "CONNECT {target}: {head}");
     let name = ServerName::try_from(name.to_owned()).unwrap();
-    let tls = TlsConnector::from(client_config(ca, &[b"http/1.1"])).connect(name, tcp);
+    let tls = TlsConnector::from(client_config(ca, alpn)).connect(name, tcp);
     tokio::time::timeout(Duration::from_secs(10), tls).await.unwrap().unwrap()
+}
+
+/// An HTTP/2 client (`h2` by ALPN) on an inspected tunnel to `host:port`, trusting the proxy's CA.
+pub async fn h2_client_through(
+    proxy: SocketAddr,
+    host: &str,
+    port: u16,
+    tls_dir: &Path,
+) -> hyper::client::conn::http2::SendRequest<ClientBody> {
+    let tls = tls_through_alpn(proxy, &format!("{host}:{port}"), host, &proxy_ca(tls_dir), &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the proxy takes h2");
+    let io = TokioIo::new(tls);
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    sender
 }
 
 /// An HTTP/1.1 client on an inspected tunnel to `host:port`, trusting the proxy's CA.

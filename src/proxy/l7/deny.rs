@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
+use super::head::HeadError;
 use super::path::PathError;
 use crate::policy::L7Decision;
 use crate::proxy::credentials::{CredentialError, DENY_CODE};
@@ -61,6 +62,12 @@ pub fn credential_unresolved(request: Refused<'_>, error: &CredentialError) -> R
 
 /// 400 `bad_request`: the request target cannot be canonicalised (the error says why).
 pub fn bad_path(request: Refused<'_>, error: &PathError) -> Response<Bytes> {
+    answer(StatusCode::BAD_REQUEST, base("bad_request", &error.to_string(), request))
+}
+
+/// 400 `bad_request`: the request head is ambiguous about its host, or asks for what is never
+/// relayed (`CONNECT`, an upgrade other than WebSocket); the error says which.
+pub fn bad_head(request: Refused<'_>, error: &HeadError) -> Response<Bytes> {
     answer(StatusCode::BAD_REQUEST, base("bad_request", &error.to_string(), request))
 }
 

@@ -4,13 +4,13 @@
 
 use bytes::Bytes;
 use http::Response;
-use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::{Authority, Uri};
+use http::uri::Uri;
 
 use super::deny::{self, Refused};
+use super::head;
 use super::path::{Canonical, EncodedSlash, PathError, canonicalize};
-use crate::policy::model::Enforcement;
+use crate::policy::model::{Endpoint, Enforcement, Protocol};
 use crate::policy::{L7Decision, L7Request, PolicyEngine};
 use crate::proxy::credentials::SecretStore;
 
@@ -42,9 +42,10 @@ impl Verdict {
 }
 
 /// Judges the request in `parts` to `host:port` (the CONNECT or absolute-form destination)
-/// and prepares it for forwarding. A request naming another host (`Host` header or
-/// absolute URI) is refused. An encoded `/` is kept only when every matched L7 endpoint
-/// sets `allow_encoded_slash` (fail closed when policies disagree).
+/// and prepares it for forwarding. Its head is checked first ([`head::check`]: one host, the
+/// judged one, which becomes its only `Host`; an upgrade only when every matched L7
+/// endpoint is `protocol: websocket`). An encoded `/` is kept only when every matched L7
+/// endpoint sets `allow_encoded_slash` (fail closed when policies disagree).
 pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore, parts: &mut Parts) -> Verdict {
     let method = parts.method.as_str().to_owned();
     let target = match (parts.uri.path_and_query(), parts.uri.scheme()) {
@@ -53,8 +54,9 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
         (None, None) => parts.uri.to_string(),
     };
     let refused = |path| Refused { host, port, method: &method, path };
-    if let Err(named) = check_host(parts, host, port) {
-        return Verdict::Refuse { response: deny::host_mismatch(refused(&target), &named), decision: None };
+    let websocket = every_inspected(engine, host, port, |e| e.protocol == Some(Protocol::Websocket));
+    if let Err(refusal) = head::check(parts, host, port, websocket) {
+        return Verdict::Refuse { response: refusal.response(refused(&target)), decision: None };
     }
     let (canonical, decision) = match decide(engine, host, port, &method, &target) {
         Ok(decided) => decided,
@@ -88,42 +90,17 @@ pub fn decide(
     method: &str,
     target: &str,
 ) -> Result<(Canonical, L7Decision), PathError> {
-    let canonical = canonicalize(target, encoded_slash(engine, host, port))?;
+    let canonical =
+        canonicalize(target, EncodedSlash::from_allow(every_inspected(engine, host, port, |e| e.allow_encoded_slash)))?;
     let query = canonical.query.as_deref().unwrap_or("");
     let decision = engine.request(host, port, &L7Request { method, path: &canonical.path, query });
     Ok((canonical, decision))
 }
 
-/// Every host the request names (absolute URI, `Host` header) must be the judged host
-/// (and port, when given); a missing `Host` is set to it. `Err` holds the other name.
-fn check_host(parts: &mut Parts, host: &str, port: u16) -> Result<(), String> {
-    let same = |named: &str| {
-        let Ok(authority) = named.parse::<Authority>() else { return false };
-        let name = authority.host().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
-        let judged = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
-        name.eq_ignore_ascii_case(judged) && authority.port_u16().is_none_or(|p| p == port)
-    };
-    if let Some(authority) = parts.uri.authority()
-        && !same(authority.as_str())
-    {
-        return Err(authority.to_string());
-    }
-    match parts.headers.get(header::HOST).map(|v| v.to_str()) {
-        Some(Ok(named)) if same(named) => Ok(()),
-        Some(Ok(named)) => Err(named.chars().take(256).collect()),
-        Some(Err(_)) => Err("(a Host header that is not text)".to_owned()),
-        None => {
-            let value = if port == 443 || port == 80 { host.to_owned() } else { format!("{host}:{port}") };
-            let value = HeaderValue::from_str(&value).map_err(|_| host.to_owned())?;
-            parts.headers.insert(header::HOST, value);
-            Ok(())
-        }
-    }
-}
-
-fn encoded_slash(engine: &PolicyEngine, host: &str, port: u16) -> EncodedSlash {
+/// Whether every matched L7 endpoint for `host:port` has `flag` (false when none matches):
+/// fail closed when policies disagree.
+fn every_inspected(engine: &PolicyEngine, host: &str, port: u16, flag: impl Fn(&Endpoint) -> bool) -> bool {
     let l4 = engine.network(host, port);
     let mut l7 = engine.matched(&l4).filter(|e| e.protocol.is_some()).peekable();
-    let allow = l7.peek().is_some() && l7.all(|e| e.allow_encoded_slash);
-    EncodedSlash::from_allow(allow)
+    l7.peek().is_some() && l7.all(flag)
 }

@@ -2,9 +2,11 @@
 //! an L7 `protocol`, it hands the client stream here. Each request (HTTP/1.1, or HTTP/2 when
 //! the client negotiated `h2`) is judged ([`super::judge`]), then forwarded on a reused,
 //! verified upstream connection with both bodies streamed (chunked, `Expect: 100-continue`,
-//! server-sent events as they arrive, trailers); a WebSocket upgrade is judged as its GET,
-//! then relayed as bytes after the `101`. The wait for each answer head is bounded by the
-//! response timeout (504 on expiry); each connection ends with one audit `close` event.
+//! server-sent events as they arrive, trailers); a WebSocket upgrade (the only upgrade ever
+//! passed, to websocket endpoints) is judged as its GET, then relayed as bytes after a `101`
+//! that switches to `websocket`. The wait for each answer head is bounded by the response
+//! timeout (504 on expiry); the proxy's own answers are sent whole before the request body is
+//! drained ([`crate::proxy::drain`]); each connection ends with one audit `close` event.
 
 mod closing;
 mod conn;
@@ -31,6 +33,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -39,10 +42,11 @@ use super::deny::{self, Refused};
 use super::judge::{Verdict, judge};
 use crate::policy::PolicyEngine;
 use crate::proxy::credentials::SecretStore;
+use crate::proxy::drain::then_drain;
 use crate::shutdown::Shutdown;
 use crate::telemetry::AUDIT_TARGET;
 use crate::{Exit, ExitStatus};
-use upstream::Upstream;
+use upstream::{Upstream, UpstreamError};
 
 /// The body of every answer: a forwarded upstream body or the proxy's own JSON.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -181,35 +185,51 @@ struct State {
 }
 
 impl State {
-    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         self.tally.request();
-        let upgrade = wants_upgrade(request.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let (host, port) = (self.session.host.as_str(), self.session.port);
         let engine = (self.session.policy)();
         let verdict = judge(&engine, host, port, &self.session.secrets, &mut parts);
         audit(host, port, parts.method.as_str(), parts.uri.path(), &verdict);
         if let Verdict::Refuse { response, .. } = verdict {
-            return response.map(full);
+            return answer_then_drain(response, body);
         }
+        // The judge refused every upgrade but a WebSocket one to a websocket endpoint.
+        let upgrade = wants_upgrade(&parts.headers);
+        let client_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
         strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(header::EXPECT);
         let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
-        let mut response = match self.upstream.send(Request::from_parts(parts, body)).await {
+        let refused = Refused { host, port, method: &method, path: &path };
+        let failed = |e: UpstreamError| {
+            let response = e.response(refused);
+            upstream_failed("l7", refused, &response);
+            response
+        };
+        let sender = match self.upstream.connection().await {
+            Ok(sender) => sender,
+            Err(e) => return answer_then_drain(failed(e), body),
+        };
+        let mut response = match self.upstream.send(sender, Request::from_parts(parts, body)).await {
             Ok(response) => response,
-            Err(e) => {
-                let refused = Refused { host, port, method: &method, path: &path };
-                let response = e.response(refused);
-                upstream_failed("l7", refused, &response);
-                return response.map(full);
-            }
+            Err(e) => return failed(e).map(full),
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
-                let refused = Refused { host, port, method: &method, path: &path };
-                let detail = "it answered 101 to a request that did not ask to upgrade";
-                return deny::upstream_unreachable(refused, detail).map(full);
+            let switched_to_websocket = response
+                .headers()
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+            let client_upgrade = match client_upgrade {
+                Some(client_upgrade) if switched_to_websocket => client_upgrade,
+                Some(_) => {
+                    let detail = "it answered 101 switching to another protocol than websocket";
+                    return deny::upstream_unreachable(refused, detail).map(full);
+                }
+                None => {
+                    let detail = "it answered 101 to a request that did not ask to upgrade";
+                    return deny::upstream_unreachable(refused, detail).map(full);
+                }
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (shutdown, host, idle) = (self.shutdown.clone(), host.to_owned(), self.session.idle_timeout);
@@ -257,4 +277,9 @@ pub(in crate::proxy::l7) fn upstream_failed(kind: &str, request: Refused<'_>, re
 /// A body from bytes.
 pub(super) fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// The proxy's own `answer` to a request it does not forward; `body` is drained after it.
+pub(super) fn answer_then_drain(answer: Response<Bytes>, body: Incoming) -> Response<Body> {
+    then_drain(answer.map(Full::new), body).map(|b| b.map_err(|never| match never {}).boxed())
 }

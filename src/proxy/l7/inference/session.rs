@@ -23,7 +23,8 @@ use crate::gateway::inference::InferenceBundle;
 use crate::proxy::l7::deny::{self, CONNECT_IN_TIME, HANDSHAKE_IN_TIME, ROUTE_ANSWER_IN_TIME, Refused};
 use crate::proxy::l7::path::{EncodedSlash, PathError, canonicalize};
 use crate::proxy::l7::session::{
-    Body, SessionError, accept_client_tls, full, serve_requests, served_then_closed, strip_hop_by_hop, upstream_failed,
+    Body, SessionError, accept_client_tls, answer_then_drain, full, serve_requests, served_then_closed,
+    strip_hop_by_hop, upstream_failed,
 };
 use crate::shutdown::Shutdown;
 use crate::telemetry::AUDIT_TARGET;
@@ -77,39 +78,41 @@ where
 }
 
 async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Response<Body> {
-    let (mut parts, body) = request.into_parts();
+    let (mut parts, mut body) = request.into_parts();
     let method = parts.method.as_str().to_owned();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
     let refused = |path| Refused { host: INFERENCE_HOST, port: 443, method: &method, path };
-    let answer = |response: Response<Bytes>, path: &str| {
+    let logged = |response: Response<Bytes>, path: &str| {
         let reason: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
         let reason = reason["reason"].as_str().unwrap_or_default();
         tracing::info!(target: AUDIT_TARGET, action = "deny", kind = "inference", method, path, reason, "inference request refused");
-        response.map(full)
+        response
     };
     let canonical = match canonicalize(&target, EncodedSlash::Refuse) {
         Ok(c) => c,
-        Err(e) => return answer(deny::bad_path(refused(&target), &e), &target),
+        Err(e) => return answer_then_drain(logged(deny::bad_path(refused(&target), &e), &target), body),
     };
     let path = canonical.path.clone();
     if Shape::of(&parts.method, &path).is_none() {
-        return answer(deny::inference_path_denied(refused(&path)), &path);
+        return answer_then_drain(logged(deny::inference_path_denied(refused(&path)), &path), body);
     }
     let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large = || logged(deny::body_too_large(refused(&path), MAX_BODY), &path);
     if declared.is_some_and(|n| n > MAX_BODY) {
-        return answer(deny::body_too_large(refused(&path), MAX_BODY), &path);
+        return answer_then_drain(too_large(), body);
     }
-    let body = match Limited::new(body, MAX_BODY as usize).collect().await {
+    // Read through `&mut`: past the limit, the rest of the body is still there to drain.
+    let bytes = match Limited::new(&mut body, MAX_BODY as usize).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return answer(deny::body_too_large(refused(&path), MAX_BODY), &path),
+        Err(_) => return answer_then_drain(too_large(), body),
     };
     let Ok(uri) = canonical.target().parse() else {
-        return answer(deny::bad_path(refused(&target), &PathError::NotOriginForm), &path);
+        return logged(deny::bad_path(refused(&target), &PathError::NotOriginForm), &path).map(full);
     };
     parts.uri = uri;
-    let prepared = match prepare(&(session.routes)(), parts, body) {
+    let prepared = match prepare(&(session.routes)(), parts, bytes) {
         Ok(prepared) => prepared,
-        Err(response) => return answer(*response, &path),
+        Err(response) => return logged(*response, &path).map(full),
     };
     let route = prepared.route.clone();
     tracing::info!(target: AUDIT_TARGET, action = "allow", kind = "inference", route, method, path, "inference request routed");

@@ -17,8 +17,8 @@ fn dot_segments_are_resolved() {
     assert_eq!(ok("/a/.."), "/");
     assert_eq!(ok("/."), "/");
     assert_eq!(ok("/"), "/");
-    assert_eq!(ok("/a/..b/c."), "/a/..b/c.");
-    assert_eq!(ok("/.../x"), "/.../x");
+    assert_eq!(ok("/a/..b/c.d"), "/a/..b/c.d");
+    assert_eq!(ok("/.well-known/x"), "/.well-known/x");
 }
 
 #[test]
@@ -68,8 +68,10 @@ fn the_query_is_kept_as_sent_and_parsed() {
 fn encoded_slash_is_refused_unless_kept() {
     assert_eq!(err("/a%2Fb"), PathError::EncodedSlash { offset: 2 });
     assert_eq!(err("/a%2fb"), PathError::EncodedSlash { offset: 2 });
-    let kept = canonicalize("/a%2fb/../c%2F..", EncodedSlash::Keep).unwrap();
-    assert_eq!(kept.path, "/c%2F..");
+    let kept = canonicalize("/a%2fb/../c%2F..%2Fd", EncodedSlash::Keep).unwrap();
+    assert_eq!(kept.path, "/c%2F..%2Fd");
+    let trimmed = canonicalize("/c%2F..", EncodedSlash::Keep);
+    assert_eq!(trimmed, Err(PathError::TrimmedSegment { offset: 6 }), "a kept %2F does not hide a trailing `.`");
     assert_eq!(EncodedSlash::from_allow(true), EncodedSlash::Keep);
     assert_eq!(EncodedSlash::from_allow(false), EncodedSlash::Refuse);
 }
@@ -108,6 +110,92 @@ fn fragments_and_other_forms_are_refused() {
 }
 
 #[test]
+fn path_parameters_are_refused_raw_or_encoded() {
+    for (t, offset) in [
+        ("/public/..;/admin", 10),
+        ("/.;/admin", 2),
+        ("/a/..;jsessionid=1/b", 5),
+        ("/a;jsessionid=1", 2),
+        ("/a/b;", 4),
+        ("/a%3Bb", 2),
+        ("/x/..%3b/admin", 5),
+        ("/%2e%2e;/admin", 7),
+    ] {
+        assert_eq!(err(t), PathError::PathParameter { offset }, "{t}");
+    }
+    assert_eq!(ok("/a?b=1;c=2"), "/a?b=1;c=2", "the query is not a path");
+}
+
+#[test]
+fn backslashes_are_refused_raw_or_encoded() {
+    for (t, offset) in [("/a\\b", 2), ("/..\\admin", 3), ("/a%5Cb", 2), ("/a%5c..%5cadmin", 2), ("/%5C", 1)] {
+        assert_eq!(err(t), PathError::Backslash { offset }, "{t}");
+    }
+}
+
+#[test]
+fn double_encoding_is_refused_even_when_the_digits_are_escaped_too() {
+    for (t, offset) in
+        [("/%252e%252e/admin", 1), ("/a%252F", 2), ("/a/%2541", 3), ("/%25%34%31", 1), ("/x%25%41b", 2), ("/%25aF", 1)]
+    {
+        assert_eq!(err(t), PathError::DoubleEncoded { offset }, "{t}");
+    }
+    assert_eq!(ok("/100%25"), "/100%25");
+    assert_eq!(ok("/100%25-off"), "/100%25-off");
+    assert_eq!(ok("/a%25zz"), "/a%25zz");
+}
+
+#[test]
+fn escapes_that_are_not_utf8_are_refused() {
+    for (t, offset) in [
+        ("/%C0%AF", 1),
+        ("/a%E0%80%AFb", 2),
+        ("/%c0%ae%c0%ae/admin", 1),
+        ("/%ED%A0%80", 1),
+        ("/%F4%90%80%80", 1),
+        ("/%80", 1),
+        ("/%C3", 1),
+        ("/ok/%C3%A9%C3/x", 10),
+        ("/%C3x", 1),
+    ] {
+        assert_eq!(err(t), PathError::InvalidUtf8 { offset }, "{t}");
+    }
+    assert_eq!(ok("/%F0%9F%98%80/%c3%a9"), "/%F0%9F%98%80/%C3%A9");
+}
+
+#[test]
+fn segments_windows_would_trim_are_refused() {
+    for (t, offset) in [
+        ("/admin./", 6),
+        ("/admin.", 6),
+        ("/admin%2E", 6),
+        ("/admin%20/x", 6),
+        ("/admin%20", 6),
+        ("/...", 3),
+        ("/.../x", 3),
+        ("/a/%2e%2e%2e/", 9),
+        ("/x/..%20/admin", 5),
+        ("/x/.%20", 4),
+        ("/a%20./b", 5),
+        ("/a./../b", 2),
+    ] {
+        assert_eq!(err(t), PathError::TrimmedSegment { offset }, "{t}");
+    }
+    assert_eq!(ok("/a%20b/v1.0/x.y"), "/a%20b/v1.0/x.y");
+    assert_eq!(ok("/a/./b/../c/"), "/a/c/");
+}
+
+#[test]
+fn every_refusal_names_its_class_in_the_reason() {
+    let reason = |t: &str| err(t).to_string();
+    assert!(reason("/a;b").contains("Tomcat"), "{}", reason("/a;b"));
+    assert!(reason("/a%5Cb").contains("IIS"));
+    assert!(reason("/%252e").contains("double encoding"));
+    assert!(reason("/%C0%AF").contains("UTF-8"));
+    assert!(reason("/admin./").contains("trim"));
+}
+
+#[test]
 fn paths_over_4_kib_are_refused_but_long_queries_are_not() {
     let at_limit = format!("/{}", "a".repeat(MAX_PATH_LEN - 1));
     assert_eq!(ok(&at_limit), at_limit);
@@ -130,8 +218,53 @@ impl Rng {
 }
 
 const PIECES: &[&str] = &[
-    "/", "/", "/", "a", "b", "Z9", ".", "..", "%2e", "%2E", "%2e%2E", ".%2e", "%2f", "%2F", "%41", "%7e", "%7E", "%20",
-    "%3a", "%c3%A9", "%00", "%1f", "%7F", "%zz", "%", "~", "-", "_", "?", "=", "&", "#", " ", "\t", "é",
+    "/",
+    "/",
+    "/",
+    "/",
+    "a",
+    "b",
+    "b",
+    "Z9",
+    ".",
+    "..",
+    "%2e",
+    "%2E",
+    "%2e%2E",
+    ".%2e",
+    "%2f",
+    "%2F",
+    "%41",
+    "%7e",
+    "%7E",
+    "%20",
+    "%3a",
+    "%c3%A9",
+    "%00",
+    "%1f",
+    "%7F",
+    "%zz",
+    "%",
+    "~",
+    "-",
+    "_",
+    "?",
+    "=",
+    "&",
+    "#",
+    " ",
+    "\t",
+    "é",
+    ";",
+    "%3b",
+    "\\",
+    "%5C",
+    "%25",
+    "%32",
+    "%c0%af",
+    "%e0%80%af",
+    "%80",
+    "%C3",
 ];
 
 fn generated(rng: &mut Rng) -> String {
@@ -157,6 +290,11 @@ fn property_output_is_canonical_and_stable() {
             assert!(p.split('/').all(|s| s != "." && s != ".."), "{target:?} -> {p:?}");
             assert!(p.len() <= target.len(), "{target:?} -> {p:?}");
             assert!(!p.to_ascii_lowercase().contains("%2e"), "{target:?} -> {p:?}");
+            assert!(!p.contains([';', '\\']) && !p.contains("%3B") && !p.contains("%5C"), "{target:?} -> {p:?}");
+            assert!(p.split('/').all(|s| !s.ends_with('.') && !s.ends_with("%20")), "{target:?} -> {p:?}");
+            assert!(
+                !p.as_bytes().windows(5).any(|w| w.starts_with(b"%25") && w[3..].iter().all(u8::is_ascii_hexdigit))
+            );
             if mode == EncodedSlash::Refuse {
                 assert!(!p.to_ascii_lowercase().contains("%2f"), "{target:?} -> {p:?}");
             }
@@ -179,6 +317,15 @@ fn property_every_refusal_names_a_real_cause() {
             }
             Err(PathError::ControlByte { offset, encoded: true, .. }) => assert_eq!(target.as_bytes()[offset], b'%'),
             Err(PathError::ControlByte { byte, offset, encoded: false }) => assert_eq!(target.as_bytes()[offset], byte),
+            Err(
+                PathError::PathParameter { offset }
+                | PathError::Backslash { offset }
+                | PathError::DoubleEncoded { offset }
+                | PathError::InvalidUtf8 { offset },
+            ) => assert!(b";\\%".contains(&target.as_bytes()[offset]), "{target:?}"),
+            Err(PathError::TrimmedSegment { offset }) => {
+                assert!(b".%".contains(&target.as_bytes()[offset]), "{target:?}")
+            }
             Err(PathError::AboveRoot) => assert!(target.contains("..") || target.to_lowercase().contains("%2e")),
             Err(e @ (PathError::NotOriginForm | PathError::TooLong { .. })) => panic!("{target:?}: {e}"),
             Err(PathError::InvalidByte { .. }) | Ok(_) => {}

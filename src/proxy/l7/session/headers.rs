@@ -1,4 +1,5 @@
 //! Hop-by-hop headers (RFC 9110 section 7.6.1) and upgrade detection for forwarding.
+//! `Host` is never removed (the judge set it), and `HTTP2-Settings` never passes (h2c).
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -12,7 +13,8 @@ pub(in crate::proxy::l7) fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Removes the headers that belong to one hop (RFC 9110 section 7.6.1), keeping
-/// `Connection: upgrade` and `Upgrade` for an upgrade.
+/// `Connection: upgrade` and `Upgrade: websocket` for a (judged) WebSocket upgrade. A
+/// `Connection` list never removes `Host`.
 pub(in crate::proxy::l7) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -20,12 +22,14 @@ pub(in crate::proxy::l7) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: b
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .filter(|name| !(upgrade && *name == header::UPGRADE))
+        .filter(|name| !(upgrade && *name == header::UPGRADE) && *name != header::HOST)
         .collect();
     for name in listed {
         headers.remove(name);
     }
-    for name in ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "trailer"] {
+    for name in
+        ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "trailer", "http2-settings"]
+    {
         headers.remove(name);
     }
     // `TE: trailers` stays: gRPC needs it end to end.
@@ -37,6 +41,7 @@ pub(in crate::proxy::l7) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: b
         headers.remove(header::UPGRADE);
     } else {
         headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
     }
 }
 

@@ -45,7 +45,7 @@ impl UpstreamError {
 }
 
 /// An open upstream connection; request bodies are the client's, cut when silent too long.
-enum Sender {
+pub(super) enum Sender {
     H1(http1::SendRequest<Counted>),
     H2(http2::SendRequest<Counted>),
 }
@@ -96,12 +96,14 @@ impl Upstream {
         }
     }
 
-    /// Sends one request and returns the response head (the body streams), waiting at most
-    /// the response timeout for the head once the request body is sent. An HTTP/1.1
-    /// connection busy with another request is not waited for: a new one is opened. A `101`
-    /// takes its connection over for the upgrade.
-    pub(super) async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
-        let sender = self.take().await?;
+    /// Sends one request on `sender` (from [`Upstream::connection`]) and returns the response
+    /// head (the body streams), waiting at most the response timeout for the head once the
+    /// request body is sent. A `101` takes its connection over for the upgrade.
+    pub(super) async fn send(
+        &self,
+        sender: Sender,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let (parts, body) = request.into_parts();
         let (body, sent) = Counted::request(body, Arc::default(), self.body_idle);
         let request = Request::from_parts(parts, body);
@@ -140,8 +142,9 @@ impl Upstream {
         }
     }
 
-    /// A usable connection: the idle one if it still works, else a new one.
-    async fn take(&self) -> Result<Sender, UpstreamError> {
+    /// A usable connection: the idle one if it still works, else a new one. An HTTP/1.1
+    /// connection busy with another request is not waited for: a new one is opened.
+    pub(super) async fn connection(&self) -> Result<Sender, UpstreamError> {
         let kept = self.idle.lock().await.take();
         let usable = match kept {
             Some(Sender::H2(mut sender)) => {
@@ -159,7 +162,7 @@ impl Upstream {
         }
     }
 
-    /// HTTP/2 requests carry the authority in the URI, not in `Host`.
+    /// HTTP/2 requests carry the authority (the judged host) in the URI, and no `Host`.
     fn absolute(&self, mut request: Request<Counted>) -> Request<Counted> {
         let authority = if self.port == 443 { self.host.clone() } else { format!("{}:{}", self.host, self.port) };
         let mut parts = request.uri().clone().into_parts();

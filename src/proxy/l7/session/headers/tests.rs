@@ -26,6 +26,7 @@ fn hop_by_hop_headers_are_removed_with_those_connection_lists() {
         ("te", "gzip"),
         ("proxy-authorization", "Basic x"),
         ("upgrade", "h2c"),
+        ("http2-settings", "AAMAAABkAAQAAP__"),
         ("authorization", "Bearer t"),
         ("content-length", "3"),
     ]);
@@ -42,11 +43,24 @@ fn te_trailers_is_kept_for_grpc() {
 }
 
 #[test]
-fn an_upgrade_keeps_upgrade_and_connection() {
-    let mut h = headers(&[("connection", "Upgrade, keep-alive"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+fn a_connection_list_never_removes_host() {
+    let mut h = headers(&[("connection", "host, x-hop"), ("host", "api.test"), ("x-hop", "1")]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"]);
+}
+
+#[test]
+fn a_websocket_upgrade_keeps_upgrade_websocket_and_connection() {
+    let mut h = headers(&[
+        ("connection", "Upgrade, keep-alive, HTTP2-Settings"),
+        ("upgrade", "WebSocket"),
+        ("http2-settings", "x"),
+        ("sec-websocket-key", "k"),
+    ]);
     strip_hop_by_hop(&mut h, true);
     assert_eq!(h["connection"], "upgrade");
     assert_eq!(h["upgrade"], "websocket");
+    assert!(h.get("http2-settings").is_none());
     assert_eq!(h["sec-websocket-key"], "k");
     assert!(h.get("keep-alive").is_none());
 }
