@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use super::deny::{self, Refused};
 use super::judge::{Verdict, judge};
 use crate::policy::PolicyEngine;
-use crate::proxy::credentials::SecretStore;
+use crate::proxy::credentials::{SecretStore, finish};
 use crate::shutdown::Shutdown;
 use crate::telemetry::AUDIT_TARGET;
 use crate::{Exit, ExitStatus};
@@ -189,13 +189,16 @@ impl State {
         let (host, port) = (self.session.host.as_str(), self.session.port);
         let engine = (self.session.policy)();
         let verdict = judge(&engine, host, port, &self.session.secrets, &mut parts);
+        let (verdict, body) = finish(verdict, &mut parts, body, (host, port), self.session.idle_timeout).await;
         audit(host, port, parts.method.as_str(), parts.uri.path(), &verdict);
-        if let Verdict::Refuse { response, .. } = verdict {
-            return response.map(full);
-        }
+        let (credentials, body) = match (verdict, body) {
+            (Verdict::Forward { credentials, .. }, Some(body)) => (credentials, body),
+            (Verdict::Refuse { response, .. }, _) => return response.map(full),
+            (Verdict::Forward { .. }, None) => unreachable!("the body stage gives a forwarded request its body"),
+        };
         strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(header::EXPECT);
-        let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
+        let (method, path) = (parts.method.to_string(), credentials.path().to_owned());
         let mut response = match self.upstream.send(Request::from_parts(parts, body)).await {
             Ok(response) => response,
             Err(e) => {
@@ -220,23 +223,27 @@ impl State {
                 }
             });
             *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(relay);
+            credentials.scrub_headers(response.headers_mut());
             return response.map(|_| full(Bytes::new()));
         }
         strip_hop_by_hop(response.headers_mut(), false);
-        response.map(BodyExt::boxed)
+        credentials.response(response).unwrap_or_else(|detail| {
+            deny::upstream_unreachable(Refused { host, port, method: &method, path: &path }, &detail).map(full)
+        })
     }
 }
 
-/// One audit event per request decision (names of credentials only, never values).
+/// One audit event per request decision (names of credentials only, never values; the
+/// path of a forwarded request as judged, before any credential went into it).
 pub(crate) fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &Verdict) {
-    let (action, decision, credentials, reason) = match verdict {
+    let (action, decision, credentials, reason, path) = match verdict {
         Verdict::Forward { decision, credentials } => {
             let action = if decision.allow { "allow" } else { "audit" };
-            (action, Some(decision), credentials.join(","), decision.reason.clone())
+            (action, Some(decision), credentials.keys().join(","), decision.reason.clone(), credentials.path())
         }
         Verdict::Refuse { decision, response } => {
             let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
-            ("deny", decision.as_ref(), String::new(), body["reason"].as_str().unwrap_or_default().to_owned())
+            ("deny", decision.as_ref(), String::new(), body["reason"].as_str().unwrap_or_default().to_owned(), path)
         }
     };
     let policy = decision.and_then(|d| d.policy.as_deref());

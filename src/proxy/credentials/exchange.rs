@@ -1,0 +1,158 @@
+//! One inspected request's credentials from judgement to answer: the head swapped when the
+//! judgement forwards it, then the body, then `Accept-Encoding: identity` when anything was
+//! swapped in; and the answer scrubbed of every secret value and every form of one the
+//! proxy wrote into this request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::binding::Destination;
+use super::scrub::{Scrubbed, Scrubber};
+use super::substitute::{self, Resolver};
+use super::{CredentialError, Snapshot, body};
+use crate::proxy::counted::Source;
+use crate::proxy::l7::deny::{self, Refused};
+use crate::proxy::l7::judge::Verdict;
+use crate::proxy::l7::session::Body;
+
+/// The body stage of a judged request to `host:port` (see [`Injection::finish_request`]):
+/// a forwarded request gets its body; a refused one, or one whose body is refused, gets
+/// `None` and the refusal as its verdict.
+pub async fn finish(
+    verdict: Verdict,
+    parts: &mut Parts,
+    incoming: Incoming,
+    (host, port): (&str, u16),
+    idle: Duration,
+) -> (Verdict, Option<Source>) {
+    let Verdict::Forward { decision, mut credentials } = verdict else { return (verdict, None) };
+    match credentials.finish_request(parts, incoming, idle).await {
+        Ok(source) => (Verdict::Forward { decision, credentials }, Some(source)),
+        Err(e) => {
+            let refused = Refused { host, port, method: parts.method.as_str(), path: credentials.path() };
+            (Verdict::Refuse { response: deny::credential_refused(refused, &e), decision: Some(decision) }, None)
+        }
+    }
+}
+
+/// What one forwarded request carries, and how its answer is scrubbed.
+#[derive(Debug)]
+pub struct Injection {
+    snapshot: Arc<Snapshot>,
+    to: Destination,
+    /// Placeholders are swapped (false for an audited would-be denial: they stay literal).
+    swap: bool,
+    keys: Vec<String>,
+    forms: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The answer has no body (a HEAD request).
+    bodiless: bool,
+}
+
+impl Injection {
+    /// Swaps the head's placeholders for `to` when `swap` (see [`super::SecretStore::substitute`]).
+    pub(super) fn head(
+        snapshot: Arc<Snapshot>,
+        to: Destination,
+        swap: bool,
+        parts: &mut Parts,
+    ) -> Result<Self, CredentialError> {
+        let mut injection = Injection {
+            snapshot,
+            to,
+            swap,
+            keys: Vec::new(),
+            forms: Vec::new(),
+            bodiless: parts.method == Method::HEAD,
+        };
+        if swap {
+            let mut r = Resolver::new(&injection.snapshot, &injection.to);
+            substitute::request(&mut r, parts)?;
+            let (keys, forms) = (r.used, r.forms);
+            injection.keys = keys;
+            injection.forms = forms;
+        }
+        Ok(injection)
+    }
+
+    /// The secret keys swapped in so far (names only: log them).
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// The canonical path as judged, placeholders as the client sent them (for logs and
+    /// answers: the forwarded path may hold a secret).
+    pub fn path(&self) -> &str {
+        &self.to.path
+    }
+
+    /// The body stage (see [`body`]), then `Accept-Encoding: identity` when a secret was
+    /// swapped in, so the answer can be scrubbed. `idle` bounds reading a body whole.
+    pub async fn finish_request(
+        &mut self,
+        parts: &mut Parts,
+        incoming: Incoming,
+        idle: Duration,
+    ) -> Result<Source, CredentialError> {
+        let source = if self.swap && !self.to.cleartext && self.snapshot.keys().next().is_some() {
+            let mut r = Resolver::new(&self.snapshot, &self.to);
+            r.used = std::mem::take(&mut self.keys);
+            r.forms = std::mem::take(&mut self.forms);
+            let result = body::body(&mut r, parts, incoming, idle).await;
+            (self.keys, self.forms) = (r.used, r.forms);
+            result?
+        } else {
+            incoming.into()
+        };
+        if !self.keys.is_empty() {
+            parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        }
+        Ok(source)
+    }
+
+    /// The answer to forward: headers and body scrubbed when there is anything to scrub,
+    /// `Content-Length` dropped when the body is scrubbed. `Err` (the reason) when a
+    /// request that carried a secret got a compressed answer, which cannot be scrubbed.
+    pub fn response(&self, mut response: Response<Incoming>) -> Result<Response<Body>, String> {
+        let scrubber = self.scrubber();
+        let Some(scrubber) = scrubber else { return Ok(response.map(BodyExt::boxed)) };
+        if !self.keys.is_empty()
+            && let Some(encoding) = response.headers().get(header::CONTENT_ENCODING)
+            && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+        {
+            let shown = String::from_utf8_lossy(encoding.as_bytes()).chars().take(32).collect::<String>();
+            return Err(format!(
+                "it answered with `Content-Encoding: {shown}` to a request carrying a credential although the proxy asked for `identity`; a compressed answer cannot be checked for a reflected secret"
+            ));
+        }
+        scrubber.headers(response.headers_mut());
+        let status = response.status();
+        if self.bodiless || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok(response.map(BodyExt::boxed));
+        }
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        Ok(response.map(|body| Scrubbed::new(body, scrubber).boxed()))
+    }
+
+    /// Scrubs the headers of an answer whose body is not forwarded through [`Self::response`]
+    /// (a `101`).
+    pub fn scrub_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(scrubber) = self.scrubber() {
+            scrubber.headers(headers);
+        }
+    }
+
+    /// The snapshot's scrubber, with this request's encoded forms added when it has any.
+    fn scrubber(&self) -> Option<Arc<Scrubber>> {
+        if self.forms.is_empty() {
+            return self.snapshot.scrubber().cloned();
+        }
+        let pairs = self.snapshot.scrub_pairs().chain(self.forms.iter().cloned());
+        Scrubber::new(pairs).map(Arc::new)
+    }
+}
