@@ -44,8 +44,13 @@ impl Destination {
                 providers.push(provider.clone());
             }
         }
+        Destination { providers, body_rewrite, ..Self::plain(host, port, path, cleartext) }
+    }
+
+    /// A destination no policy endpoint binds a provider to (no body rewrite).
+    pub fn plain(host: &str, port: u16, path: &str, cleartext: bool) -> Self {
         let host = normalize_destination(host).unwrap_or_else(|| host.to_ascii_lowercase());
-        Destination { host, port, path: path.to_owned(), cleartext, providers, body_rewrite }
+        Destination { host, port, path: path.to_owned(), cleartext, providers: Vec::new(), body_rewrite: false }
     }
 }
 

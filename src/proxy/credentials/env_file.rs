@@ -172,6 +172,6 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("`API_KEY`") && text.contains("line 2 of /f") && !text.contains("hunter2"), "{text}");
         assert!(text.contains("`[NAME]`") && text.contains("credential_binding: {provider: NAME}"), "{text}");
-        assert_eq!(e.exit_status(), crate::Exit::Usage);
+        assert_eq!(crate::ExitStatus::exit_status(&e), crate::Exit::Usage);
     }
 }
