@@ -1,7 +1,8 @@
 //! No reflection: every secret value (and every encoded form the proxy wrote into the
 //! request) is replaced by the text the agent knows, in response headers and in response
-//! bodies as they stream. One multi-pattern automaton; the last `longest - 1` bytes of each
-//! chunk wait for the next, so a value split across chunks is still caught.
+//! bodies as they stream. One multi-pattern automaton; the end of a chunk that could be the
+//! start of a value waits for the next chunk (at most `longest - 1` bytes), so a value split
+//! across chunks is still caught, and everything else goes on at once (server-sent events).
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -17,6 +18,7 @@ use hyper::body::{Body, Frame, SizeHint};
 /// Patterns (values) and what replaces each (placeholders).
 pub struct Scrubber {
     automaton: AhoCorasick,
+    patterns: Vec<Vec<u8>>,
     replacements: Vec<Bytes>,
     /// The longest pattern's length minus one: what is held back between chunks.
     keep: usize,
@@ -42,7 +44,20 @@ impl Scrubber {
             pairs.into_iter().filter(|(p, _)| !p.is_empty()).map(|(p, r)| (p, Bytes::from(r))).unzip();
         let keep = patterns.iter().map(Vec::len).max()? - 1;
         let automaton = AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&patterns).ok()?;
-        Some(Scrubber { automaton, replacements, keep })
+        Some(Scrubber { automaton, patterns, replacements, keep })
+    }
+
+    /// The length of the longest end of `buf` that is the start of a pattern (not a whole
+    /// one): what must wait for more input. A match starting before it is complete.
+    fn pending(&self, buf: &[u8]) -> usize {
+        let mut best = 0;
+        for p in &self.patterns {
+            let longest = (p.len() - 1).min(buf.len());
+            if let Some(k) = (best + 1..=longest).rev().find(|&k| buf.ends_with(&p[..k])) {
+                best = k;
+            }
+        }
+        best
     }
 
     /// Scans `buf[from..]` and hands out the scrubbed output of the matches that start
@@ -120,7 +135,7 @@ impl<B> Scrubbed<B> {
             // Small: join with the held-back tail and decide what can be.
             let mut joined = std::mem::take(&mut self.carry);
             joined.extend_from_slice(&chunk);
-            let stop = joined.len().saturating_sub(keep);
+            let stop = joined.len() - self.scrubber.pending(&joined);
             let mut out = Vec::with_capacity(joined.len());
             let at = s.scan(&joined, 0, stop, |piece| extend(&mut out, &joined, piece));
             let split = at.max(stop);
@@ -142,7 +157,7 @@ impl<B> Scrubbed<B> {
         self.queue(Bytes::from(out));
         // The chunk itself, from where the tail's matches ended, without copying it.
         let from = at.max(tail) - tail;
-        let stop = chunk.len() - keep;
+        let stop = chunk.len() - s.pending(&chunk);
         let mut pieces = Vec::new();
         let at = s.scan(&chunk, from, stop, |piece| {
             pieces.push(match piece {

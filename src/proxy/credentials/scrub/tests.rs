@@ -98,3 +98,24 @@ fn headers_are_scrubbed_and_a_name_holding_a_value_is_dropped() {
     assert!(!h.contains_key("sekrit-token-1"));
     assert!(!format!("{s:?}").contains("sekrit"));
 }
+
+#[test]
+fn only_a_possible_start_of_a_value_waits_for_the_next_chunk() {
+    let s = scrubber(&[("sk-SECRET", "<K>")]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        let mut body = Scrubbed::new(StreamBody::new(Box::pin(frames)), s.clone());
+        let mut next = async |tx_chunk: &'static [u8]| {
+            tx.send(Bytes::from_static(tx_chunk)).await.unwrap();
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(1), body.frame()).await;
+            frame.expect("a frame without waiting for the next chunk").unwrap().unwrap().into_data().unwrap()
+        };
+        assert_eq!(next(b"data: one\n\n").await, "data: one\n\n", "an event goes on at once");
+        assert_eq!(next(b"x sk-SEC").await, "x ", "a possible start of the value waits");
+        assert_eq!(next(b"RET y sk").await, "<K> y ");
+    });
+}
