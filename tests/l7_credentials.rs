@@ -82,26 +82,36 @@ async fn handler(seen: Arc<Seen>, req: Request<Incoming>) -> Response<BoxBody<By
             });
             Response::new(StreamBody::new(frames).boxed())
         }
-        "gzip" => Response::builder().header("content-encoding", "gzip").body(Full::new(Bytes::from(key)).boxed()).unwrap(),
-        _ => Response::builder().header("x-echo", auth).body(Full::new(Bytes::from(record.to_string())).boxed()).unwrap(),
+        "gzip" => {
+            Response::builder().header("content-encoding", "gzip").body(Full::new(Bytes::from(key)).boxed()).unwrap()
+        }
+        _ => {
+            Response::builder().header("x-echo", auth).body(Full::new(Bytes::from(record.to_string())).boxed()).unwrap()
+        }
     }
 }
 
 async fn upstream(ca: &Ca) -> (SocketAddr, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let state = seen.clone();
-    let addr = https_server(ca, HOST, &[b"h2", b"http/1.1"], || {}, move |tls| {
-        let state = state.clone();
-        async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handler(state, req).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        }
-    })
+    let addr = https_server(
+        ca,
+        HOST,
+        &[b"h2", b"http/1.1"],
+        || {},
+        move |tls| {
+            let state = state.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handler(state, req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            }
+        },
+    )
     .await;
     (addr, seen)
 }
@@ -130,7 +140,8 @@ async fn proxy(policy: &str, host: &str, sandbox_ca: &Ca, upstream_ca: &Ca, upst
     let issuer = LeafIssuer::new(&sandbox_ca.der, &sandbox_ca.key_pem, 4).unwrap().with_alpn(&[b"h2", b"http/1.1"]);
     let dir = tempfile::tempdir().unwrap();
     let ca_file = write_pem(dir.path(), "ca.pem", upstream_ca);
-    let engine = Arc::new(PolicyEngine::new(policy::parse_yaml(policy, "t").unwrap(), &RegoRules::builtin(), 1).unwrap());
+    let engine =
+        Arc::new(PolicyEngine::new(policy::parse_yaml(policy, "t").unwrap(), &RegoRules::builtin(), 1).unwrap());
     let session = Inspected {
         host: host.into(),
         port: 443,
@@ -273,7 +284,10 @@ async fn a_key_is_refused_at_another_path_port_or_host_and_nothing_is_sent() {
             let answer = rig.once(h2, "GET", target, &key, "").await;
             refused(&answer, StatusCode::FORBIDDEN, "credential_not_bound");
             let reason = answer.json()["reason"].as_str().unwrap().to_owned();
-            assert!(reason.contains("`API_KEY` may not be sent to api.test:443") && reason.contains("(path /v1)"), "{reason}");
+            assert!(
+                reason.contains("`API_KEY` may not be sent to api.test:443") && reason.contains("(path /v1)"),
+                "{reason}"
+            );
         }
     }
     let other = "version: 1\nnetwork_policies:\n  o:\n    endpoints:\n      - {host: other.test, port: 443, protocol: rest, access: full}\n";
@@ -311,7 +325,10 @@ async fn path_placeholders_also_inside_a_segment_and_percent_encoded() {
         let answer = rig.once(h2, "POST", &target, &[], "").await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
         let saw = &rig.seen.all()[2 * i];
-        assert_eq!(saw["target"], "/bot123456%3ABOT-SECRET-abc/sendMessage?chat=1", "the value percent-encoded in its segment");
+        assert_eq!(
+            saw["target"], "/bot123456%3ABOT-SECRET-abc/sendMessage?chat=1",
+            "the value percent-encoded in its segment"
+        );
         assert_eq!(answer.json()["target"], target, "the echo shows the placeholder");
 
         let encoded = "/v1/q?key=openshell%3Aresolve%3Aenv%3AAPI_KEY&region=openshell:resolve:env:REGION";
@@ -331,14 +348,19 @@ async fn opted_in_bodies_are_rewritten_with_their_length() {
     let ph = placeholder("API_KEY");
     let cases = [
         ("application/json", format!(r#"{{"key": "{ph}", "n": 1}}"#), format!(r#"{{"key": "{SECRET}", "n": 1}}"#)),
-        ("application/x-www-form-urlencoded", "key=openshell%3Aresolve%3Aenv%3AAPI_KEY&a=b".to_owned(), format!("key={SECRET}&a=b")),
+        (
+            "application/x-www-form-urlencoded",
+            "key=openshell%3Aresolve%3Aenv%3AAPI_KEY&a=b".to_owned(),
+            format!("key={SECRET}&a=b"),
+        ),
         ("text/plain; charset=utf-8", format!("token {ph}."), format!("token {SECRET}.")),
         ("application/octet-stream", format!("raw {ph}"), format!("raw {ph}")),
     ];
     let mut n = 0;
     for h2 in [false, true] {
         for (content_type, body, want) in &cases {
-            let answer = rig.once(h2, "POST", "/v1/messages", &[("content-type", content_type.to_string())], body).await;
+            let answer =
+                rig.once(h2, "POST", "/v1/messages", &[("content-type", content_type.to_string())], body).await;
             assert_eq!(answer.status, StatusCode::OK, "{content_type}: {}", answer.body);
             let saw = &rig.seen.all()[n];
             n += 1;

@@ -100,7 +100,11 @@ async fn proxy(sandbox_ca: &Ca, upstream_ca: &Ca, upstream: SocketAddr) -> Socke
     let env = ProviderEnvironment {
         environment: [("TOKEN".to_owned(), Secret::new(SECRET))].into(),
         revision: 1,
-        bindings: [("TOKEN".to_owned(), vec![BindingEndpoint { host: "api.test".into(), port: 443, path: String::new() }])].into(),
+        bindings: [(
+            "TOKEN".to_owned(),
+            vec![BindingEndpoint { host: "api.test".into(), port: 443, path: String::new() }],
+        )]
+        .into(),
         ..Default::default()
     };
     let session = Inspected {

@@ -132,7 +132,9 @@ fn audit_mode_forwards_a_would_be_denial_without_its_credentials() {
     assert_eq!(parts.uri, format!("/y?k={}", placeholder("TOKEN")).as_str(), "placeholders stay literal");
     assert_eq!(parts.headers["authorization"], bearer.as_str());
     let (v, parts) = run(&e, "GET", "/y", &[("authorization", bearer)]);
-    assert!(matches!(&v, Verdict::Forward { decision, credentials } if decision.allow && credentials.keys() == ["TOKEN"]));
+    assert!(
+        matches!(&v, Verdict::Forward { decision, credentials } if decision.allow && credentials.keys() == ["TOKEN"])
+    );
     assert_eq!(parts.headers["authorization"], format!("Bearer {SECRET}").as_str(), "an allowed request in audit mode");
 }
 
@@ -142,7 +144,10 @@ fn a_key_goes_only_where_it_is_bound() {
     let (status, body) = refusal(&run(&e, "GET", "/x", &[("x-api-key", placeholder("LOOSE"))]).0);
     assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("credential_not_bound")));
     let reason = body["reason"].as_str().unwrap();
-    assert!(reason.contains("`LOOSE` may not be sent to api.example.com:443") && reason.contains("no endpoint binding"), "{reason}");
+    assert!(
+        reason.contains("`LOOSE` may not be sent to api.example.com:443") && reason.contains("no endpoint binding"),
+        "{reason}"
+    );
 
     let (v, parts) = run(&e, "GET", "/v1/models", &[("x-api-key", placeholder("SCOPED"))]);
     assert!(v.forwards() && parts.headers["x-api-key"] == "scoped-SECRET-9", "{v:?}");
@@ -172,10 +177,18 @@ fn a_key_goes_only_where_it_is_bound() {
 fn no_credential_goes_into_plain_http() {
     let e = engine("        access: full\n");
     for headers in [vec![("x-api-key", placeholder("TOKEN"))], vec![]] {
-        let target = if headers.is_empty() { format!("http://{HOST}/x?k={}", placeholder("TOKEN")) } else { format!("http://{HOST}/x") };
+        let target = if headers.is_empty() {
+            format!("http://{HOST}/x?k={}", placeholder("TOKEN"))
+        } else {
+            format!("http://{HOST}/x")
+        };
         let (v, parts) = run(&e, "GET", &target, &headers);
         let (status, body) = refusal(&v);
-        assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("credential_unresolved")), "{target}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("credential_unresolved")),
+            "{target}"
+        );
         assert!(body["reason"].as_str().unwrap().contains("never sent over plain http://"), "{body}");
         assert!(!format!("{parts:?}").contains(SECRET));
     }

@@ -80,7 +80,8 @@ impl Rig {
         );
         let env_dir = tempfile::tempdir().unwrap();
         let env_file = env_dir.path().join("provider.env");
-        std::fs::write(&env_file, format!("[test]\nAPI_KEY={SECRET}\nBASIC_USER={USER}\nBASIC_PASSWORD={PASSWORD}\n")).unwrap();
+        std::fs::write(&env_file, format!("[test]\nAPI_KEY={SECRET}\nBASIC_USER={USER}\nBASIC_PASSWORD={PASSWORD}\n"))
+            .unwrap();
         let ca_file = write_pem(env_dir.path(), "upstream-ca.pem", &upstream_ca);
         let proxy = TestProxy::start(&policy, |c| {
             c.provider_env_file = Some(env_file);
@@ -168,9 +169,15 @@ async fn placeholders_are_swapped_only_in_allowed_inspected_requests() {
     assert_eq!((status, echo["authorization"].as_str()), (StatusCode::OK, Some(&*bearer[0].1)), "scrubbed echo");
 
     let (_, echo) = rig.once(port, "GET", "/whole", &[("x-api-key", placeholder("API_KEY"))]).await;
-    assert_eq!((upstream_saw(1)["x-api-key"].as_str(), echo["x-api-key"].as_str()), (Some(SECRET), Some(&*placeholder("API_KEY"))));
+    assert_eq!(
+        (upstream_saw(1)["x-api-key"].as_str(), echo["x-api-key"].as_str()),
+        (Some(SECRET), Some(&*placeholder("API_KEY")))
+    );
 
-    let basic = format!("Basic {}", STANDARD.encode(format!("{}:{}", placeholder("BASIC_USER"), placeholder("BASIC_PASSWORD"))));
+    let basic = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", placeholder("BASIC_USER"), placeholder("BASIC_PASSWORD")))
+    );
     let (_, echo) = rig.once(port, "GET", "/basic", &[("authorization", basic.clone())]).await;
     assert_eq!(upstream_saw(2)["authorization"], format!("Basic {}", STANDARD.encode(format!("{USER}:{PASSWORD}"))));
     assert_eq!(echo["authorization"], basic, "the echoed Basic blob is the one the agent sent");
@@ -204,7 +211,9 @@ async fn placeholders_are_swapped_only_in_allowed_inspected_requests() {
     let answer = raw_exchange(rig.proxy.addr, get.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
     assert!(json_body(&answer)["reason"].as_str().unwrap().contains("never sent over plain http://"), "{answer}");
-    let plain = format!("GET http://localhost:{echo_port}/p HTTP/1.1\r\nHost: localhost:{echo_port}\r\nConnection: close\r\n\r\n");
+    let plain = format!(
+        "GET http://localhost:{echo_port}/p HTTP/1.1\r\nHost: localhost:{echo_port}\r\nConnection: close\r\n\r\n"
+    );
     assert!(raw_exchange(rig.proxy.addr, plain.as_bytes()).await.starts_with("HTTP/1.1 200 "));
     let delete = format!("DELETE http://localhost:{echo_port}/p HTTP/1.1\r\nHost: localhost:{echo_port}\r\n\r\n");
     assert_eq!(json_body(&raw_exchange(rig.proxy.addr, delete.as_bytes()).await)["error"], "policy_denied");

@@ -37,7 +37,11 @@ async fn allowed_requests_reach_the_upstream_with_real_credentials_on_one_connec
         let (status, echo) = send(&mut c, get("/v1/../items?key=openshell:resolve:env:API_KEY&x=1", &headers)).await;
         assert_eq!(status, StatusCode::OK, "{echo}");
         let upstream_saw = seen.requests.lock().unwrap()[0].clone();
-        assert_eq!(upstream_saw["target"], format!("/items?key={SECRET}&x=1"), "canonical path and swapped query value");
+        assert_eq!(
+            upstream_saw["target"],
+            format!("/items?key={SECRET}&x=1"),
+            "canonical path and swapped query value"
+        );
         assert_eq!(upstream_saw["authorization"], format!("Bearer {SECRET}"));
         assert_eq!(upstream_saw["x-api-key"], SECRET);
         assert_eq!(upstream_saw["host"], HOST);

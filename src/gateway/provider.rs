@@ -60,7 +60,8 @@ impl GatewayClient {
         let response = self
             .unary(Method::GetSandboxProviderEnvironment, self.openshell().get_sandbox_provider_environment(request))
             .await?;
-        let endpoint = |e: super::proto::StaticCredentialEndpoint| BindingEndpoint { host: e.host, port: e.port, path: e.path };
+        let endpoint =
+            |e: super::proto::StaticCredentialEndpoint| BindingEndpoint { host: e.host, port: e.port, path: e.path };
         Ok(ProviderEnvironment {
             environment: response.environment.into_iter().map(|(k, v)| (k, Secret::new(v))).collect(),
             revision: response.provider_env_revision,

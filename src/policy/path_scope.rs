@@ -31,7 +31,9 @@ impl PathScope {
             return Ok(PathScope::Any);
         }
         let bad = |why: &str| {
-            Err(format!("path `{path}` {why}; write an absolute path like `/v1` (it covers `/v1/...`) or a glob like `/v1/*/messages`"))
+            Err(format!(
+                "path `{path}` {why}; write an absolute path like `/v1` (it covers `/v1/...`) or a glob like `/v1/*/messages`"
+            ))
         };
         if !path.starts_with('/') {
             return bad("does not start with `/`");

@@ -180,7 +180,11 @@ impl CredentialError {
     pub fn is_request_error(&self) -> bool {
         !matches!(
             self,
-            Self::Read { .. } | Self::Malformed { .. } | Self::UnsafeValue { .. } | Self::BadKey { .. } | Self::Unbound { .. }
+            Self::Read { .. }
+                | Self::Malformed { .. }
+                | Self::UnsafeValue { .. }
+                | Self::BadKey { .. }
+                | Self::Unbound { .. }
         )
     }
 

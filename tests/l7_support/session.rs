@@ -121,7 +121,11 @@ pub fn secrets() -> Arc<SecretStore> {
     let env = ProviderEnvironment {
         environment: [("API_KEY".to_owned(), Secret::new(SECRET))].into(),
         revision: 1,
-        bindings: [("API_KEY".to_owned(), vec![BindingEndpoint { host: "api.test".into(), port: 443, path: String::new() }])].into(),
+        bindings: [(
+            "API_KEY".to_owned(),
+            vec![BindingEndpoint { host: "api.test".into(), port: 443, path: String::new() }],
+        )]
+        .into(),
         ..Default::default()
     };
     Arc::new(SecretStore::from_provider(&env).unwrap())

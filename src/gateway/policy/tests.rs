@@ -225,7 +225,10 @@ fn a_path_without_a_credential_binding_is_named() {
     e.path = s("/v1");
     let notes = unapplied_fields(&message);
     assert_eq!(notes.len(), 1, "{notes:#?}");
-    assert!(notes[0].starts_with("network_policies.github.endpoints[1].path only scopes a credential binding"), "{notes:#?}");
+    assert!(
+        notes[0].starts_with("network_policies.github.endpoints[1].path only scopes a credential binding"),
+        "{notes:#?}"
+    );
     let policy = to_policy(&message).unwrap();
     assert_eq!(policy.network_policies["github"].endpoints[1].path.as_ref().unwrap().as_str(), "/v1");
     assert!(unapplied_fields(&full_message()).is_empty());

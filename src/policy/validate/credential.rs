@@ -20,7 +20,11 @@ pub(super) fn fields(cx: &mut Cx, path: &str, map: &MarkedMappingNode) -> Creden
         let m = cx.mapping(&at, node)?;
         cx.known_keys(&at, m, &["provider"]);
         let Some(n) = get(m, "provider") else {
-            cx.issue(&at, node, "`credential_binding` needs `provider: NAME` (a `[NAME]` section of the provider env file)");
+            cx.issue(
+                &at,
+                node,
+                "`credential_binding` needs `provider: NAME` (a `[NAME]` section of the provider env file)",
+            );
             return None;
         };
         let name = cx.scalar(&format!("{at}.provider"), n)?.as_str().trim();

@@ -66,7 +66,8 @@ impl BoundEndpoint {
     /// Checks what the gateway sent; `Err` says why the endpoint is dropped (never a value).
     pub(super) fn parse(e: &BindingEndpoint) -> Result<Self, String> {
         let host = HostPattern::parse(&e.host)?;
-        let port = u16::try_from(e.port).ok().filter(|p| *p != 0).ok_or_else(|| format!("port {} is not a port", e.port))?;
+        let port =
+            u16::try_from(e.port).ok().filter(|p| *p != 0).ok_or_else(|| format!("port {} is not a port", e.port))?;
         Ok(BoundEndpoint { host, port, path: PathScope::parse(&e.path)? })
     }
 

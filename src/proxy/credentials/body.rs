@@ -74,7 +74,9 @@ pub(super) async fn body(
     let bytes = read(body, idle).await?;
     let new = match kind {
         Kind::Json => r.replace_in(&bytes, false, "the JSON body", json_escaped)?,
-        Kind::Form => r.replace_in(&bytes, true, "the form body", |v| form_urlencoded::byte_serialize(v.as_bytes()).collect())?,
+        Kind::Form => {
+            r.replace_in(&bytes, true, "the form body", |v| form_urlencoded::byte_serialize(v.as_bytes()).collect())?
+        }
         Kind::Text => r.replace_in(&bytes, false, "the text body", str::to_owned)?,
     };
     let Some(new) = new else {
@@ -121,7 +123,11 @@ fn check_escaped(kind: Kind, body: &[u8]) -> Result<(), CredentialError> {
         Kind::Text => false,
     };
     if hidden {
-        let place = if kind == Kind::Json { "the JSON body (an escaped placeholder)" } else { "the form body (an encoded placeholder)" };
+        let place = if kind == Kind::Json {
+            "the JSON body (an escaped placeholder)"
+        } else {
+            "the form body (an encoded placeholder)"
+        };
         return Err(CredentialError::Misplaced { place: place.to_owned() });
     }
     Ok(())

@@ -158,8 +158,12 @@ mod tests {
     fn sections_name_the_provider_of_their_keys() {
         let text = "[github]\nGITHUB_TOKEN=ghp\n  [ anthropic.v1 ]  \nANTHROPIC_API_KEY=sk\nB=2\n";
         let entries = parse_env_file(text.as_bytes(), Path::new("/f")).unwrap();
-        let got: Vec<(&str, &str, usize)> = entries.iter().map(|e| (e.key.as_str(), e.provider.as_str(), e.line)).collect();
-        assert_eq!(got, [("GITHUB_TOKEN", "github", 2), ("ANTHROPIC_API_KEY", "anthropic.v1", 4), ("B", "anthropic.v1", 5)]);
+        let got: Vec<(&str, &str, usize)> =
+            entries.iter().map(|e| (e.key.as_str(), e.provider.as_str(), e.line)).collect();
+        assert_eq!(
+            got,
+            [("GITHUB_TOKEN", "github", 2), ("ANTHROPIC_API_KEY", "anthropic.v1", 4), ("B", "anthropic.v1", 5)]
+        );
         for bad in ["[]", "[a b]", "[x", "[a/b]"] {
             let e = parse_env_file(format!("{bad}\nA=1").as_bytes(), Path::new("/f")).unwrap_err().to_string();
             assert!(e.contains("/f line 1") && e.contains("`[NAME]`"), "{bad}: {e}");

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
@@ -19,30 +20,42 @@ use super::{CredentialError, Snapshot, body};
 use crate::proxy::counted::Source;
 use crate::proxy::l7::deny::{self, Refused};
 use crate::proxy::l7::judge::Verdict;
-use crate::proxy::l7::session::Body;
+use crate::proxy::l7::session::{Body, audit};
 
-/// The body stage of a judged request to `host:port` (see [`Injection::finish_request`]):
-/// a forwarded request gets its body; a refused one, or one whose body is refused, gets
-/// `None` and the refusal as its verdict.
+/// The body stage of a judged request to `host:port` (see [`Injection::finish_request`]),
+/// then its audit event. `Ok`: forward the head with this body, and scrub the answer with
+/// the injection; `Err`: the refusal to answer (nothing goes upstream).
 pub async fn finish(
     verdict: Verdict,
     parts: &mut Parts,
     incoming: Incoming,
     (host, port): (&str, u16),
     idle: Duration,
-) -> (Verdict, Option<Source>) {
-    let Verdict::Forward { decision, mut credentials } = verdict else { return (verdict, None) };
-    match credentials.finish_request(parts, incoming, idle).await {
-        Ok(source) => (Verdict::Forward { decision, credentials }, Some(source)),
-        Err(e) => {
-            let refused = Refused { host, port, method: parts.method.as_str(), path: credentials.path() };
-            (Verdict::Refuse { response: deny::credential_refused(refused, &e), decision: Some(decision) }, None)
-        }
+) -> Result<(Injection, Source), Response<Bytes>> {
+    let method = parts.method.as_str().to_owned();
+    // A judged refusal left the target as judged; a forwarded head may hold secrets now.
+    let mut shown = parts.uri.path().to_owned();
+    let (verdict, body) = match verdict {
+        Verdict::Forward { decision, mut credentials } => match credentials.finish_request(parts, incoming, idle).await
+        {
+            Ok(body) => (Verdict::Forward { decision, credentials }, body),
+            Err(e) => {
+                shown = credentials.path().to_owned();
+                let refused = Refused { host, port, method: &method, path: &shown };
+                let response = deny::credential_refused(refused, &e);
+                (Verdict::Refuse { response, decision: Some(decision) }, Source::Whole(None))
+            }
+        },
+        refused => (refused, Source::Whole(None)),
+    };
+    audit(host, port, &method, &shown, &verdict);
+    match verdict {
+        Verdict::Forward { credentials, .. } => Ok((credentials, body)),
+        Verdict::Refuse { response, .. } => Err(response),
     }
 }
 
 /// What one forwarded request carries, and how its answer is scrubbed.
-#[derive(Debug)]
 pub struct Injection {
     snapshot: Arc<Snapshot>,
     to: Destination,
@@ -52,6 +65,18 @@ pub struct Injection {
     forms: Vec<(Vec<u8>, Vec<u8>)>,
     /// The answer has no body (a HEAD request).
     bodiless: bool,
+}
+
+impl std::fmt::Debug for Injection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The encoded forms are secrets too: counted, never shown.
+        f.debug_struct("Injection")
+            .field("to", &self.to)
+            .field("swap", &self.swap)
+            .field("keys", &self.keys)
+            .field("forms", &self.forms.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Injection {
@@ -132,7 +157,11 @@ impl Injection {
         }
         scrubber.headers(response.headers_mut());
         let status = response.status();
-        if self.bodiless || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        if self.bodiless
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
             return Ok(response.map(BodyExt::boxed));
         }
         response.headers_mut().remove(header::CONTENT_LENGTH);

@@ -86,10 +86,7 @@ mod tests {
     use super::*;
 
     fn keys(raw: &str, percent: bool) -> Vec<(String, Option<String>)> {
-        placeholders(raw.as_bytes(), percent)
-            .into_iter()
-            .map(|f| (raw[f.start..f.end].to_owned(), f.key))
-            .collect()
+        placeholders(raw.as_bytes(), percent).into_iter().map(|f| (raw[f.start..f.end].to_owned(), f.key)).collect()
     }
 
     #[test]

@@ -222,7 +222,8 @@ fn query(r: &mut Resolver<'_>, query: &str) -> Result<String, CredentialError> {
         if hides_placeholder(name.as_bytes()) {
             return Err(misplaced("a query parameter name"));
         }
-        let shown: String = form_urlencoded::parse(name.as_bytes()).next().map(|(n, _)| n.into_owned()).unwrap_or_default();
+        let shown: String =
+            form_urlencoded::parse(name.as_bytes()).next().map(|(n, _)| n.into_owned()).unwrap_or_default();
         let place = format!("query parameter {}", shown.chars().take(64).collect::<String>());
         let encode = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
         let new_value = match r.replace_in(value.as_bytes(), true, &place, encode)? {

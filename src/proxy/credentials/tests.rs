@@ -133,22 +133,28 @@ fn env_file_keys_the_policy_does_not_bind_are_named_with_the_fix() {
     };
     let unbound: Vec<String> = store.unbound(&policy("")).iter().map(ToString::to_string).collect();
     assert_eq!(unbound.len(), 1, "{unbound:?}");
-    assert!(unbound[0].contains("`SLACK_TOKEN` (provider `slack` in ") && unbound[0].contains("credential_binding: {provider: slack}"));
+    assert!(
+        unbound[0].contains("`SLACK_TOKEN` (provider `slack` in ")
+            && unbound[0].contains("credential_binding: {provider: slack}")
+    );
     assert!(!unbound[0].contains("xoxb"), "{unbound:?}");
     let l4 = "      - {host: slack.com, port: 443, credential_binding: {provider: slack}}\n";
     assert_eq!(store.unbound(&policy(l4)).len(), 1, "an L4 endpoint is never inspected: it binds nothing");
-    let l7 = "      - {host: slack.com, port: 443, protocol: rest, access: full, credential_binding: {provider: slack}}\n";
+    let l7 =
+        "      - {host: slack.com, port: 443, protocol: rest, access: full, credential_binding: {provider: slack}}\n";
     assert!(store.unbound(&policy(l7)).is_empty());
     assert!(SecretStore::from_provider(&provider(&[("A", "v")], &[])).unwrap().unbound(&policy("")).is_empty());
 }
 
 #[test]
 fn an_expired_value_is_refused_and_asks_for_a_refetch() {
-    let bound = vec![crate::gateway::provider::BindingEndpoint { host: "h.example".into(), port: 443, path: String::new() }];
+    let bound =
+        vec![crate::gateway::provider::BindingEndpoint { host: "h.example".into(), port: 443, path: String::new() }];
     let mut env = provider(&[("OLD", "old-value"), ("NEW", "new-value"), ("NEVER", "n")], &[]);
     env.bindings = ["OLD", "NEW", "NEVER"].iter().map(|k| (k.to_string(), bound.clone())).collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    env.expires_at_ms = [("OLD".to_owned(), now - 1), ("NEW".to_owned(), now + 600_000), ("NEVER".to_owned(), 0)].into();
+    env.expires_at_ms =
+        [("OLD".to_owned(), now - 1), ("NEW".to_owned(), now + 600_000), ("NEVER".to_owned(), 0)].into();
     let store = SecretStore::from_provider(&env).unwrap();
     let to = Destination::plain("h.example", 443, "/", false);
     let snapshot = store.snapshot();
@@ -158,8 +164,10 @@ fn an_expired_value_is_refused_and_asks_for_a_refetch() {
     let e = snapshot.resolve("OLD", &to).unwrap_err();
     assert!(matches!(&e, CredentialError::Expired { key } if key == "OLD"), "{e}");
     assert_eq!((e.code(), e.status()), (EXPIRED_CODE, StatusCode::FORBIDDEN));
-    let waited = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-        tokio::time::timeout(Duration::from_secs(1), notified.notified()).await
-    });
+    let waited = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(async { tokio::time::timeout(Duration::from_secs(1), notified.notified()).await });
     assert!(waited.is_ok(), "the refetch was asked for");
 }

@@ -189,12 +189,10 @@ impl State {
         let (host, port) = (self.session.host.as_str(), self.session.port);
         let engine = (self.session.policy)();
         let verdict = judge(&engine, host, port, &self.session.secrets, &mut parts);
-        let (verdict, body) = finish(verdict, &mut parts, body, (host, port), self.session.idle_timeout).await;
-        audit(host, port, parts.method.as_str(), parts.uri.path(), &verdict);
-        let (credentials, body) = match (verdict, body) {
-            (Verdict::Forward { credentials, .. }, Some(body)) => (credentials, body),
-            (Verdict::Refuse { response, .. }, _) => return response.map(full),
-            (Verdict::Forward { .. }, None) => unreachable!("the body stage gives a forwarded request its body"),
+        let (credentials, body) = match finish(verdict, &mut parts, body, (host, port), self.session.idle_timeout).await
+        {
+            Ok(forward) => forward,
+            Err(refusal) => return refusal.map(full),
         };
         strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(header::EXPECT);

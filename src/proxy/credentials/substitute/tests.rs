@@ -319,3 +319,21 @@ fn a_placeholder_in_the_authority_is_refused() {
         );
     }
 }
+
+#[test]
+fn an_injection_shows_no_value_in_debug() {
+    let store = super::super::SecretStore::from_provider(&ProviderEnvironment {
+        environment: [("PASS".to_owned(), Secret::new("p@ss w:rd"))].into(),
+        bindings: [(
+            "PASS".to_owned(),
+            vec![BindingEndpoint { host: "h.example".into(), port: 443, path: String::new() }],
+        )]
+        .into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut p = parts(&format!("/a/{}", placeholder("PASS")), &[]);
+    let injection = store.substitute(&mut p, Destination::plain("h.example", 443, "/a", false), true).unwrap();
+    let debug = format!("{injection:?}");
+    assert!(injection.keys() == ["PASS"] && !debug.contains("p%40ss") && !debug.contains("112, 37"), "{debug}");
+}

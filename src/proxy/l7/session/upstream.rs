@@ -100,10 +100,7 @@ impl Upstream {
     /// the response timeout for the head once the request body is sent. An HTTP/1.1
     /// connection busy with another request is not waited for: a new one is opened. A `101`
     /// takes its connection over for the upgrade.
-    pub(super) async fn send(
-        &self,
-        request: Request<impl Into<Source>>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    pub(super) async fn send(&self, request: Request<impl Into<Source>>) -> Result<Response<Incoming>, UpstreamError> {
         let sender = self.take().await?;
         let (parts, body) = request.into_parts();
         let (body, sent) = Counted::request(body, Arc::default(), self.body_idle);
