@@ -1,10 +1,12 @@
 //! An inspected connection: after the proxy answered `200` to a CONNECT for an endpoint with
 //! an L7 `protocol`, it hands the client stream here. Each request (HTTP/1.1, or HTTP/2 when
-//! the client negotiated `h2`) is judged ([`super::judge`]), then forwarded on a reused,
+//! the client negotiated `h2`) is judged ([`super::judge`]), its body checked for
+//! placeholders ([`crate::proxy::credentials::finish`]), then forwarded on a reused,
 //! verified upstream connection with both bodies streamed (chunked, `Expect: 100-continue`,
 //! server-sent events as they arrive, trailers); a WebSocket upgrade is judged as its GET,
 //! then relayed as bytes after the `101`. The wait for each answer head is bounded by the
-//! response timeout (504 on expiry); each connection ends with one audit `close` event.
+//! response timeout (504 on expiry); answers are scrubbed of every secret value; each
+//! connection ends with one audit `close` event.
 
 mod closing;
 mod conn;
