@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use openshell_sandbox::config::{CommonConfig, LogFormat, ProxyConfig, ProxyLimits};
+use openshell_sandbox::proxy::credentials::{Scrubbed, Scrubber};
 use openshell_sandbox::proxy::{Listeners, prepare};
 use openshell_sandbox::shutdown::Shutdown;
 use rustls::ClientConfig;
@@ -250,6 +251,23 @@ fn scrubbed_download(
         let mut sender = rt.block_on(https::client(tls, upstream, via));
         group.bench_function(name, |b| b.iter(|| assert_eq!(rt.block_on(https::fetch(&mut sender, "/big")), BULK)));
     }
+    group.finish();
+
+    // The scrubber alone, in memory: what it costs per byte of answer.
+    let mut group = c.benchmark_group("scrubber alone");
+    group.throughput(Throughput::Bytes(BULK as u64)).sample_size(20);
+    let pairs = (0..4).map(|i| {
+        (format!("sk-bench-SECRET-{i}-0123456789").into_bytes(), format!("openshell:resolve:env:K{i}").into_bytes())
+    });
+    let scrubber = Arc::new(Scrubber::new(pairs).unwrap());
+    let chunk = Bytes::from(vec![7u8; 16 * 1024]);
+    group.bench_function("16 MiB in 16 KiB chunks, 4 secrets", |b| {
+        b.iter(|| {
+            let frames = (0..BULK / chunk.len()).map(|_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())));
+            let body = Scrubbed::new(StreamBody::new(futures_util::stream::iter(frames)), scrubber.clone());
+            assert_eq!(rt.block_on(body.collect()).unwrap().to_bytes().len(), BULK);
+        })
+    });
     group.finish();
 }
 
