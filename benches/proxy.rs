@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use openshell_sandbox::config::{CommonConfig, LogFormat, ProxyConfig, ProxyLimits};
+use openshell_sandbox::proxy::credentials::{Scrubbed, Scrubber};
 use openshell_sandbox::proxy::{Listeners, prepare};
 use openshell_sandbox::shutdown::Shutdown;
 use rustls::ClientConfig;
@@ -78,12 +79,28 @@ async fn http_server() -> SocketAddr {
 
 /// Starts the proxy allowing loopback upstreams on `ports` (relayed as bytes) and the
 /// HTTPS upstream `inspected` (intercepted, verified against `upstream_ca`); keeps `dir` alive.
-async fn start_proxy(dir: &std::path::Path, ports: &[u16], inspected: u16, upstream_ca: &str) -> SocketAddr {
+/// With `scrub`, a provider env file binds a secret to the inspected endpoint, so every
+/// inspected answer is scrubbed.
+async fn start_proxy(
+    dir: &std::path::Path,
+    ports: &[u16],
+    inspected: u16,
+    upstream_ca: &str,
+    scrub: bool,
+) -> SocketAddr {
     let mut yaml = String::from("version: 1\nnetwork_policies:\n  bench:\n    endpoints:\n");
     for port in ports {
         yaml.push_str(&format!("      - host: 127.0.0.1\n        port: {port}\n"));
     }
-    yaml.push_str(&format!("      - {{host: {}, port: {inspected}, protocol: rest, access: full}}\n", https::HOST));
+    yaml.push_str(&format!(
+        "      - {{host: {}, port: {inspected}, protocol: rest, access: full, credential_binding: {{provider: bench}}}}\n",
+        https::HOST
+    ));
+    let provider_env_file = scrub.then(|| {
+        let path = dir.join("provider.env");
+        std::fs::write(&path, "[bench]\nBENCH_TOKEN=sk-bench-SECRET-value-0123456789\n").unwrap();
+        path
+    });
     let ca_file = dir.join("upstream-ca.pem");
     std::fs::write(&ca_file, upstream_ca).unwrap();
     let policy = dir.join("policy.yaml");
@@ -104,7 +121,7 @@ async fn start_proxy(dir: &std::path::Path, ports: &[u16], inspected: u16, upstr
         allow_loopback_upstreams: true,
         allowed_clients: Vec::new(),
         gateway_fallback_hosts: Vec::new(),
-        provider_env_file: None,
+        provider_env_file,
         policy_validation_failure_mode: Default::default(),
         inference_routes: None,
         upstream_ca_file: Some(ca_file),
@@ -172,7 +189,10 @@ fn bench(c: &mut Criterion) {
         let big = Bytes::from(vec![7u8; BULK]);
         (source_server().await, http_server().await, https::server(&upstream_ca, big).await)
     });
-    let proxy = rt.block_on(start_proxy(dir.path(), &[source.port(), web.port()], secure.port(), &upstream_ca.pem));
+    let proxy =
+        rt.block_on(start_proxy(dir.path(), &[source.port(), web.port()], secure.port(), &upstream_ca.pem, false));
+    let scrub_dir = tempfile::tempdir().unwrap();
+    let scrubbing = rt.block_on(start_proxy(scrub_dir.path(), &[], secure.port(), &upstream_ca.pem, true));
     let mut buf = vec![0u8; 256 * 1024];
 
     let mut group = c.benchmark_group("bulk 16 MiB");
@@ -207,6 +227,49 @@ fn bench(c: &mut Criterion) {
     let via_proxy = https::client_config(&https::proxy_ca_der(&dir.path().join("tls")));
     let direct = https::client_config(&upstream_ca.der);
     https_groups(c, &rt, proxy, secure, &via_proxy, &direct);
+    let via_scrubbing = https::client_config(&https::proxy_ca_der(&scrub_dir.path().join("tls")));
+    scrubbed_download(c, &rt, (proxy, &via_proxy), (scrubbing, &via_scrubbing), secure, &direct);
+}
+
+/// A 16 MiB inspected download with response scrubbing on (a provider secret is bound to
+/// the endpoint) beside the same without a secret and direct (issue 13: at least 0.9x direct).
+fn scrubbed_download(
+    c: &mut Criterion,
+    rt: &Runtime,
+    plain: (SocketAddr, &Arc<ClientConfig>),
+    scrubbing: (SocketAddr, &Arc<ClientConfig>),
+    upstream: SocketAddr,
+    direct: &Arc<ClientConfig>,
+) {
+    let mut group = c.benchmark_group("HTTPS download 16 MiB scrubbing");
+    group.throughput(Throughput::Bytes(BULK as u64)).sample_size(20);
+    let ways = [
+        ("direct", direct, None),
+        ("inspected, no secret", plain.1, Some(plain.0)),
+        ("inspected, answer scrubbed", scrubbing.1, Some(scrubbing.0)),
+    ];
+    for (name, tls, via) in ways {
+        let mut sender = rt.block_on(https::client(tls, upstream, via));
+        group.bench_function(name, |b| b.iter(|| assert_eq!(rt.block_on(https::fetch(&mut sender, "/big")), BULK)));
+    }
+    group.finish();
+
+    // The scrubber alone, in memory: what it costs per byte of answer.
+    let mut group = c.benchmark_group("scrubber alone");
+    group.throughput(Throughput::Bytes(BULK as u64)).sample_size(20);
+    let pairs = (0..4).map(|i| {
+        (format!("sk-bench-SECRET-{i}-0123456789").into_bytes(), format!("openshell:resolve:env:K{i}").into_bytes())
+    });
+    let scrubber = Arc::new(Scrubber::new(pairs).unwrap());
+    let chunk = Bytes::from(vec![7u8; 16 * 1024]);
+    group.bench_function("16 MiB in 16 KiB chunks, 4 secrets", |b| {
+        b.iter(|| {
+            let frames = (0..BULK / chunk.len()).map(|_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())));
+            let body = Scrubbed::new(StreamBody::new(futures_util::stream::iter(frames)), scrubber.clone());
+            assert_eq!(rt.block_on(body.collect()).unwrap().to_bytes().len(), BULK);
+        })
+    });
+    group.finish();
 }
 
 /// Direct HTTPS beside HTTPS through an intercepting (`protocol: rest`) endpoint.

@@ -6,6 +6,7 @@ pub mod address;
 mod engine;
 pub mod host;
 pub mod model;
+mod path_scope;
 pub mod request;
 mod validate;
 

@@ -130,6 +130,15 @@ fn endpoint_line(ep: &Endpoint) -> String {
     if ep.allow_encoded_slash {
         line.push_str(" allow_encoded_slash");
     }
+    if let Some(provider) = &ep.credential_binding {
+        let _ = write!(line, " credentials={provider}");
+        if let Some(path) = &ep.path {
+            let _ = write!(line, " path={path}");
+        }
+    }
+    if ep.request_body_credential_rewrite {
+        line.push_str(" body_rewrite");
+    }
     line
 }
 

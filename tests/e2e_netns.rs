@@ -93,7 +93,7 @@ impl Topology {
         let text = e2e_support::policy_inspected(IpAddr::V4(UPSTREAM), HTTP_PORT, HTTPS_PORT, INSPECTED_PORT);
         std::fs::write(&policy, text).unwrap();
         let provider = self.dir.path().join("provider.env");
-        std::fs::write(&provider, format!("E2E_TOKEN={SECRET}\n")).unwrap();
+        std::fs::write(&provider, format!("[e2e]\nE2E_TOKEN={SECRET}\n")).unwrap();
         let log = self.dir.path().join("proxy.log");
         let started = Instant::now();
         let child = Command::new("ip")

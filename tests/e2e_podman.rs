@@ -27,6 +27,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use e2e_support::{BIN, HELLO, Output, Upstream, UpstreamTls, must, run};
+use openshell_sandbox::gateway::proto::{
+    GetSandboxProviderEnvironmentResponse, StaticCredentialBinding, StaticCredentialEndpoint,
+};
 use openshell_sandbox::volume;
 use sandbox::{RUN_LABEL, STEP, Sandbox};
 use steps::{Run, agent_exec, label, podman_exec};
@@ -37,7 +40,7 @@ const HTTPS_PORT: u16 = 8443;
 const INSPECTED_PORT: u16 = 9443;
 /// Plain HTTP of the second upstream (unused; [`Upstream`] serves both).
 const INSPECTED_HTTP_PORT: u16 = 8090;
-/// The provider secret: only the proxy container's env file holds it.
+/// The provider secret: only the test gateway and the proxy hold it.
 const SECRET: &str = "e2e-secret-5f1c9a0d7b3e";
 const PROXY_PORT: u16 = 3128;
 const SSH_PORT: u16 = 2222;
@@ -105,11 +108,24 @@ fn sidecar_topology_on_podman() {
     );
     let policy = e2e_support::policy_inspected(IpAddr::V4(upstream), HTTP_PORT, HTTPS_PORT, INSPECTED_PORT);
     std::fs::write(r.file("policy.yaml"), policy).unwrap();
-    std::fs::write(r.file("provider.env"), format!("E2E_TOKEN={SECRET}\n")).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let gateway_addr = SocketAddr::from(([0, 0, 0, 0], GATEWAY_PORT));
     let listener = e2e_support::in_netns(&r.sb.outer, move || std::net::TcpListener::bind(gateway_addr).unwrap());
     let gateway = runtime.block_on(async { gateway_support::TestGateway::start_on(listener) });
+    // The credentials come from the gateway, bound to the inspected port's `/swap` (the real
+    // gateway's shape: values with `static_credential_bindings`); E2E_REGION is not secret.
+    let endpoint =
+        StaticCredentialEndpoint { host: upstream.to_string(), port: INSPECTED_PORT.into(), path: "/swap".into() };
+    let binding = StaticCredentialBinding { endpoints: vec![endpoint], ..Default::default() };
+    gateway.state.set_provider_env(GetSandboxProviderEnvironmentResponse {
+        environment: [("E2E_TOKEN", SECRET), ("E2E_REGION", "eu-e2e-1")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+        provider_env_revision: 1,
+        static_credential_bindings: [("E2E_TOKEN".to_owned(), binding)].into(),
+        non_secret_environment_keys: vec!["E2E_REGION".into()],
+        ..Default::default()
+    });
     let relay_port = relay::listen(&runtime, gateway.state.clone());
     std::fs::write(r.file("roots.pem"), &tls.ca_pem).unwrap();
     std::fs::create_dir(r.file("keys")).unwrap();
@@ -212,12 +228,22 @@ fn sidecar_topology_on_podman() {
     let out = podman_exec(sb, &["sh", "-c", "cat /openshell-tls/ca.pem >/dev/null && touch /openshell-tls/x"]);
     assert!(!out.ok() && out.stderr.contains("Read-only file system"), "agent write to the volume: {}", out.all());
 
-    // Credential swap: the agent holds only the placeholder (from child-env.json); the
-    // proxy terminates TLS on the inspected port and the upstream sees the secret.
+    // Credential swap: the agent holds only the placeholder (from child-env.json), and the
+    // non-secret key's value; the proxy terminates TLS on the inspected port and the
+    // upstream sees the secret on the bound path only.
     let placeholder = "openshell:resolve:env:E2E_TOKEN";
     let out = agent_exec(sb, &["env"]);
     assert!(out.ok() && out.stdout.contains(&format!("\nE2E_TOKEN={placeholder}\n")), "agent env: {}", out.all());
+    assert!(out.stdout.contains("\nE2E_REGION=eu-e2e-1\n"), "a non-secret key as its value: {}", out.all());
     assert!(!out.stdout.contains(SECRET), "the secret leaked into the agent's env: {}", out.all());
+    let other = format!("https://{upstream}:{INSPECTED_PORT}/other");
+    let curl = format!("curl -sS -m 10 -w '\n%{{http_code}}' -H \"Authorization: Bearer $E2E_TOKEN\" {other}");
+    let out = agent_exec(sb, &["sh", "-c", &curl]);
+    assert!(
+        out.stdout.ends_with("\n403") && out.stdout.contains("credential_not_bound"),
+        "unbound path: {}",
+        out.all()
+    );
     let url = format!("https://{upstream}:{INSPECTED_PORT}/swap");
     let curl = format!("curl -sS -m 10 -H \"Authorization: Bearer $E2E_TOKEN\" {url}");
     let out = agent_exec(sb, &["sh", "-c", &curl]);
@@ -227,6 +253,7 @@ fn sidecar_topology_on_podman() {
     let auth = swap.lines().find(|line| line.to_ascii_lowercase().starts_with("authorization:"));
     assert_eq!(auth.map(|l| l[14..].trim()), Some(&*format!("Bearer {SECRET}")), "upstream head: {swap}");
     assert!(!swap.contains(placeholder), "the placeholder reached the upstream: {swap}");
+    assert!(!heads.iter().any(|head| head.starts_with("GET /other ")), "the refused request left: {heads:?}");
     for entry in std::fs::read_dir(&r.mountpoint).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read(&path).unwrap_or_default();

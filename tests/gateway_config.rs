@@ -20,9 +20,11 @@ use openshell_sandbox::gateway::inference::{InferenceBundle, InferencePoller};
 use openshell_sandbox::gateway::proto::inference::{GetInferenceBundleResponse, ResolvedRoute};
 use openshell_sandbox::gateway::proto::sandbox::{NetworkEndpoint, NetworkPolicyRule, SandboxPolicy};
 use openshell_sandbox::gateway::proto::{
-    GetSandboxProviderEnvironmentResponse, PolicyStatus, ReportPolicyStatusRequest,
+    GetSandboxProviderEnvironmentResponse, PolicyStatus, ReportPolicyStatusRequest, StaticCredentialBinding,
+    StaticCredentialEndpoint,
 };
-use openshell_sandbox::gateway::provider::{ProviderEnvironment, ProviderPoller};
+use openshell_sandbox::gateway::provider::{BindingEndpoint, ProviderEnvironment, ProviderPoller};
+use openshell_sandbox::proxy::credentials::{CredentialError, Destination, SecretStore, placeholder};
 use openshell_sandbox::shutdown::Shutdown;
 use tonic::Code;
 
@@ -256,11 +258,15 @@ async fn the_global_policy_is_applied_and_never_reported() {
     assert_eq!(statuses, [(2, PolicyStatus::Loaded)]);
 }
 
+/// `GITHUB_TOKEN` bound to `api.github.com:443` under `/repos`; `GITHUB_USER` not secret.
 fn env(pairs: &[(&str, &str)], revision: u64) -> GetSandboxProviderEnvironmentResponse {
+    let endpoint = StaticCredentialEndpoint { host: "api.github.com".into(), port: 443, path: "/repos".into() };
+    let binding = StaticCredentialBinding { endpoints: vec![endpoint], ..Default::default() };
     GetSandboxProviderEnvironmentResponse {
         environment: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         provider_env_revision: revision,
         non_secret_environment_keys: vec!["GITHUB_USER".into()],
+        static_credential_bindings: [("GITHUB_TOKEN".to_owned(), binding)].into(),
         ..Default::default()
     }
 }
@@ -274,6 +280,8 @@ async fn a_provider_revision_change_yields_the_new_environment() {
     let (client, initial) = started(&gw).await;
     let first = client.get_provider_environment().await.unwrap();
     assert_eq!(first.environment["GITHUB_TOKEN"].expose(), "ghp_first");
+    let bound = BindingEndpoint { host: "api.github.com".into(), port: 443, path: "/repos".into() };
+    assert_eq!(first.bindings["GITHUB_TOKEN"], [bound]);
     assert!(!first.is_secret("GITHUB_USER") && first.is_secret("GITHUB_TOKEN"));
     let debug = format!("{first:?}");
     assert!(debug.contains("GITHUB_TOKEN") && !debug.contains("ghp_first"), "{debug}");
@@ -308,11 +316,61 @@ async fn a_provider_revision_change_yields_the_new_environment() {
     assert_eq!(calls.iter().map(|c| c.failed).collect::<Vec<_>>(), [false, true, false]);
     for call in calls {
         let Payload::ProviderEnv(request) = call.payload else { panic!() };
-        assert!(!request.supports_static_credential_bindings);
+        assert!(request.supports_static_credential_bindings, "without it the gateway strips every bound secret");
         assert_eq!(request.sandbox_id, gateway_support::SANDBOX_ID);
     }
     shutdown.drain(WAIT).await;
     assert_eq!(installed.lock().unwrap().len(), 1);
+}
+
+/// An expired value is refused and makes the provider poller fetch again although the
+/// announced revision did not change; the fresh value is then swapped in.
+#[tokio::test]
+async fn an_expired_value_is_refused_and_fetched_again() {
+    let gw = TestGateway::start().await;
+    gw.state.set_policy(policy("one.example"), 1, "h1", 1);
+    gw.state.set_provider_revision(1);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let mut expired = env(&[("GITHUB_TOKEN", "ghp_expired")], 1);
+    expired.credential_expires_at_ms = [("GITHUB_TOKEN".to_owned(), now - 1)].into();
+    gw.state.set_provider_env(expired);
+    let (client, initial) = started(&gw).await;
+    let store = Arc::new(SecretStore::from_provider(&client.get_provider_environment().await.unwrap()).unwrap());
+    let sink_store = store.clone();
+    let sink = move |env: ProviderEnvironment| sink_store.install(&env).map_err(|e| e.to_string());
+    let (_config, policy_sink) = policy_store();
+    let shutdown = Shutdown::new();
+    let config_poller = ConfigPoller::new(client.clone(), policy_sink, POLL).starting_from(&initial);
+    let provider_poller =
+        ProviderPoller::new(client, sink, config_poller.provider_revisions(), initial.provider_env_revision)
+            .refetch_on(store.expired());
+    shutdown.spawn(config_poller.run(shutdown.clone()));
+    shutdown.spawn(provider_poller.run(shutdown.clone()));
+
+    let request = || {
+        let header = format!("Bearer {}", placeholder("GITHUB_TOKEN"));
+        http::Request::get("/repos/o/r").header("authorization", header).body(()).unwrap().into_parts().0
+    };
+    let to = || Destination::plain("api.github.com", 443, "/repos/o/r", false);
+    let mut parts = request();
+    let e = store.substitute(&mut parts, to(), true).unwrap_err();
+    assert!(matches!(&e, CredentialError::Expired { key } if key == "GITHUB_TOKEN"), "{e}");
+    assert!(parts.headers["authorization"].to_str().unwrap().contains("openshell:resolve:env:"));
+
+    gw.state.set_provider_env(env(&[("GITHUB_TOKEN", "ghp_fresh")], 1));
+    let fetched = || (gw.state.calls_of("GetSandboxProviderEnvironment").len() >= 2).then_some(());
+    eventually(WAIT, "a fetch for the expired value", fetched).await;
+    let parts = eventually(WAIT, "the fresh value in force", || {
+        let mut parts = request();
+        store.substitute(&mut parts, to(), true).ok().map(|_| parts)
+    })
+    .await;
+    assert_eq!(parts.headers["authorization"], "Bearer ghp_fresh");
+    assert_eq!(gw.state.calls_of("GetSandboxProviderEnvironment").len(), 2, "one fetch, no revision change");
+    let mut parts = request();
+    let e = store.substitute(&mut parts, Destination::plain("api.github.com", 443, "/user", false), true).unwrap_err();
+    assert!(matches!(e, CredentialError::NotBound { .. }), "outside the binding's path: {e}");
+    shutdown.trigger();
 }
 
 fn bundle(revision: &str, key: &str) -> GetInferenceBundleResponse {

@@ -338,10 +338,12 @@ async fn with_the_gateway_gone_the_proxy_serves_as_fast_and_logs_the_outage_once
     assert!(outage_lines <= 6, "the outage is logged once per poller, not per poll or request:\n{log}");
 }
 
+/// `REGION`, when given, is not secret.
 fn provider_env(revision: u64, entries: &[(&str, &str)]) -> GetSandboxProviderEnvironmentResponse {
     GetSandboxProviderEnvironmentResponse {
         environment: entries.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         provider_env_revision: revision,
+        non_secret_environment_keys: vec!["REGION".into()],
         ..Default::default()
     }
 }
@@ -351,10 +353,11 @@ async fn a_provider_revision_change_swaps_the_credentials_and_child_env() {
     let gateway = TestGateway::start().await;
     gateway.state.set_policy(policy(&[("127.0.0.1", 9)], ""), 1, "h1", 1);
     gateway.state.set_provider_revision(1);
-    gateway.state.set_provider_env(provider_env(1, &[("API_KEY", "first-secret-value")]));
+    gateway.state.set_provider_env(provider_env(1, &[("API_KEY", "first-secret-value"), ("REGION", "eu-west-1")]));
     let (proxy, _) = tokio::task::block_in_place(|| Proxy::start(&gateway, "info"));
     let env = volume::read_child_env(&proxy.tls()).unwrap();
-    assert_eq!(env, [("API_KEY".to_owned(), "openshell:resolve:env:API_KEY".to_owned())].into());
+    let want = [("API_KEY", "openshell:resolve:env:API_KEY"), ("REGION", "eu-west-1")];
+    assert_eq!(env, want.map(|(k, v)| (k.to_owned(), v.to_owned())).into(), "a non-secret key is given as its value");
 
     gateway.state.set_provider_env(provider_env(2, &[("OTHER_KEY", "second-secret-value")]));
     gateway.state.set_provider_revision(2);

@@ -15,7 +15,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openshell_sandbox::config::Secret;
-use openshell_sandbox::gateway::provider::ProviderEnvironment;
+use openshell_sandbox::gateway::provider::{BindingEndpoint, ProviderEnvironment};
 use openshell_sandbox::policy::{self, PolicyEngine, RegoRules};
 use openshell_sandbox::proxy::credentials::{SecretStore, placeholder};
 use openshell_sandbox::proxy::l7::session::{Inspected, serve_tls};
@@ -100,7 +100,12 @@ async fn proxy(sandbox_ca: &Ca, upstream_ca: &Ca, upstream: SocketAddr) -> Socke
     let env = ProviderEnvironment {
         environment: [("TOKEN".to_owned(), Secret::new(SECRET))].into(),
         revision: 1,
-        non_secret_keys: Default::default(),
+        bindings: [(
+            "TOKEN".to_owned(),
+            vec![BindingEndpoint { host: "api.test".into(), port: 443, path: String::new() }],
+        )]
+        .into(),
+        ..Default::default()
     };
     let session = Inspected {
         host: HOST.into(),
@@ -160,7 +165,8 @@ async fn h2_end_to_end_with_credentials_trailers_and_denials() {
     let (status, echo) = json_of(&mut c, request("GET", "/v1/../items")).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
     assert_eq!((echo["version"].as_str(), echo["path"].as_str()), (Some("HTTP/2.0"), Some("/items")));
-    assert_eq!(echo["authorization"], format!("Bearer {SECRET}"));
+    assert_eq!(echo["authorization"], format!("Bearer {}", placeholder("TOKEN")), "the echo is scrubbed");
+    assert_eq!(seen.requests.lock().unwrap()[0]["authorization"], format!("Bearer {SECRET}"), "the upstream got it");
     assert_eq!(echo["authority"], HOST);
 
     let response = c.send_request(request("POST", "/pkg.Service/Call")).await.unwrap();
@@ -191,10 +197,10 @@ async fn a_held_stream_does_not_block_the_others() {
 #[tokio::test]
 async fn an_http1_only_upstream_gets_http1() {
     let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Upstream CA"));
-    let (addr, _) = upstream(&upstream_ca, false).await;
+    let (addr, seen) = upstream(&upstream_ca, false).await;
     let mut c = h2_client(proxy(&sandbox_ca, &upstream_ca, addr).await, &sandbox_ca).await;
     let (status, echo) = json_of(&mut c, request("GET", "/items")).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
     assert_eq!((echo["version"].as_str(), echo["authority"].as_str()), (Some("HTTP/1.1"), Some(HOST)));
-    assert_eq!(echo["authorization"], format!("Bearer {SECRET}"));
+    assert_eq!(seen.requests.lock().unwrap()[0]["authorization"], format!("Bearer {SECRET}"));
 }

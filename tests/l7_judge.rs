@@ -1,12 +1,13 @@
 //! Requests on an inspected connection judged through the real policy loader and Rego
 //! engine: canonical paths, enforce and audit, query matchers, deny precedence, and the
-//! credential swap that happens only for requests that are forwarded.
+//! credential swap that happens only for requests that are forwarded, allowed, over TLS,
+//! to an endpoint the key is bound to.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::{Request, StatusCode};
 use openshell_sandbox::config::Secret;
-use openshell_sandbox::gateway::provider::ProviderEnvironment;
+use openshell_sandbox::gateway::provider::{BindingEndpoint, ProviderEnvironment};
 use openshell_sandbox::policy::{self, PolicyEngine, RegoRules};
 use openshell_sandbox::proxy::credentials::{SecretStore, placeholder};
 use openshell_sandbox::proxy::l7::judge::{Verdict, judge};
@@ -21,11 +22,16 @@ fn engine(endpoint: &str) -> PolicyEngine {
     PolicyEngine::new(policy::parse_yaml(&yaml, "test.yaml").unwrap(), &RegoRules::builtin(), 1).unwrap()
 }
 
+/// `TOKEN` bound to `HOST:443` (any path), `SCOPED` to `HOST:443` under `/v1`, `LOOSE`
+/// bound nowhere.
 fn secrets() -> SecretStore {
+    let at = |path: &str| vec![BindingEndpoint { host: HOST.into(), port: 443, path: path.into() }];
     let env = ProviderEnvironment {
-        environment: [("TOKEN".to_owned(), Secret::new(SECRET))].into(),
-        revision: 1,
-        non_secret_keys: Default::default(),
+        environment: [("TOKEN", SECRET), ("SCOPED", "scoped-SECRET-9"), ("LOOSE", "loose-SECRET-7")]
+            .map(|(k, v)| (k.to_owned(), Secret::new(v)))
+            .into(),
+        bindings: [("TOKEN".to_owned(), at("")), ("SCOPED".to_owned(), at("/v1"))].into(),
+        ..Default::default()
     };
     SecretStore::from_provider(&env).unwrap()
 }
@@ -111,17 +117,81 @@ fn query_matchers_and_deny_rules() {
 }
 
 #[test]
-fn audit_mode_forwards_a_would_be_denial() {
+fn audit_mode_forwards_a_would_be_denial_without_its_credentials() {
     let e = engine("        access: read-only\n        enforcement: audit\n");
-    let (v, parts) = run(&e, "POST", "/x/../y", &[("authorization", format!("Bearer {}", placeholder("TOKEN")))]);
+    let bearer = format!("Bearer {}", placeholder("TOKEN"));
+    let target = format!("/x/../y?k={}", placeholder("TOKEN"));
+    let (v, parts) = run(&e, "POST", &target, &[("authorization", bearer.clone())]);
     match v {
         Verdict::Forward { decision, credentials } => {
             assert!(!decision.allow, "reported as a would-be denial");
-            assert_eq!(credentials, ["TOKEN"]);
+            assert!(credentials.keys().is_empty(), "nothing swapped into a would-be denial");
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(parts.uri, "/y");
+    assert_eq!(parts.uri, format!("/y?k={}", placeholder("TOKEN")).as_str(), "placeholders stay literal");
+    assert_eq!(parts.headers["authorization"], bearer.as_str());
+    let (v, parts) = run(&e, "GET", "/y", &[("authorization", bearer)]);
+    assert!(
+        matches!(&v, Verdict::Forward { decision, credentials } if decision.allow && credentials.keys() == ["TOKEN"])
+    );
+    assert_eq!(parts.headers["authorization"], format!("Bearer {SECRET}").as_str(), "an allowed request in audit mode");
+}
+
+#[test]
+fn a_key_goes_only_where_it_is_bound() {
+    let e = engine("        access: full\n");
+    let (status, body) = refusal(&run(&e, "GET", "/x", &[("x-api-key", placeholder("LOOSE"))]).0);
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("credential_not_bound")));
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("`LOOSE` may not be sent to api.example.com:443") && reason.contains("no endpoint binding"),
+        "{reason}"
+    );
+
+    let (v, parts) = run(&e, "GET", "/v1/models", &[("x-api-key", placeholder("SCOPED"))]);
+    assert!(v.forwards() && parts.headers["x-api-key"] == "scoped-SECRET-9", "{v:?}");
+    for path in ["/v2/models", "/v10", "/", "/x/../v2"] {
+        let (v, parts) = run(&e, "GET", path, &[("x-api-key", placeholder("SCOPED"))]);
+        let (status, body) = refusal(&v);
+        assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("credential_not_bound")), "{path}");
+        assert!(body["reason"].as_str().unwrap().contains("api.example.com:443 (path /v1) only"), "{body}");
+        assert!(!format!("{parts:?}{body}").contains("scoped-SECRET"), "{path}");
+    }
+    let (v, _) = run(&e, "GET", "/v1/../v2/x", &[("x-api-key", placeholder("SCOPED"))]);
+    assert!(!v.forwards(), "the binding is judged on the canonical path");
+
+    let mut parts = request("GET", "/x", &[("x-api-key", placeholder("TOKEN"))]);
+    let e8443 = PolicyEngine::new(
+        policy::parse_yaml(&format!("version: 1\nnetwork_policies:\n  a:\n    endpoints:\n      - {{host: {HOST}, port: 8443, protocol: rest, access: full}}\n"), "t").unwrap(),
+        &RegoRules::builtin(),
+        1,
+    )
+    .unwrap();
+    parts.headers.insert("host", format!("{HOST}:8443").parse().unwrap());
+    let (status, body) = refusal(&judge(&e8443, HOST, 8443, &secrets(), &mut parts));
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("credential_not_bound")), "another port");
+}
+
+#[test]
+fn no_credential_goes_into_plain_http() {
+    let e = engine("        access: full\n");
+    for headers in [vec![("x-api-key", placeholder("TOKEN"))], vec![]] {
+        let target = if headers.is_empty() {
+            format!("http://{HOST}/x?k={}", placeholder("TOKEN"))
+        } else {
+            format!("http://{HOST}/x")
+        };
+        let (v, parts) = run(&e, "GET", &target, &headers);
+        let (status, body) = refusal(&v);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("credential_unresolved")),
+            "{target}"
+        );
+        assert!(body["reason"].as_str().unwrap().contains("never sent over plain http://"), "{body}");
+        assert!(!format!("{parts:?}").contains(SECRET));
+    }
 }
 
 #[test]
@@ -135,7 +205,7 @@ fn credentials_are_swapped_only_in_forwarded_requests() {
     ];
     let target = format!("/x?key={}", placeholder("TOKEN"));
     let (v, parts) = run(&e, "GET", &target, &headers);
-    assert!(matches!(&v, Verdict::Forward { credentials, .. } if credentials == &["TOKEN"]), "{v:?}");
+    assert!(matches!(&v, Verdict::Forward { credentials, .. } if credentials.keys() == ["TOKEN"]), "{v:?}");
     assert_eq!(parts.headers["authorization"], format!("Bearer {SECRET}").as_str());
     assert_eq!(parts.headers["x-api-key"], SECRET);
     let decoded = STANDARD

@@ -68,11 +68,11 @@ impl Rig {
         let (echo, denied) = (EchoServer::start().await, EchoServer::start().await);
         let policy = format!(
             "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n\
-             \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only, deny_rules: [{{path: /admin}}, {{method: GET, path: /search, query: {{q: \"forbidden*\"}}}}]}}\n\
+             \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only, credential_binding: {{provider: test}}, deny_rules: [{{path: /admin}}, {{method: GET, path: /search, query: {{q: \"forbidden*\"}}}}]}}\n\
              \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only}}\n\
-             \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only}}\n\
+             \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only, credential_binding: {{provider: test}}}}\n\
              \x20 watched:\n    endpoints:\n\
-             \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only, enforcement: audit}}\n\
+             \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only, enforcement: audit, credential_binding: {{provider: test}}}}\n\
              \x20 opaque:\n    endpoints:\n\
              \x20     - {{host: localhost, port: {}, protocol: rest, access: read-only, tls: skip}}\n\
              \x20 chat:\n    endpoints:\n\
@@ -86,7 +86,8 @@ impl Rig {
         );
         let env_dir = tempfile::tempdir().unwrap();
         let env_file = env_dir.path().join("provider.env");
-        std::fs::write(&env_file, format!("API_KEY={SECRET}\nBASIC_USER={USER}\nBASIC_PASSWORD={PASSWORD}\n")).unwrap();
+        std::fs::write(&env_file, format!("[test]\nAPI_KEY={SECRET}\nBASIC_USER={USER}\nBASIC_PASSWORD={PASSWORD}\n"))
+            .unwrap();
         let ca_file = write_pem(env_dir.path(), "upstream-ca.pem", &upstream_ca);
         let proxy = TestProxy::start(&policy, |c| {
             c.provider_env_file = Some(env_file);
@@ -167,36 +168,63 @@ async fn placeholders_are_swapped_only_in_allowed_inspected_requests() {
     let _check = NoSecretLogged::start();
     let rig = Rig::start().await;
     let port = rig.main.0.port();
+    let upstream_saw = |i: usize| rig.main.1.requests.lock().unwrap()[i].clone();
     let bearer = [("authorization", format!("Bearer {}", placeholder("API_KEY")))];
     let (status, echo) = rig.once(port, "GET", "/bearer", &bearer).await;
-    assert_eq!((status, echo["authorization"].as_str()), (StatusCode::OK, Some(&*format!("Bearer {SECRET}"))));
+    assert_eq!(upstream_saw(0)["authorization"], format!("Bearer {SECRET}"));
+    assert_eq!((status, echo["authorization"].as_str()), (StatusCode::OK, Some(&*bearer[0].1)), "scrubbed echo");
 
     let (_, echo) = rig.once(port, "GET", "/whole", &[("x-api-key", placeholder("API_KEY"))]).await;
-    assert_eq!(echo["x-api-key"], SECRET);
+    assert_eq!(
+        (upstream_saw(1)["x-api-key"].as_str(), echo["x-api-key"].as_str()),
+        (Some(SECRET), Some(&*placeholder("API_KEY")))
+    );
 
-    let basic = STANDARD.encode(format!("{}:{}", placeholder("BASIC_USER"), placeholder("BASIC_PASSWORD")));
-    let (_, echo) = rig.once(port, "GET", "/basic", &[("authorization", format!("Basic {basic}"))]).await;
-    assert_eq!(echo["authorization"], format!("Basic {}", STANDARD.encode(format!("{USER}:{PASSWORD}"))));
+    let basic = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", placeholder("BASIC_USER"), placeholder("BASIC_PASSWORD")))
+    );
+    let (_, echo) = rig.once(port, "GET", "/basic", &[("authorization", basic.clone())]).await;
+    assert_eq!(upstream_saw(2)["authorization"], format!("Basic {}", STANDARD.encode(format!("{USER}:{PASSWORD}"))));
+    assert_eq!(echo["authorization"], basic, "the echoed Basic blob is the one the agent sent");
 
     let (_, echo) = rig.once(port, "GET", &format!("/query?key={}&x=1", placeholder("API_KEY")), &[]).await;
-    assert_eq!(echo["target"], format!("/query?key={SECRET}&x=1"));
+    assert_eq!(upstream_saw(3)["target"], format!("/query?key={SECRET}&x=1"));
+    assert_eq!(echo["target"], format!("/query?key={}&x=1", placeholder("API_KEY")));
 
     let before = rig.main.1.requests.lock().unwrap().len();
     let (status, body) = rig.once(port, "GET", "/x", &[("x-api-key", placeholder("NOT_CONFIGURED"))]).await;
     assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("credential_unresolved")), "{body}");
     assert_eq!(rig.main.1.requests.lock().unwrap().len(), before, "an unresolved placeholder is never forwarded");
 
-    // Plain HTTP to a `rest` endpoint: the same rules and swap, then forwarded.
+    // Another allowed endpoint the provider is not bound to: refused before any upstream byte.
+    let (status, body) = rig.once(rig.untrusted.port(), "GET", "/x", &bearer).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("credential_not_bound")), "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("credential_binding: {provider: test}"), "{body}");
+
+    // An audited would-be denial is forwarded with its placeholders as they are.
+    let audit_port = rig.audit.0.port();
+    let (status, _) = rig.once(audit_port, "DELETE", "/items/1", &bearer).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rig.audit.1.requests.lock().unwrap()[0]["authorization"], bearer[0].1, "literal, never the secret");
+
+    // Plain HTTP to a bound `rest` endpoint: judged the same, but a placeholder is refused.
     let echo_port = rig.echo.addr.port();
     let get = format!(
         "GET http://localhost:{echo_port}/p?key={} HTTP/1.1\r\nHost: localhost:{echo_port}\r\nConnection: close\r\n\r\n",
         placeholder("API_KEY")
     );
     let answer = raw_exchange(rig.proxy.addr, get.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 200 ") && answer.contains(&format!("GET /p?key={SECRET}|")), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(json_body(&answer)["reason"].as_str().unwrap().contains("never sent over plain http://"), "{answer}");
+    let plain = format!(
+        "GET http://localhost:{echo_port}/p HTTP/1.1\r\nHost: localhost:{echo_port}\r\nConnection: close\r\n\r\n"
+    );
+    assert!(raw_exchange(rig.proxy.addr, plain.as_bytes()).await.starts_with("HTTP/1.1 200 "));
     let delete = format!("DELETE http://localhost:{echo_port}/p HTTP/1.1\r\nHost: localhost:{echo_port}\r\n\r\n");
     assert_eq!(json_body(&raw_exchange(rig.proxy.addr, delete.as_bytes()).await)["error"], "policy_denied");
-    assert_eq!(rig.echo.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "the DELETE never left");
+    let echoed = rig.echo.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(echoed, 1, "only the request without a placeholder left");
 
     // A placeholder for a host no policy allows reaches nothing, in either form.
     let denied_port = rig.denied.addr.port();
@@ -281,7 +309,9 @@ async fn curl_with_ca_bundle_is_inspected_over_http2() {
     };
     let allowed = curl("GET", "/zen").await;
     assert!(allowed.ends_with("\n200 2"), "HTTP/2 between curl and the proxy: {allowed}");
-    assert!(allowed.contains("\"target\":\"/zen\"") && allowed.contains(SECRET), "{allowed}");
+    assert!(allowed.contains("\"target\":\"/zen\"") && !allowed.contains(SECRET), "{allowed}");
+    let saw = rig.main.1.requests.lock().unwrap()[0].clone();
+    assert_eq!(saw["authorization"], format!("Bearer {SECRET}"), "the upstream got the secret, curl the placeholder");
     let denied = curl("DELETE", "/zen").await;
     assert!(denied.contains("\"policy_denied\"") && denied.ends_with("\n403 2"), "{denied}");
 }
@@ -302,7 +332,7 @@ async fn child_env_json_maps_keys_to_placeholders_and_follows_reloads() {
     assert!(!read().contains(SECRET) && !read().contains(PASSWORD));
 
     let env_file = rig.env_dir.path().join("provider.env");
-    std::fs::write(&env_file, format!("API_KEY={SECRET}\nNEW_KEY=fresh-value-123\n")).unwrap();
+    std::fs::write(&env_file, format!("[test]\nAPI_KEY={SECRET}\nNEW_KEY=fresh-value-123\n")).unwrap();
     while !read().contains("NEW_KEY") {
         assert!(tokio::time::Instant::now() < deadline, "child-env.json was not rewritten: {}", read());
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -315,15 +345,36 @@ fn an_invalid_env_file_stops_startup_naming_the_file_and_line_never_the_value() 
     use openshell_sandbox::ExitStatus;
     let dir = tempfile::tempdir().unwrap();
     let env_file = dir.path().join("provider.env");
-    std::fs::write(&env_file, "GOOD=1\nsk-live-hunter2-no-equals\n").unwrap();
+    std::fs::write(&env_file, "[p]\nGOOD=1\nsk-live-hunter2-no-equals\n").unwrap();
     let mut config = proxy_support::config(dir.path(), &proxy_support::allow(&[("localhost", 443)]));
     config.provider_env_file = Some(env_file.clone());
     let e = openshell_sandbox::proxy::prepare(config).unwrap_err();
     assert_eq!(e.exit_status().code(), 64, "{e}");
     let message = format!("{:#}", anyhow::Error::new(e));
     assert!(message.contains("OPENSHELL_PROVIDER_ENV_FILE"), "{message}");
-    assert!(message.contains(&env_file.display().to_string()) && message.contains("line 2"), "{message}");
+    assert!(message.contains(&env_file.display().to_string()) && message.contains("line 3"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[test]
+fn a_key_the_policy_binds_nowhere_stops_startup_saying_how_to_bind_it() {
+    use openshell_sandbox::ExitStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("provider.env");
+    let policy = "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: localhost, port: 443, protocol: rest, access: full, credential_binding: {provider: github}}\n";
+    for (text, hint) in [
+        ("[slack]\nSLACK_TOKEN=xoxb-hunter2\n", "add `credential_binding: {provider: slack}` to the policy endpoints"),
+        ("SLACK_TOKEN=xoxb-hunter2\n", "put it under a `[NAME]` line"),
+    ] {
+        std::fs::write(&env_file, text).unwrap();
+        let mut config = proxy_support::config(dir.path(), policy);
+        config.provider_env_file = Some(env_file.clone());
+        let e = openshell_sandbox::proxy::prepare(config).unwrap_err();
+        assert_eq!(e.exit_status().code(), 64, "{e}");
+        let message = format!("{:#}", anyhow::Error::new(e));
+        assert!(message.contains("`SLACK_TOKEN`") && message.contains(hint), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
 }
 
 #[tokio::test]

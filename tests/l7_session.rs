@@ -36,10 +36,17 @@ async fn allowed_requests_reach_the_upstream_with_real_credentials_on_one_connec
             [("authorization", format!("Bearer {}", placeholder("API_KEY"))), ("x-api-key", placeholder("API_KEY"))];
         let (status, echo) = send(&mut c, get("/v1/../items?key=openshell:resolve:env:API_KEY&x=1", &headers)).await;
         assert_eq!(status, StatusCode::OK, "{echo}");
-        assert_eq!(echo["target"], format!("/items?key={SECRET}&x=1"), "canonical path and swapped query value");
-        assert_eq!(echo["authorization"], format!("Bearer {SECRET}"));
-        assert_eq!(echo["x-api-key"], SECRET);
-        assert_eq!(echo["host"], HOST);
+        let upstream_saw = seen.requests.lock().unwrap()[0].clone();
+        assert_eq!(
+            upstream_saw["target"],
+            format!("/items?key={SECRET}&x=1"),
+            "canonical path and swapped query value"
+        );
+        assert_eq!(upstream_saw["authorization"], format!("Bearer {SECRET}"));
+        assert_eq!(upstream_saw["x-api-key"], SECRET);
+        assert_eq!(upstream_saw["host"], HOST);
+        assert_eq!(echo["target"], "/items?key=openshell:resolve:env:API_KEY&x=1", "the echo is scrubbed");
+        assert_eq!(echo["x-api-key"], placeholder("API_KEY"));
         let (status, echo) = send(&mut c, get("/second", &[])).await;
         assert_eq!((status, echo["target"].as_str()), (StatusCode::OK, Some("/second")));
         assert_eq!(seen.accepts.load(Ordering::SeqCst), 1, "keep-alive: one upstream connection for both");
@@ -230,7 +237,8 @@ async fn expect_100_continue_gets_a_100_before_the_body_is_sent() {
     tls.write_all(b"hello").await.unwrap();
     let mut answer = Vec::new();
     let mut chunk = [0u8; 512];
-    while !answer.ends_with(b"\r\n\r\n5") {
+    // Scrubbed answers stream without `Content-Length` (scrubbing may change the length).
+    while !answer.ends_with(b"\r\n1\r\n5\r\n0\r\n\r\n") {
         let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut chunk)).await.unwrap().unwrap();
         assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
         answer.extend_from_slice(&chunk[..n]);

@@ -499,7 +499,7 @@ fn a_double_star_inside_the_name_is_refused() {
 fn an_unknown_key_is_named_with_its_line_and_a_suggestion() {
     assert_eq!(
         error(&format!("{HEAD}      - host: a.example.com\n        port: 443\n        protocl: rest\n")),
-        "network_policies.p.endpoints[0].protocl (line 7): unknown key `protocl` (did you mean `protocol`?); allowed here: host, port, ports, protocol, tls, enforcement, access, rules, deny_rules, allowed_ips, allow_encoded_slash"
+        "network_policies.p.endpoints[0].protocl (line 7): unknown key `protocl` (did you mean `protocol`?); allowed here: host, port, ports, protocol, tls, enforcement, access, rules, deny_rules, allowed_ips, allow_encoded_slash, credential_binding, path, request_body_credential_rewrite"
     );
 }
 

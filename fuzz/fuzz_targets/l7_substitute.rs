@@ -1,7 +1,7 @@
-//! Placeholder substitution in a request head (`SecretStore::substitute`). Properties: an
-//! accepted head never holds `openshell:resolve:env:` (raw, percent-decoded, or inside
-//! Basic credentials), never a secret whose placeholder the request did not name, and the
-//! keys reported used are exactly named keys that have a value.
+//! Placeholder substitution in a request head (`SecretStore::substitute`), every key bound
+//! to the request's host. Properties: an accepted head never holds `openshell:resolve:env:`
+//! (raw, percent-decoded, or inside Basic credentials), never a secret whose placeholder the
+//! request did not name, and the keys reported used are named secret keys that have a value.
 
 #![no_main]
 
@@ -12,8 +12,8 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use openshell_sandbox::config::Secret;
-use openshell_sandbox::gateway::provider::ProviderEnvironment;
-use openshell_sandbox::proxy::credentials::{PLACEHOLDER_PREFIX, SecretStore, placeholder};
+use openshell_sandbox::gateway::provider::{BindingEndpoint, ProviderEnvironment};
+use openshell_sandbox::proxy::credentials::{Destination, PLACEHOLDER_PREFIX, SecretStore, placeholder};
 
 /// Keys, none a prefix of another, and values no input is likely to hold by chance.
 const SECRETS: [(&str, &str); 4] =
@@ -103,12 +103,16 @@ fuzz_target!(|input: Input| {
             }
         }
     }
-    let env = ProviderEnvironment { environment, revision: 1, non_secret_keys };
+    let bound = vec![BindingEndpoint { host: "h.example".into(), port: 443, path: String::new() }];
+    let bindings = environment.keys().map(|k| (k.clone(), bound.clone())).collect();
+    let env = ProviderEnvironment { environment, revision: 1, non_secret_keys, bindings, ..Default::default() };
     let store = SecretStore::from_provider(&env).expect("the fixed secrets are valid");
 
     let before = views(&parts).join("\n");
     let named: BTreeSet<&str> = SECRETS.iter().map(|(k, _)| *k).filter(|k| before.contains(&placeholder(k))).collect();
-    let Ok(used) = store.substitute(&mut parts) else { return };
+    let to = Destination::plain("h.example", 443, &percent_decoded(parts.uri.path()), false);
+    let Ok(injection) = store.substitute(&mut parts, to, true) else { return };
+    let used = injection.keys();
     let after = views(&parts);
 
     for view in &after {
@@ -116,11 +120,12 @@ fuzz_target!(|input: Input| {
         for (key, value) in SECRETS {
             if view.contains(value) && !before.contains(value) {
                 assert!(named.contains(key), "the secret of `{key}`, which the request did not name: {view:?}");
-                assert!(used.iter().any(|u| u == key), "`{key}` was swapped in but not reported used");
+                let secret = !env.non_secret_keys.contains(key);
+                assert!(!secret || used.iter().any(|u| u == key), "`{key}` was swapped in but not reported used");
             }
         }
     }
-    for key in &used {
+    for key in used {
         assert!(named.contains(key.as_str()), "`{key}` reported used but not named: {before:?}");
         assert!(env.environment.contains_key(key), "`{key}` used without a value");
     }

@@ -123,7 +123,14 @@ fn endpoint(e: &Endpoint) -> String {
         ("enforcement".to_owned(), q(e.enforcement.as_str())),
         ("allowed_ips".to_owned(), list(e.allowed_ips.iter().map(|n| q(&n.to_string())))),
         ("allow_encoded_slash".to_owned(), e.allow_encoded_slash.to_string()),
+        ("request_body_credential_rewrite".to_owned(), e.request_body_credential_rewrite.to_string()),
     ];
+    if let Some(provider) = &e.credential_binding {
+        m.push(("credential_binding".to_owned(), map([("provider".to_owned(), q(provider))])));
+    }
+    if let Some(path) = &e.path {
+        m.push(("path".to_owned(), q(path.as_str())));
+    }
     if let Some(protocol) = e.protocol {
         m.push(("protocol".to_owned(), q(protocol.as_str())));
         match e.access {

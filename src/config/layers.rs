@@ -161,7 +161,7 @@ pub struct ProxyLayer {
     #[arg(long, env = "OPENSHELL_GATEWAY_FALLBACK_HOSTS", value_name = "HOSTS", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_fallback_hosts: Option<Vec<String>>,
-    /// Local provider credentials, `KEY=VALUE` lines, reloaded on change. Default: none.
+    /// Local provider credentials: `[provider]` sections of `KEY=VALUE` lines, each key sent only where the policy's `credential_binding` names its provider; reloaded on change. Default: none.
     #[arg(long, env = "OPENSHELL_PROVIDER_ENV_FILE", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_env_file: Option<PathBuf>,

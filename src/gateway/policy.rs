@@ -28,18 +28,10 @@ pub fn unapplied_fields(message: &SandboxPolicy) -> Vec<String> {
     let mut notes = Vec::new();
     for (key, rule) in sorted(&message.network_policies) {
         for (i, e) in rule.endpoints.iter().enumerate() {
-            let at = format!("network_policies.{key}.endpoints[{i}]");
-            if !e.path.is_empty() {
-                notes.push(format!("{at}.path is not applied; the endpoint's rules decide which paths are allowed"));
-            }
-            if e.request_body_credential_rewrite {
+            let bound = e.credential_binding.as_ref().is_some_and(|b| !b.provider.is_empty());
+            if !e.path.is_empty() && !bound {
                 notes.push(format!(
-                    "{at}.request_body_credential_rewrite is not applied: placeholders are replaced in headers and query values only"
-                ));
-            }
-            if e.credential_binding.as_ref().is_some_and(|b| !b.provider.is_empty()) {
-                notes.push(format!(
-                    "{at}.credential_binding is not applied: credentials come from the provider environment"
+                    "network_policies.{key}.endpoints[{i}].path only scopes a credential binding here; the endpoint's rules decide which paths are allowed"
                 ));
             }
         }
@@ -136,6 +128,13 @@ fn endpoint(e: &NetworkEndpoint) -> Node {
     m.list("deny_rules", e.deny_rules.iter().map(|d| matcher(&deny_as_allow(d)).into_node()).collect());
     m.strings("allowed_ips", &e.allowed_ips);
     m.flag("allow_encoded_slash", e.allow_encoded_slash);
+    if let Some(binding) = e.credential_binding.as_ref().filter(|b| !b.provider.is_empty()) {
+        let mut b = Map::default();
+        b.string("provider", &binding.provider);
+        m.map("credential_binding", b);
+    }
+    m.string("path", &e.path);
+    m.flag("request_body_credential_rewrite", e.request_body_credential_rewrite);
     m.into_node()
 }
 

@@ -39,6 +39,7 @@ impl fmt::Debug for GetSandboxProviderEnvironmentResponse {
         f.debug_struct("GetSandboxProviderEnvironmentResponse")
             .field("environment_keys", &keys)
             .field("provider_env_revision", &self.provider_env_revision)
+            .field("credential_expires_at_ms", &self.credential_expires_at_ms)
             .field("static_credential_bindings", &bindings)
             .field("non_secret_environment_keys", &self.non_secret_environment_keys)
             .finish_non_exhaustive()

@@ -1,11 +1,14 @@
-//! Provider credentials from the gateway: `GetSandboxProviderEnvironment` (this
-//! supervisor does not support static credential bindings, so it says so and gets plain
-//! values), and the poller that fetches them again whenever the provider revision
-//! announced by `GetSandboxConfig` changes. Values are secrets: never logged.
+//! Provider credentials from the gateway: `GetSandboxProviderEnvironment` (this supervisor
+//! enforces static credential bindings, so it says so and gets the values with the
+//! endpoints each may go to), and the poller that fetches them again whenever the provider
+//! revision announced by `GetSandboxConfig` changes, or when a value has expired. Values
+//! are secrets: never logged.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::backoff::Backoff;
 use super::proto::GetSandboxProviderEnvironmentRequest;
@@ -22,6 +25,22 @@ pub struct ProviderEnvironment {
     pub revision: u64,
     /// Names whose values are not secret (they may be given to the agent as they are).
     pub non_secret_keys: BTreeSet<String>,
+    /// Each secret key's endpoints (`static_credential_bindings`); a key absent has none.
+    pub bindings: BTreeMap<String, Vec<BindingEndpoint>>,
+    /// Epoch milliseconds after which a key's value must not be injected
+    /// (`credential_expires_at_ms`; absent or 0: never).
+    pub expires_at_ms: BTreeMap<String, i64>,
+}
+
+/// One endpoint of a static credential binding, as the gateway sent it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BindingEndpoint {
+    /// Host name, address or pattern (`*.example.com`).
+    pub host: String,
+    /// Port; 0 matches nothing.
+    pub port: u32,
+    /// Path scope; empty means every path.
+    pub path: String,
 }
 
 impl ProviderEnvironment {
@@ -36,39 +55,52 @@ impl GatewayClient {
     pub async fn get_provider_environment(&self) -> Result<ProviderEnvironment, GatewayError> {
         let request = GetSandboxProviderEnvironmentRequest {
             sandbox_id: self.sandbox_id().to_owned(),
-            supports_static_credential_bindings: false,
+            supports_static_credential_bindings: true,
         };
         let response = self
             .unary(Method::GetSandboxProviderEnvironment, self.openshell().get_sandbox_provider_environment(request))
             .await?;
-        if !response.static_credential_bindings.is_empty() {
-            tracing::warn!(
-                bindings = response.static_credential_bindings.len(),
-                "the gateway sent static credential bindings although this supervisor does not support them; they are ignored"
-            );
-        }
+        let endpoint =
+            |e: super::proto::StaticCredentialEndpoint| BindingEndpoint { host: e.host, port: e.port, path: e.path };
         Ok(ProviderEnvironment {
             environment: response.environment.into_iter().map(|(k, v)| (k, Secret::new(v))).collect(),
             revision: response.provider_env_revision,
             non_secret_keys: response.non_secret_environment_keys.into_iter().collect(),
+            bindings: response
+                .static_credential_bindings
+                .into_iter()
+                .map(|(key, binding)| (key, binding.endpoints.into_iter().map(endpoint).collect()))
+                .collect(),
+            expires_at_ms: response.credential_expires_at_ms.into_iter().collect(),
         })
     }
 }
 
-/// Fetches the provider environment again each time its announced revision changes.
+/// The shortest time between two fetches asked for because a value expired.
+pub const EXPIRED_REFETCH_SPACING: Duration = Duration::from_secs(2);
+
+/// Fetches the provider environment again each time its announced revision changes, or
+/// when the proxy found an expired value (at most every [`EXPIRED_REFETCH_SPACING`]).
 pub struct ProviderPoller<S> {
     client: GatewayClient,
     sink: S,
     revisions: watch::Receiver<u64>,
     current: u64,
     backoff: Backoff,
+    expired: Arc<Notify>,
 }
 
 impl<S: Sink<ProviderEnvironment>> ProviderPoller<S> {
     /// `revisions` comes from [`super::config::ConfigPoller::provider_revisions`];
     /// `current` is the revision of the environment installed at startup.
     pub fn new(client: GatewayClient, sink: S, revisions: watch::Receiver<u64>, current: u64) -> Self {
-        ProviderPoller { client, sink, revisions, current, backoff: Backoff::reconnect() }
+        ProviderPoller { client, sink, revisions, current, backoff: Backoff::reconnect(), expired: Arc::default() }
+    }
+
+    /// Also fetches when `expired` is notified (the credential store does on an expired value).
+    pub fn refetch_on(mut self, expired: Arc<Notify>) -> Self {
+        self.expired = expired;
+        self
     }
 
     /// Replaces the delays between failed fetches (tests use short ones).
@@ -86,27 +118,43 @@ impl<S: Sink<ProviderEnvironment>> ProviderPoller<S> {
                 tokio::select! {
                     () = shutdown.signalled() => return,
                     changed = self.revisions.changed() => if changed.is_err() { return },
+                    () = self.expired.notified() => {
+                        tracing::info!("a provider credential has expired; fetching the provider environment again");
+                        self.fetch_and_install(wanted).await;
+                        tokio::select! {
+                            () = shutdown.signalled() => return,
+                            () = tokio::time::sleep(EXPIRED_REFETCH_SPACING) => {}
+                        }
+                    }
                 }
                 continue;
             }
-            match self.client.get_provider_environment().await {
-                Ok(env) => {
-                    self.backoff.reset();
-                    self.current = wanted;
-                    let (revision, keys) = (env.revision, env.environment.len());
-                    match self.sink.install(env) {
-                        Ok(()) => tracing::info!(revision, keys, "applied the new provider environment"),
-                        Err(e) => tracing::warn!(revision, "kept the previous provider environment: {e}"),
-                    }
+            if !self.fetch_and_install(wanted).await {
+                let delay = self.backoff.next_delay();
+                tokio::select! {
+                    () = shutdown.signalled() => return,
+                    () = tokio::time::sleep(delay) => {}
                 }
-                Err(e) => {
-                    let delay = self.backoff.next_delay();
-                    tracing::warn!("provider environment revision {wanted}: {e}; trying again in {delay:?}");
-                    tokio::select! {
-                        () = shutdown.signalled() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
+            }
+        }
+    }
+
+    /// One fetch for revision `wanted`, installed; `false` when the gateway failed (logged).
+    async fn fetch_and_install(&mut self, wanted: u64) -> bool {
+        match self.client.get_provider_environment().await {
+            Ok(env) => {
+                self.backoff.reset();
+                self.current = wanted;
+                let (revision, keys) = (env.revision, env.environment.len());
+                match self.sink.install(env) {
+                    Ok(()) => tracing::info!(revision, keys, "applied the new provider environment"),
+                    Err(e) => tracing::warn!(revision, "kept the previous provider environment: {e}"),
                 }
+                true
+            }
+            Err(e) => {
+                tracing::warn!("provider environment revision {wanted}: {e}; trying again");
+                false
             }
         }
     }

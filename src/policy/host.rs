@@ -75,6 +75,15 @@ impl HostPattern {
         }
     }
 
+    /// Whether the normalised destination `host` (see [`normalize_destination`]) matches,
+    /// as the Rego rules decide it: exact names and addresses equal, globs by their regex.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Glob { regex, .. } => regex::Regex::new(regex).is_ok_and(|r| r.is_match(host)),
+        }
+    }
+
     /// True for an exact name or address (SSRF rules trust exact names more than globs).
     pub fn is_exact(&self) -> bool {
         matches!(self, HostPattern::Exact(_))

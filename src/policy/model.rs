@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::host::HostPattern;
+pub use super::path_scope::PathScope;
 
 /// A whole policy document after validation.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -115,6 +116,20 @@ pub struct Endpoint {
     pub allowed_ips: Vec<IpNet>,
     /// Accept `%2F` in request paths (off by default: it hides path segments from rules).
     pub allow_encoded_slash: bool,
+    /// `credential_binding.provider`: the provider (a `[name]` section of the local provider
+    /// env file) whose credentials may be swapped into requests to this endpoint. Default none.
+    pub credential_binding: Option<String>,
+    /// `path`: where on this endpoint its bound credentials may be used. Default: every path.
+    pub path: Option<PathScope>,
+    /// `request_body_credential_rewrite`: placeholders in JSON, form and `text/*` request
+    /// bodies (up to 256 KiB) are swapped too. Default false.
+    pub request_body_credential_rewrite: bool,
+}
+
+/// A provider name: what a `[NAME]` line of the provider env file and a
+/// `credential_binding.provider` hold (letters, digits, `_`, `-`, `.`; at most 128).
+pub fn is_provider_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
 impl Endpoint {

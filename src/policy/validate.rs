@@ -2,6 +2,7 @@
 //! YAML path and line instead of stopping at the first. The gateway's protobuf policy is
 //! converted into the same tree, so both sources pass exactly the same checks.
 
+mod credential;
 mod endpoint;
 
 use std::collections::BTreeMap;

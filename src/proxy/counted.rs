@@ -3,7 +3,8 @@
 //! for a forwarded response, writes the audit `close` event (bytes both ways, duration)
 //! when it ends or is dropped. A request body also tells when it has been sent, so the
 //! response timeout counts from there ([`answer_within`]): a long upload is bounded by the
-//! idle timeout between its frames, not by the response timeout.
+//! idle timeout between its frames, not by the response timeout. A request body the proxy
+//! rebuilt (swapped placeholders) is counted the same way.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,9 +22,53 @@ use tokio::time::{Instant, Sleep};
 /// Called once at the end with the bytes counted and how the body ended.
 pub type OnEnd = Box<dyn FnOnce(u64, &'static str) + Send + Sync>;
 
+/// What a counted body carries: the body as received, or one the proxy rebuilt (a request
+/// body whose placeholders were swapped).
+pub enum Source {
+    /// Streamed as it arrives.
+    Incoming(Incoming),
+    /// Whole, sent as one frame (`None` once sent).
+    Whole(Option<Bytes>),
+}
+
+impl From<Incoming> for Source {
+    fn from(body: Incoming) -> Self {
+        Source::Incoming(body)
+    }
+}
+
+impl From<Bytes> for Source {
+    fn from(bytes: Bytes) -> Self {
+        Source::Whole(Some(bytes))
+    }
+}
+
+impl Source {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self {
+            Source::Incoming(body) => Pin::new(body).poll_frame(cx),
+            Source::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Incoming(body) => body.is_end_stream(),
+            Source::Whole(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Incoming(body) => body.size_hint(),
+            Source::Whole(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 /// A hyper body with a byte counter (shared, so another body's end can read it).
 pub struct Counted {
-    inner: Incoming,
+    inner: Source,
     bytes: Arc<AtomicU64>,
     on_end: Option<OnEnd>,
     idle: Duration,
@@ -40,13 +85,13 @@ pub struct IdleBody(pub Duration);
 impl Counted {
     /// Counts `inner` into `bytes`, failing after `idle` without a frame; `on_end` runs
     /// once when the body ends or is dropped.
-    pub fn new(inner: Incoming, bytes: Arc<AtomicU64>, idle: Duration, on_end: Option<OnEnd>) -> Self {
-        Counted { inner, bytes, on_end, idle, deadline: None }
+    pub fn new(inner: impl Into<Source>, bytes: Arc<AtomicU64>, idle: Duration, on_end: Option<OnEnd>) -> Self {
+        Counted { inner: inner.into(), bytes, on_end, idle, deadline: None }
     }
 
     /// A request body counted into `bytes`, and the signal that it has been sent whole (or
     /// dropped) for [`answer_within`].
-    pub fn request(inner: Incoming, bytes: Arc<AtomicU64>, idle: Duration) -> (Self, BodySent) {
+    pub fn request(inner: impl Into<Source>, bytes: Arc<AtomicU64>, idle: Duration) -> (Self, BodySent) {
         let (sent, receiver) = oneshot::channel();
         let on_end: OnEnd = Box::new(move |_, _| {
             let _ = sent.send(());
@@ -80,7 +125,7 @@ impl Body for Counted {
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        let poll = self.inner.poll_frame(cx);
         match poll {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

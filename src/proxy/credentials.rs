@@ -1,28 +1,47 @@
 //! Provider credentials behind placeholders: the agent's environment holds
-//! `openshell:resolve:env:KEY`, and the proxy swaps in the real value only in requests it
-//! inspects and policy allowed. Values are [`Secret`]s: never in a log, an error or a file.
+//! `openshell:resolve:env:KEY`, and the proxy swaps in the real value only in inspected,
+//! allowed, TLS requests to an endpoint the key is bound to, then scrubs every secret value
+//! out of the answer. Values are [`crate::config::Secret`]s: never in a log, an error or a
+//! file.
 
+mod binding;
+mod body;
 mod env_file;
+mod exchange;
+mod find;
+mod scrub;
+mod snapshot;
 mod substitute;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
 
-use crate::config::Secret;
+use http::StatusCode;
+use tokio::sync::Notify;
+
 use crate::gateway::provider::ProviderEnvironment;
-use crate::shutdown::Shutdown;
+use crate::policy::Policy;
 use crate::volume::ChildEnv;
 use crate::{Exit, ExitStatus};
 
-pub use env_file::parse_env_file;
+pub use binding::Destination;
+pub use body::BODY_LIMIT;
+pub use env_file::{Entry, parse_env_file};
+pub use exchange::{Injection, finish};
+pub use scrub::{Scrubbed, Scrubber};
+pub use snapshot::Snapshot;
 
 /// What every placeholder starts with; the key follows.
 pub const PLACEHOLDER_PREFIX: &str = "openshell:resolve:env:";
 
 /// The deny code of a request whose credentials could not be swapped.
 pub const DENY_CODE: &str = "credential_unresolved";
+
+/// The deny code of a placeholder sent where its key is not bound.
+pub const NOT_BOUND_CODE: &str = "credential_not_bound";
+
+/// The deny code of a placeholder whose value has expired.
+pub const EXPIRED_CODE: &str = "credential_expired";
 
 /// The placeholder the agent sees for `key`.
 pub fn placeholder(key: &str) -> String {
@@ -88,7 +107,7 @@ pub enum CredentialError {
     },
     /// A placeholder where the proxy does not substitute (it would be forwarded as is).
     #[error(
-        "credential_unresolved: a placeholder in {place} is not a whole value, `Scheme <placeholder>`, a Basic user or password, or a whole query value"
+        "credential_unresolved: a placeholder in {place} is not where one is swapped: a whole header value, `Scheme <placeholder>`, a Basic user or password, a path segment or a query value (a body only with `request_body_credential_rewrite: true`)"
     )]
     Misplaced {
         /// Where it is, like `header x-token` or `the request path`.
@@ -102,63 +121,97 @@ pub enum CredentialError {
         /// Where, and why, like `header authorization (not a valid header value)`.
         place: String,
     },
+    /// A placeholder sent to an endpoint its key is not bound to.
+    #[error("credential_not_bound: `{key}` may not be sent to {host}:{port}: {hint}")]
+    NotBound {
+        /// The key.
+        key: String,
+        /// The request's host.
+        host: String,
+        /// Its port.
+        port: u16,
+        /// Where the key may go, or how to bind it.
+        hint: String,
+    },
+    /// A placeholder in a plain `http://` request.
+    #[error(
+        "credential_unresolved: `{key}` is never sent over plain http://, where anyone on the path could read it; use https://"
+    )]
+    Cleartext {
+        /// The key.
+        key: String,
+    },
+    /// A placeholder whose value is past its expiry.
+    #[error(
+        "credential_expired: the value of `{key}` has expired; the proxy is fetching a new one from the gateway, try again shortly"
+    )]
+    Expired {
+        /// The key.
+        key: String,
+    },
+    /// A placeholder in the body of a request to an endpoint without the opt-in.
+    #[error(
+        "credential_unresolved: a placeholder in the request body is swapped only on an endpoint with `request_body_credential_rewrite: true`"
+    )]
+    BodyNotOptedIn,
+    /// A body to rewrite over the limit.
+    #[error("payload_too_large: the request body is larger than the {limit} bytes whose placeholders can be swapped")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body to rewrite could not be read.
+    #[error("bad_request: the request body could not be read: {0}")]
+    BodyRead(String),
+    /// A key the env file does not bind to any endpoint.
+    #[error("`{key}` ({place}) is bound to no endpoint: {hint}")]
+    Unbound {
+        /// The key.
+        key: String,
+        /// Where it came from, like `line 3 of /run/env`.
+        place: String,
+        /// How to bind it.
+        hint: String,
+    },
 }
 
 impl CredentialError {
-    /// Whether this error refuses one request (403 `credential_unresolved`) rather than a load.
+    /// Whether this error refuses one request rather than a load.
     pub fn is_request_error(&self) -> bool {
-        matches!(self, Self::Unresolved { .. } | Self::Misplaced { .. } | Self::Unusable { .. })
+        !matches!(
+            self,
+            Self::Read { .. }
+                | Self::Malformed { .. }
+                | Self::UnsafeValue { .. }
+                | Self::BadKey { .. }
+                | Self::Unbound { .. }
+        )
+    }
+
+    /// The `error` code of the answer to a refused request.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotBound { .. } => NOT_BOUND_CODE,
+            Self::Expired { .. } => EXPIRED_CODE,
+            Self::BodyTooLarge { .. } => "payload_too_large",
+            Self::BodyRead(_) => "bad_request",
+            _ => DENY_CODE,
+        }
+    }
+
+    /// The status of the answer to a refused request.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::FORBIDDEN,
+        }
     }
 }
 
 impl ExitStatus for CredentialError {
     fn exit_status(&self) -> Exit {
         if self.is_request_error() { Exit::Internal } else { Exit::Usage }
-    }
-}
-
-/// One consistent set of credentials.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    values: BTreeMap<String, Secret>,
-    non_secret: BTreeSet<String>,
-}
-
-impl Snapshot {
-    /// Checks each key and value; `place` says where they came from, for errors.
-    fn new(
-        values: BTreeMap<String, Secret>,
-        non_secret: BTreeSet<String>,
-        place: &str,
-    ) -> Result<Self, CredentialError> {
-        for (key, value) in &values {
-            check_entry(key, value.expose(), place)?;
-        }
-        Ok(Snapshot { values, non_secret })
-    }
-
-    /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&Secret> {
-        self.values.get(key)
-    }
-
-    /// Every key, in order.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.values.keys().map(String::as_str)
-    }
-}
-
-/// Refuses a key that is not a variable name and a value with CR, LF or NUL.
-fn check_entry(key: &str, value: &str, place: &str) -> Result<(), CredentialError> {
-    if !is_key(key) {
-        return Err(CredentialError::BadKey { key: key.to_owned(), place: place.to_owned() });
-    }
-    let what = [('\r', "a carriage return (CR)"), ('\n', "a line feed (LF)"), ('\0', "a NUL byte")]
-        .into_iter()
-        .find_map(|(c, what)| value.contains(c).then_some(what));
-    match what {
-        Some(what) => Err(CredentialError::UnsafeValue { key: key.to_owned(), place: place.to_owned(), what }),
-        None => Ok(()),
     }
 }
 
@@ -181,19 +234,24 @@ fn stamp(path: &Path) -> Result<Stamp, CredentialError> {
 pub struct SecretStore {
     current: RwLock<Arc<Snapshot>>,
     file: Option<(PathBuf, Mutex<Stamp>)>,
+    /// Notified when a request met an expired value.
+    expired: Arc<Notify>,
 }
 
 impl SecretStore {
     /// A store with no credentials (every placeholder is unresolved).
     pub fn empty() -> Self {
-        SecretStore { current: RwLock::new(Arc::default()), file: None }
+        SecretStore { current: RwLock::new(Arc::default()), file: None, expired: Arc::default() }
     }
 
-    /// Loads `OPENSHELL_PROVIDER_ENV_FILE` (format: [`parse_env_file`]); every key is secret.
+    /// Loads `OPENSHELL_PROVIDER_ENV_FILE` (format: [`parse_env_file`]); every key is
+    /// secret and bound through its provider section (see [`Self::unbound`]).
     pub fn from_file(path: &Path) -> Result<Self, CredentialError> {
         let before = stamp(path)?;
-        let snapshot = load_file(path)?;
-        Ok(SecretStore { current: RwLock::new(Arc::new(snapshot)), file: Some((path.to_owned(), Mutex::new(before))) })
+        let expired = Arc::default();
+        let snapshot = load_file(path, &expired)?;
+        let file = Some((path.to_owned(), Mutex::new(before)));
+        Ok(SecretStore { current: RwLock::new(Arc::new(snapshot)), file, expired })
     }
 
     /// From the gateway's provider environment (its non-secret keys keep their values).
@@ -205,10 +263,14 @@ impl SecretStore {
 
     /// Replaces the credentials with a new provider environment; on error nothing changes.
     pub fn install(&self, env: &ProviderEnvironment) -> Result<(), CredentialError> {
-        let place = "the gateway's provider environment";
-        let snapshot = Snapshot::new(env.environment.clone(), env.non_secret_keys.clone(), place)?;
-        self.swap(snapshot);
+        self.swap(Snapshot::from_provider(env, self.expired.clone())?);
         Ok(())
+    }
+
+    /// Notified each time a request meets an expired value (the provider poller fetches
+    /// the environment again).
+    pub fn expired(&self) -> Arc<Notify> {
+        self.expired.clone()
     }
 
     /// Re-reads the env file when its modification time, length or inode changed. `Ok(true)`:
@@ -224,24 +286,33 @@ impl SecretStore {
             }
             *last = now;
         }
-        self.swap(load_file(path)?);
+        self.swap(load_file(path, &self.expired)?);
         Ok(true)
     }
 
-    /// Calls [`Self::reload_if_changed`] every `interval` until shutdown, logging each reload
-    /// (key count only) and each failure (the last good credentials stay).
-    pub async fn run_reloader(self: Arc<Self>, interval: Duration, shutdown: Shutdown) {
-        loop {
-            tokio::select! {
-                () = shutdown.signalled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-            match self.reload_if_changed() {
-                Ok(true) => tracing::info!(keys = self.snapshot().values.len(), "provider credentials reloaded"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!("kept the previous provider credentials: {e}"),
-            }
-        }
+    /// The env-file keys that `policy` binds to no inspected endpoint, each as an error
+    /// saying how to bind it (empty for gateway credentials, which carry their bindings).
+    pub fn unbound(&self, policy: &Policy) -> Vec<CredentialError> {
+        let bound: Vec<&str> = policy
+            .network_policies
+            .values()
+            .flat_map(|p| &p.endpoints)
+            .filter(|e| e.intercepts_tls())
+            .filter_map(|e| e.credential_binding.as_deref())
+            .collect();
+        let path = self.file.as_ref().map(|(p, _)| p.display().to_string()).unwrap_or_default();
+        let snapshot = self.snapshot();
+        snapshot
+            .providers()
+            .filter(|(_, provider)| !bound.contains(provider))
+            .map(|(key, provider)| CredentialError::Unbound {
+                key: key.to_owned(),
+                place: format!("provider `{provider}` in {path}"),
+                hint: format!(
+                    "add `credential_binding: {{provider: {provider}}}` to the policy endpoints (with `protocol: rest`) it may be sent to"
+                ),
+            })
+            .collect()
     }
 
     /// The credentials in force now.
@@ -251,22 +322,22 @@ impl SecretStore {
 
     /// `child-env.json`: each secret key mapped to its placeholder, non-secret keys to their value.
     pub fn child_env(&self) -> ChildEnv {
-        let snapshot = self.snapshot();
-        snapshot
-            .values
-            .iter()
-            .map(|(k, v)| {
-                let shown = if snapshot.non_secret.contains(k) { v.expose().to_owned() } else { placeholder(k) };
-                (k.clone(), shown)
-            })
-            .collect()
+        self.snapshot().child_env()
     }
 
-    /// Swaps placeholders in the request head for their values (header values, Basic
-    /// credentials, query values) using one snapshot. Returns the keys used, for the audit
-    /// line. On error the request must not be forwarded; the head may be partly changed.
-    pub fn substitute(&self, parts: &mut http::request::Parts) -> Result<Vec<String>, CredentialError> {
-        substitute::request(&self.snapshot(), parts)
+    /// Swaps the placeholders of the request head for their values, with one snapshot, when
+    /// `swap` (false for an audited would-be denial: placeholders are forwarded as they are).
+    /// Each key must be known, unexpired and bound to `to`, which must not be plain HTTP.
+    /// Places: whole header values, `Scheme <placeholder>`, Basic user and password, path
+    /// segments (also inside one) and query values; literal or percent-encoded. On error the
+    /// request must not be forwarded; the head may be partly changed.
+    pub fn substitute(
+        &self,
+        parts: &mut http::request::Parts,
+        to: Destination,
+        swap: bool,
+    ) -> Result<Injection, CredentialError> {
+        Injection::head(self.snapshot(), to, swap, parts)
     }
 
     fn swap(&self, snapshot: Snapshot) {
@@ -274,11 +345,9 @@ impl SecretStore {
     }
 }
 
-fn load_file(path: &Path) -> Result<Snapshot, CredentialError> {
+fn load_file(path: &Path, expired: &Arc<Notify>) -> Result<Snapshot, CredentialError> {
     let bytes = std::fs::read(path).map_err(|source| CredentialError::Read { path: path.to_owned(), source })?;
-    let entries = parse_env_file(&bytes, path)?;
-    let values = entries.into_iter().map(|(k, _, v)| (k, v)).collect();
-    Ok(Snapshot { values, non_secret: BTreeSet::new() })
+    Ok(Snapshot::from_file(parse_env_file(&bytes, path)?, expired.clone()))
 }
 
 #[cfg(test)]

@@ -207,7 +207,8 @@ impl GatewayStart {
                 }
                 Ok(())
             };
-            let poller = ProviderPoller::new(self.client.clone(), sink, revisions, current);
+            let poller =
+                ProviderPoller::new(self.client.clone(), sink, revisions, current).refetch_on(self.secrets.expired());
             shutdown.spawn(poller.run(shutdown.clone()));
         }
         if let Some(bundle) = &self.bundle {

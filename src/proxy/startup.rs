@@ -110,6 +110,9 @@ pub fn prepare_with(config: ProxyConfig, mut gateway: Option<GatewayStart>) -> R
         (None, Some(gateway)) => gateway.secrets(),
         (None, None) => Arc::new(SecretStore::empty()),
     };
+    if let Some(unbound) = secrets.unbound(engine.policy()).into_iter().next() {
+        return Err(unbound.into());
+    }
     let ca = CertificateAuthority::load_or_generate(&config.state_dir, &tls_dir)?;
     write_bundle(&tls_dir, &ca)?;
     let leaves = LeafIssuer::new(ca.cert_der(), ca.key_pem(), LEAF_CACHE)?.with_alpn(CLIENT_ALPN);
@@ -182,8 +185,9 @@ impl Prepared {
             shutdown.spawn(reload);
         }
         if config.provider_env_file.is_some() {
-            let (secrets, dir) = (self.secrets.clone(), tls_dir.clone());
-            shutdown.spawn(reload_credentials(secrets, dir, config.common.policy_poll_interval, shutdown.clone()));
+            let (secrets, dir, policy) = (self.secrets.clone(), tls_dir.clone(), self.policy.clone());
+            let interval = config.common.policy_poll_interval;
+            shutdown.spawn(reload_credentials(secrets, dir, policy, interval, shutdown.clone()));
         }
         let ctx = Arc::new(Ctx {
             policy: self.policy.clone(),
@@ -245,8 +249,15 @@ fn usable_tls_dir(dir: &Path) -> Result<(), ProxyError> {
 
 /// Re-reads the provider env file every `interval` until shutdown; each new set of
 /// credentials is in force for the next request and rewrites `child-env.json`. A bad file
-/// keeps the last good credentials and is reported once (never with a value).
-async fn reload_credentials(secrets: Arc<SecretStore>, tls_dir: PathBuf, interval: Duration, shutdown: Shutdown) {
+/// keeps the last good credentials and is reported once (never with a value); a key the
+/// policy in force binds nowhere is reported (its requests get `credential_not_bound`).
+async fn reload_credentials(
+    secrets: Arc<SecretStore>,
+    tls_dir: PathBuf,
+    policy: PolicyHandle,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
     loop {
         tokio::select! {
             () = shutdown.signalled() => return,
@@ -256,6 +267,9 @@ async fn reload_credentials(secrets: Arc<SecretStore>, tls_dir: PathBuf, interva
             Ok(false) => {}
             Ok(true) => {
                 tracing::info!(keys = secrets.snapshot().keys().count(), "provider credentials reloaded");
+                for unbound in secrets.unbound(policy.current().policy()) {
+                    tracing::warn!("{unbound}");
+                }
                 if let Err(e) = volume::write_child_env(&tls_dir, &secrets.child_env()) {
                     tracing::warn!("the new credentials are in force, but child-env.json was not rewritten: {e}");
                 }

@@ -144,9 +144,9 @@ impl Run {
     /// The proxy: both networks, the volume read-write, our binary as the entrypoint.
     /// Its "system roots" are the upstream's test CA, mounted where the image keeps the
     /// roots, so ca-bundle.pem carries it; the same CA is its OPENSHELL_UPSTREAM_CA_FILE
-    /// for the intercepted port. The provider env file (the secret) is mounted read-only
-    /// into this container only. The gateway is the test gateway on the bridge side; the
-    /// proxy forwards the agent's gateway traffic from its :8081.
+    /// for the intercepted port. The gateway is the test gateway on the bridge side (it
+    /// serves the provider credentials); the proxy forwards the agent's gateway traffic
+    /// from its :8081.
     pub fn start_proxy(&self) {
         let labels = self.labels();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
@@ -155,7 +155,6 @@ impl Run {
         let policy = format!("{}:/etc/openshell/policy.yaml:ro", self.file("policy.yaml").display());
         let roots = format!("{}:/etc/ssl/certs/ca-certificates.crt:ro", self.file("roots.pem").display());
         let upstream_ca = format!("{}:/etc/openshell/upstream-ca.pem:ro", self.file("roots.pem").display());
-        let provider = format!("{}:/etc/openshell/provider.env:ro", self.file("provider.env").display());
         let (int_ip, ext_ip) =
             (format!("{}:ip={}", self.int, self.proxy_int()), format!("{}:ip={}", self.ext, self.proxy_ext()));
         let rw = format!("{}:/openshell-tls:rw", self.vol);
@@ -167,10 +166,9 @@ impl Run {
         #[rustfmt::skip]
         self.p(&args(&[&["run", "-d", "--name", &self.proxy, "--label", "openshell.role=proxy"], &labels, &mounts, &[
             "--network", &int_ip, "--network", &ext_ip,
-            "-v", &rw, "-v", &policy, "-v", &roots, "-v", &upstream_ca, "-v", &provider,
+            "-v", &rw, "-v", &policy, "-v", &roots, "-v", &upstream_ca,
             "-e", "OPENSHELL_MODE=proxy", "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
             "-e", "OPENSHELL_UPSTREAM_CA_FILE=/etc/openshell/upstream-ca.pem",
-            "-e", "OPENSHELL_PROVIDER_ENV_FILE=/etc/openshell/provider.env",
             "-e", &listen, "-e", &clients, "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
             "-e", &endpoint, "-e", &token, "-e", &id, "-e", "OPENSHELL_FORWARD_LISTEN=0.0.0.0:8081",
             &self.sb.image,

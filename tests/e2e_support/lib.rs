@@ -292,10 +292,11 @@ pub fn policy(upstream: IpAddr, http: u16, https: u16) -> String {
 }
 
 /// [`policy`] plus `inspected`, an HTTPS port of the same address the proxy terminates
-/// (`protocol: rest`, read-write): the port where credential placeholders are swapped.
+/// (`protocol: rest`, read-write, bound to provider `e2e`): the port where credential
+/// placeholders are swapped.
 pub fn policy_inspected(upstream: IpAddr, http: u16, https: u16, inspected: u16) -> String {
     format!(
-        "{}      - {{host: \"{upstream}\", port: {inspected}, protocol: rest, access: read-write}}\n",
+        "{}      - {{host: \"{upstream}\", port: {inspected}, protocol: rest, access: read-write, credential_binding: {{provider: e2e}}}}\n",
         policy(upstream, http, https)
     )
 }

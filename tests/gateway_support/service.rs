@@ -49,7 +49,14 @@ impl OpenShell for Service {
     ) -> Result<Response<GetSandboxProviderEnvironmentResponse>, Status> {
         let id = request.get_ref().sandbox_id.clone();
         self.record("GetSandboxProviderEnvironment", &request, &id, Payload::ProviderEnv(request.get_ref().clone()))?;
-        Ok(Response::new(self.provider_env.lock().unwrap().clone()))
+        let mut env = self.provider_env.lock().unwrap().clone();
+        if !request.get_ref().supports_static_credential_bindings {
+            // As the real gateway: a supervisor that cannot enforce bindings gets no bound secret.
+            let bound = std::mem::take(&mut env.static_credential_bindings);
+            env.environment.retain(|key, _| !bound.contains_key(key));
+            env.credential_expires_at_ms.retain(|key, _| !bound.contains_key(key));
+        }
+        Ok(Response::new(env))
     }
 
     async fn report_policy_status(

@@ -211,7 +211,9 @@ impl State {
         self.config.lock().unwrap().provider_env_revision = revision;
     }
 
-    /// Serves `response` to `GetSandboxProviderEnvironment`.
+    /// Serves `response` to `GetSandboxProviderEnvironment` as the real gateway does: whole
+    /// to a supervisor that supports static credential bindings, without its bound secrets
+    /// (and their bindings) to one that does not.
     pub fn set_provider_env(&self, response: GetSandboxProviderEnvironmentResponse) {
         *self.provider_env.lock().unwrap() = response;
     }

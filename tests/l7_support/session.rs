@@ -11,7 +11,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use openshell_sandbox::config::Secret;
-use openshell_sandbox::gateway::provider::ProviderEnvironment;
+use openshell_sandbox::gateway::provider::{BindingEndpoint, ProviderEnvironment};
 use openshell_sandbox::policy::{self, PolicyEngine, RegoRules};
 use openshell_sandbox::proxy::credentials::SecretStore;
 use openshell_sandbox::proxy::l7::session::{Inspected, serve_tls};
@@ -121,7 +121,12 @@ pub fn secrets() -> Arc<SecretStore> {
     let env = ProviderEnvironment {
         environment: [("API_KEY".to_owned(), Secret::new(SECRET))].into(),
         revision: 1,
-        non_secret_keys: Default::default(),
+        bindings: [(
+            "API_KEY".to_owned(),
+            vec![BindingEndpoint { host: "api.test".into(), port: 443, path: String::new() }],
+        )]
+        .into(),
+        ..Default::default()
     };
     Arc::new(SecretStore::from_provider(&env).unwrap())
 }

@@ -35,6 +35,9 @@ fn full_message() -> SandboxPolicy {
                 ],
                 deny_rules: vec![L7DenyRule { method: s("DELETE"), path: String::new(), query: HashMap::new() }],
                 allow_encoded_slash: true,
+                path: s("/repos/"),
+                request_body_credential_rewrite: true,
+                credential_binding: Some(NetworkCredentialBinding { provider: s("github") }),
                 ..Default::default()
             },
             NetworkEndpoint {
@@ -102,6 +105,9 @@ network_policies:
         deny_rules:
           - method: DELETE
         allow_encoded_slash: true
+        path: /repos/
+        request_body_credential_rewrite: true
+        credential_binding: { provider: github }
       - host: "*.githubusercontent.com"
         ports: [443, 80]
         protocol: rest
@@ -213,15 +219,33 @@ fn strings_are_never_yaml_null_or_booleans() {
 }
 
 #[test]
-fn fields_without_a_yaml_equivalent_are_named() {
+fn a_path_without_a_credential_binding_is_named() {
+    let mut message = full_message();
+    let e = &mut message.network_policies.get_mut("github").unwrap().endpoints[1];
+    e.path = s("/v1");
+    let notes = unapplied_fields(&message);
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    assert!(
+        notes[0].starts_with("network_policies.github.endpoints[1].path only scopes a credential binding"),
+        "{notes:#?}"
+    );
+    let policy = to_policy(&message).unwrap();
+    assert_eq!(policy.network_policies["github"].endpoints[1].path.as_ref().unwrap().as_str(), "/v1");
+    assert!(unapplied_fields(&full_message()).is_empty());
+}
+
+#[test]
+fn credential_fields_reach_the_policy() {
+    let policy = to_policy(&full_message()).unwrap();
+    let e = &policy.network_policies["github"].endpoints[0];
+    assert_eq!(e.credential_binding.as_deref(), Some("github"));
+    assert_eq!(e.path.as_ref().map(|p| p.as_str()), Some("/repos"));
+    assert!(e.request_body_credential_rewrite);
     let mut message = full_message();
     let e = &mut message.network_policies.get_mut("github").unwrap().endpoints[0];
-    e.path = s("/v1");
-    e.request_body_credential_rewrite = true;
-    e.credential_binding = Some(NetworkCredentialBinding { provider: s("slack") });
-    let notes = unapplied_fields(&message);
-    assert_eq!(notes.len(), 3, "{notes:#?}");
-    assert!(notes[0].starts_with("network_policies.github.endpoints[0].path is not applied"), "{notes:#?}");
-    assert!(to_policy(&message).is_ok(), "they do not make the policy invalid");
-    assert!(unapplied_fields(&full_message()).is_empty());
+    e.credential_binding = Some(NetworkCredentialBinding { provider: s("bad name") });
+    e.path = s("relative");
+    let text = to_policy(&message).unwrap_err().to_string();
+    assert!(text.contains("credential_binding.provider: `bad name` is not a provider name"), "{text}");
+    assert!(text.contains("path: path `relative` does not start with `/`"), "{text}");
 }

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use marked_yaml::Node;
 use marked_yaml::types::MarkedMappingNode;
 
-use super::{Cx, get};
+use super::{Cx, credential, get};
 use crate::policy::address;
 use crate::policy::host::HostPattern;
 use crate::policy::model::{Access, Endpoint, Enforcement, L7Rule, Protocol, TlsMode};
@@ -24,6 +24,9 @@ const ENDPOINT_KEYS: &[&str] = &[
     "deny_rules",
     "allowed_ips",
     "allow_encoded_slash",
+    "credential_binding",
+    "path",
+    "request_body_credential_rewrite",
 ];
 
 pub(super) fn endpoint(cx: &mut Cx, path: &str, node: &Node) -> Option<Endpoint> {
@@ -79,6 +82,7 @@ pub(super) fn endpoint(cx: &mut Cx, path: &str, node: &Node) -> Option<Endpoint>
     let allow_encoded_slash = get(map, "allow_encoded_slash")
         .and_then(|n| cx.bool(&format!("{path}.allow_encoded_slash"), n))
         .unwrap_or(false);
+    let credentials = credential::fields(cx, path, map);
 
     // Cross-field rules: each says what to change.
     let has_rules = get(map, "rules").is_some();
@@ -125,6 +129,9 @@ pub(super) fn endpoint(cx: &mut Cx, path: &str, node: &Node) -> Option<Endpoint>
         deny_rules,
         allowed_ips,
         allow_encoded_slash,
+        credential_binding: credentials.binding,
+        path: credentials.path,
+        request_body_credential_rewrite: credentials.body_rewrite,
     })
 }
 

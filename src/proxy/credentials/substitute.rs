@@ -1,38 +1,84 @@
 //! Swapping placeholders in a request head: whole header values, `Scheme <placeholder>`,
-//! Basic user and password, whole query values. A placeholder anywhere else is refused, so
-//! a placeholder is never forwarded; only keys the request names are ever looked up.
+//! Basic user and password, placeholders anywhere in path segments and query values
+//! (literal or percent-encoded). A placeholder anywhere else is refused, so a placeholder
+//! is never forwarded; only keys the request names are looked up, each through its binding.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::header::HeaderValue;
 use http::uri::{PathAndQuery, Uri};
 
+use super::binding::Destination;
+use super::find::{hides_placeholder, placeholders};
 use super::{CredentialError, PLACEHOLDER_PREFIX, Snapshot, placeholder_key};
 
-/// Looks keys up in one snapshot and remembers which were used.
-struct Resolver<'a> {
-    snapshot: &'a Snapshot,
-    used: Vec<String>,
+/// Looks keys up in one snapshot for one destination, and remembers what was swapped in.
+pub(super) struct Resolver<'a> {
+    pub snapshot: &'a Snapshot,
+    pub to: &'a Destination,
+    /// Secret keys swapped in, in first-use order.
+    pub used: Vec<String>,
+    /// Encoded forms of values written into the request (percent-encoded, JSON-escaped,
+    /// Basic base64), each with the text the client sent in its place.
+    pub forms: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-impl Resolver<'_> {
-    fn value(&mut self, key: &str) -> Result<&str, CredentialError> {
-        let secret = self.snapshot.get(key).ok_or_else(|| CredentialError::Unresolved { key: key.to_owned() })?;
-        if !self.used.iter().any(|k| k == key) {
+impl<'a> Resolver<'a> {
+    pub fn new(snapshot: &'a Snapshot, to: &'a Destination) -> Self {
+        Resolver { snapshot, to, used: Vec::new(), forms: Vec::new() }
+    }
+
+    /// The value of `key`, if it may be swapped into this request (see [`Snapshot::resolve`]).
+    pub fn value(&mut self, key: &str) -> Result<&'a str, CredentialError> {
+        let value = self.snapshot.resolve(key, self.to)?;
+        if self.snapshot.is_secret(key) && !self.used.iter().any(|k| k == key) {
             self.used.push(key.to_owned());
         }
-        Ok(secret.expose())
+        Ok(value)
+    }
+
+    /// Remembers that `written` stands in the request where the client sent `sent`.
+    pub fn wrote(&mut self, written: &[u8], sent: &[u8]) {
+        if written != sent && !self.forms.iter().any(|(w, _)| w == written) {
+            self.forms.push((written.to_vec(), sent.to_vec()));
+        }
+    }
+
+    /// `raw` with every placeholder (found through `%XX` escapes when `percent`) replaced by
+    /// `encode(value)`; `place` names it in errors. `None` when it names no placeholder.
+    pub fn replace_in(
+        &mut self,
+        raw: &[u8],
+        percent: bool,
+        place: &str,
+        encode: impl Fn(&str) -> String,
+    ) -> Result<Option<Vec<u8>>, CredentialError> {
+        let found = placeholders(raw, percent);
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(raw.len() + 64);
+        let mut at = 0;
+        for f in found {
+            let Some(key) = f.key else { return Err(misplaced(format!("{place} (a placeholder without a key)"))) };
+            let encoded = encode(self.value(&key)?);
+            self.wrote(encoded.as_bytes(), &raw[f.start..f.end]);
+            out.extend_from_slice(&raw[at..f.start]);
+            out.extend_from_slice(encoded.as_bytes());
+            at = f.end;
+        }
+        out.extend_from_slice(&raw[at..]);
+        Ok(Some(out))
     }
 }
 
-/// Substitutes in `parts`; returns the keys used. Changes are applied only when all succeed.
-pub(super) fn request(snapshot: &Snapshot, parts: &mut http::request::Parts) -> Result<Vec<String>, CredentialError> {
-    let mut resolver = Resolver { snapshot, used: Vec::new() };
+/// Substitutes in `parts`. Changes are applied only when all succeed.
+pub(super) fn request(r: &mut Resolver<'_>, parts: &mut http::request::Parts) -> Result<(), CredentialError> {
     let mut new_headers = Vec::new();
     for (name, value) in &parts.headers {
-        new_headers.push(header(&mut resolver, name.as_str(), value)?);
+        new_headers.push(header(r, name.as_str(), value)?);
     }
-    let new_uri = uri(&mut resolver, &parts.uri)?;
+    let new_uri = uri(r, &parts.uri)?;
     for ((_, value), new) in parts.headers.iter_mut().zip(new_headers) {
         if let Some(new) = new {
             *value = new;
@@ -41,7 +87,7 @@ pub(super) fn request(snapshot: &Snapshot, parts: &mut http::request::Parts) -> 
     if let Some(new) = new_uri {
         parts.uri = new;
     }
-    Ok(resolver.used)
+    Ok(())
 }
 
 fn misplaced(place: impl Into<String>) -> CredentialError {
@@ -52,8 +98,7 @@ fn misplaced(place: impl Into<String>) -> CredentialError {
 fn header(r: &mut Resolver<'_>, name: &str, value: &HeaderValue) -> Result<Option<HeaderValue>, CredentialError> {
     let place = || format!("header {name}");
     let Ok(text) = value.to_str() else {
-        let has = value.as_bytes().windows(PLACEHOLDER_PREFIX.len()).any(|w| w == PLACEHOLDER_PREFIX.as_bytes());
-        return if has { Err(misplaced(place())) } else { Ok(None) };
+        return if hides_placeholder(value.as_bytes()) { Err(misplaced(place())) } else { Ok(None) };
     };
     let (new, key) = if let Some(key) = placeholder_key(text) {
         (r.value(key)?.to_owned(), key.to_owned())
@@ -65,12 +110,12 @@ fn header(r: &mut Resolver<'_>, name: &str, value: &HeaderValue) -> Result<Optio
                 Some(swapped) => (format!("{scheme} {}", swapped.0), swapped.1),
                 None => return Ok(None),
             }
-        } else if text.contains(PLACEHOLDER_PREFIX) {
+        } else if hides_placeholder(text.as_bytes()) {
             return Err(misplaced(place()));
         } else {
             return Ok(None);
         }
-    } else if text.contains(PLACEHOLDER_PREFIX) {
+    } else if hides_placeholder(text.as_bytes()) {
         return Err(misplaced(place()));
     } else {
         return Ok(None);
@@ -90,7 +135,7 @@ fn scheme_and_token(text: &str) -> Option<(&str, &str)> {
 }
 
 /// Swaps placeholders in Basic credentials; `None` when they name none. Returns the new
-/// base64 token and the first key used.
+/// base64 token and the first key used; the new token is remembered for scrubbing.
 fn basic(r: &mut Resolver<'_>, token: &str, place: &str) -> Result<Option<(String, String)>, CredentialError> {
     let Some(decoded) = STANDARD.decode(token).ok().and_then(|d| String::from_utf8(d).ok()) else {
         return Ok(None);
@@ -125,72 +170,83 @@ fn basic(r: &mut Resolver<'_>, token: &str, place: &str) -> Result<Option<(Strin
     if new_user.contains(':') {
         return Err(CredentialError::Unusable { key, place: format!("{place} (a Basic user may not contain `:`)") });
     }
-    Ok(Some((STANDARD.encode(format!("{new_user}:{new_password}")), key)))
+    let blob = STANDARD.encode(format!("{new_user}:{new_password}"));
+    r.wrote(blob.as_bytes(), token.as_bytes());
+    Ok(Some((blob, key)))
 }
 
-/// The new URI, if its query names placeholders. A placeholder in the authority (an
-/// absolute- or authority-form target's `user:password@`) or the path is refused.
+/// The new URI, if its path or query names placeholders: each is replaced, in place, by
+/// its value percent-encoded. A placeholder in the authority (an absolute- or
+/// authority-form target's `user:password@`) or in a query parameter name is refused, and
+/// so is one that is still there afterwards (encoded twice, say).
 fn uri(r: &mut Resolver<'_>, uri: &Uri) -> Result<Option<Uri>, CredentialError> {
-    if uri.authority().is_some_and(|a| decoded_contains_prefix(a.as_str())) {
+    if uri.authority().is_some_and(|a| hides_placeholder(a.as_str().as_bytes())) {
         return Err(misplaced("the request authority"));
     }
-    if decoded_contains_prefix(uri.path()) {
-        return Err(misplaced("the request path"));
-    }
-    let Some(query) = uri.query() else { return Ok(None) };
-    if !decoded_contains_prefix(query) {
+    let path = uri.path();
+    let query = uri.query();
+    let path_hides = hides_placeholder(path.as_bytes());
+    let query_hides = query.is_some_and(|q| hides_placeholder(q.as_bytes()));
+    if !path_hides && !query_hides {
         return Ok(None);
     }
-    let mut pairs = Vec::new();
-    for pair in query.split('&') {
-        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-        let (name, value) = form_urlencoded::parse(pair.as_bytes()).next().unwrap_or_default();
-        if name.contains(PLACEHOLDER_PREFIX) {
-            return Err(misplaced("a query parameter name"));
-        }
-        let new_value = match placeholder_key(&value) {
-            Some(key) => form_urlencoded::byte_serialize(r.value(key)?.as_bytes()).collect(),
-            None if value.contains(PLACEHOLDER_PREFIX) => return Err(misplaced(format!("query parameter {name}"))),
-            None => raw_value.to_owned(),
-        };
-        pairs.push(if pair.contains('=') { format!("{raw_name}={new_value}") } else { pair.to_owned() });
+    let new_path = match r.replace_in(path.as_bytes(), true, "the request path", encode_segment)? {
+        Some(bytes) => String::from_utf8(bytes).map_err(|_| misplaced("the request path"))?,
+        None => path.to_owned(),
+    };
+    if hides_placeholder(new_path.as_bytes()) {
+        return Err(misplaced("the request path (an encoded placeholder)"));
     }
+    let new_query = match query {
+        Some(q) if query_hides => Some(self::query(r, q)?),
+        other => other.map(str::to_owned),
+    };
+    let target = match &new_query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
     // Percent-encoded values keep the target valid; refused rather than trusted.
-    let rebuilt = PathAndQuery::try_from(format!("{}?{}", uri.path(), pairs.join("&"))).ok().and_then(|pq| {
+    let rebuilt = PathAndQuery::try_from(target).ok().and_then(|pq| {
         let mut parts = uri.clone().into_parts();
         parts.path_and_query = Some(pq);
         Uri::from_parts(parts).ok()
     });
-    rebuilt.map(Some).ok_or_else(|| misplaced("the query (it cannot be rebuilt)"))
+    rebuilt.map(Some).ok_or_else(|| misplaced("the request target (it cannot be rebuilt)"))
 }
 
-/// Whether `s`, percent- and `+`-decoded, contains the placeholder prefix.
-fn decoded_contains_prefix(s: &str) -> bool {
-    s.contains(PLACEHOLDER_PREFIX)
-        || (s.contains('%')
-            && percent_decoded(s).windows(PLACEHOLDER_PREFIX.len()).any(|w| w == PLACEHOLDER_PREFIX.as_bytes()))
+/// The query with each placeholder in a value swapped for its value, form-encoded.
+fn query(r: &mut Resolver<'_>, query: &str) -> Result<String, CredentialError> {
+    let mut pairs = Vec::new();
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if hides_placeholder(name.as_bytes()) {
+            return Err(misplaced("a query parameter name"));
+        }
+        let shown: String =
+            form_urlencoded::parse(name.as_bytes()).next().map(|(n, _)| n.into_owned()).unwrap_or_default();
+        let place = format!("query parameter {}", shown.chars().take(64).collect::<String>());
+        let encode = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+        let new_value = match r.replace_in(value.as_bytes(), true, &place, encode)? {
+            Some(bytes) => String::from_utf8(bytes).map_err(|_| misplaced(place.clone()))?,
+            None => value.to_owned(),
+        };
+        if hides_placeholder(new_value.as_bytes()) {
+            return Err(misplaced(format!("{place} (an encoded placeholder)")));
+        }
+        pairs.push(if pair.contains('=') { format!("{name}={new_value}") } else { pair.to_owned() });
+    }
+    Ok(pairs.join("&"))
 }
 
-/// `%XX` escapes decoded and `+` read as a space; a malformed escape is kept as it is.
-fn percent_decoded(s: &str) -> Vec<u8> {
-    let bytes = s.as_bytes();
-    let hex = |j: usize| bytes.get(j).and_then(|&b| (b as char).to_digit(16));
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], hex(i + 1), hex(i + 2)) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b'+', ..) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, ..) => {
-                out.push(b);
-                i += 1;
-            }
+/// A value for a path segment: everything but unreserved characters percent-encoded, so
+/// it can add no segment, query or fragment.
+pub(super) fn encode_segment(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
     out

@@ -2,12 +2,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
+use crate::config::Secret;
 
 fn provider(pairs: &[(&str, &str)], non_secret: &[&str]) -> ProviderEnvironment {
     ProviderEnvironment {
         environment: pairs.iter().map(|(k, v)| (k.to_string(), Secret::new(*v))).collect(),
         revision: 7,
         non_secret_keys: non_secret.iter().map(|k| k.to_string()).collect(),
+        ..Default::default()
     }
 }
 
@@ -73,14 +75,14 @@ fn debug_output_never_shows_a_value() {
 fn file_store_loads_and_reloads_on_change_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provider.env");
-    std::fs::write(&path, "API_KEY=first\n").unwrap();
+    std::fs::write(&path, "[p]\nAPI_KEY=first\n").unwrap();
     let store = SecretStore::from_file(&path).unwrap();
     assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "first");
     assert!(!store.reload_if_changed().unwrap(), "unchanged file");
     let old = store.snapshot();
 
     std::thread::sleep(Duration::from_millis(20));
-    std::fs::write(&path, "API_KEY=second-value\nOTHER=x\n").unwrap();
+    std::fs::write(&path, "[p]\nAPI_KEY=second-value\nOTHER=x\n").unwrap();
     assert!(store.reload_if_changed().unwrap());
     assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "second-value");
     assert_eq!(old.get("API_KEY").unwrap().expose(), "first", "a taken snapshot does not change");
@@ -92,17 +94,17 @@ fn file_store_loads_and_reloads_on_change_only() {
 fn a_bad_reload_keeps_the_last_good_file_and_is_reported_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provider.env");
-    std::fs::write(&path, "API_KEY=good\n").unwrap();
+    std::fs::write(&path, "[p]\nAPI_KEY=good\n").unwrap();
     let store = SecretStore::from_file(&path).unwrap();
     std::thread::sleep(Duration::from_millis(20));
-    std::fs::write(&path, "API_KEY=bad\r\n").unwrap();
+    std::fs::write(&path, "[p]\nAPI_KEY=bad\r\n").unwrap();
     let e = store.reload_if_changed().unwrap_err().to_string();
-    assert!(e.contains("`API_KEY`") && e.contains("line 1") && !e.contains("bad\r"), "{e}");
+    assert!(e.contains("`API_KEY`") && e.contains("line 2") && !e.contains("bad\r"), "{e}");
     assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "good");
     assert!(!store.reload_if_changed().unwrap(), "the same bad file is not reported again");
 
     let tmp = dir.path().join("provider.env.tmp");
-    std::fs::write(&tmp, "API_KEY=renamed\n").unwrap();
+    std::fs::write(&tmp, "[p]\nAPI_KEY=renamed\n").unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     assert!(store.reload_if_changed().unwrap(), "an atomic replace is seen");
     assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "renamed");
@@ -117,21 +119,55 @@ fn missing_file_is_an_error_naming_the_path() {
     assert!(SecretStore::empty().child_env().is_empty());
 }
 
-#[tokio::test]
-async fn the_reloader_picks_up_a_changed_file_until_shutdown() {
+#[test]
+fn env_file_keys_the_policy_does_not_bind_are_named_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provider.env");
-    std::fs::write(&path, "API_KEY=one\n").unwrap();
-    let store = Arc::new(SecretStore::from_file(&path).unwrap());
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(store.clone().run_reloader(Duration::from_millis(10), shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    std::fs::write(&path, "API_KEY=two-longer\n").unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while store.snapshot().get("API_KEY").unwrap().expose() != "two-longer" {
-        assert!(tokio::time::Instant::now() < deadline, "the change was not picked up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("the reloader stops at shutdown").unwrap();
+    std::fs::write(&path, "[github]\nGITHUB_TOKEN=ghp-x\n[slack]\nSLACK_TOKEN=xoxb-x\n").unwrap();
+    let store = SecretStore::from_file(&path).unwrap();
+    let policy = |extra: &str| {
+        let yaml = format!(
+            "version: 1\nnetwork_policies:\n  p:\n    endpoints:\n      - {{host: api.github.com, port: 443, protocol: rest, access: full, credential_binding: {{provider: github}}}}\n{extra}"
+        );
+        crate::policy::parse_yaml(&yaml, "test.yaml").unwrap()
+    };
+    let unbound: Vec<String> = store.unbound(&policy("")).iter().map(ToString::to_string).collect();
+    assert_eq!(unbound.len(), 1, "{unbound:?}");
+    assert!(
+        unbound[0].contains("`SLACK_TOKEN` (provider `slack` in ")
+            && unbound[0].contains("credential_binding: {provider: slack}")
+    );
+    assert!(!unbound[0].contains("xoxb"), "{unbound:?}");
+    let l4 = "      - {host: slack.com, port: 443, credential_binding: {provider: slack}}\n";
+    assert_eq!(store.unbound(&policy(l4)).len(), 1, "an L4 endpoint is never inspected: it binds nothing");
+    let l7 =
+        "      - {host: slack.com, port: 443, protocol: rest, access: full, credential_binding: {provider: slack}}\n";
+    assert!(store.unbound(&policy(l7)).is_empty());
+    assert!(SecretStore::from_provider(&provider(&[("A", "v")], &[])).unwrap().unbound(&policy("")).is_empty());
+}
+
+#[test]
+fn an_expired_value_is_refused_and_asks_for_a_refetch() {
+    let bound =
+        vec![crate::gateway::provider::BindingEndpoint { host: "h.example".into(), port: 443, path: String::new() }];
+    let mut env = provider(&[("OLD", "old-value"), ("NEW", "new-value"), ("NEVER", "n")], &[]);
+    env.bindings = ["OLD", "NEW", "NEVER"].iter().map(|k| (k.to_string(), bound.clone())).collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    env.expires_at_ms =
+        [("OLD".to_owned(), now - 1), ("NEW".to_owned(), now + 600_000), ("NEVER".to_owned(), 0)].into();
+    let store = SecretStore::from_provider(&env).unwrap();
+    let to = Destination::plain("h.example", 443, "/", false);
+    let snapshot = store.snapshot();
+    assert_eq!(snapshot.resolve("NEW", &to).unwrap(), "new-value");
+    assert_eq!(snapshot.resolve("NEVER", &to).unwrap(), "n");
+    let notified = store.expired();
+    let e = snapshot.resolve("OLD", &to).unwrap_err();
+    assert!(matches!(&e, CredentialError::Expired { key } if key == "OLD"), "{e}");
+    assert_eq!((e.code(), e.status()), (EXPIRED_CODE, StatusCode::FORBIDDEN));
+    let waited = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(async { tokio::time::timeout(Duration::from_secs(1), notified.notified()).await });
+    assert!(waited.is_ok(), "the refetch was asked for");
 }

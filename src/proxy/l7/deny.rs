@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::head::HeadError;
 use super::path::PathError;
 use crate::policy::L7Decision;
-use crate::proxy::credentials::{CredentialError, DENY_CODE};
+use crate::proxy::credentials::CredentialError;
 
 /// The header that marks an answer as the proxy's own denial.
 pub const POLICY_HEADER: &str = "x-openshell-policy";
@@ -52,12 +52,14 @@ pub fn host_mismatch(request: Refused<'_>, named: &str) -> Response<Bytes> {
     answer(StatusCode::FORBIDDEN, base("policy_denied", &reason, request))
 }
 
-/// 403 `credential_unresolved`: a placeholder has no value or sits where it cannot be
-/// swapped. The request is not forwarded. The reason names the key, never a value.
-pub fn credential_unresolved(request: Refused<'_>, error: &CredentialError) -> Response<Bytes> {
-    let reason = error.to_string();
-    let reason = reason.strip_prefix("credential_unresolved: ").unwrap_or(&reason);
-    answer(StatusCode::FORBIDDEN, base(DENY_CODE, reason, request))
+/// 403 `credential_unresolved` (a placeholder has no value, sits where it cannot be
+/// swapped, or is in plain HTTP), `credential_not_bound`, `credential_expired`; 413 or 400
+/// for a body that cannot be rewritten. The request is not forwarded. The reason names the
+/// key, never a value.
+pub fn credential_refused(request: Refused<'_>, error: &CredentialError) -> Response<Bytes> {
+    let (code, reason) = (error.code(), error.to_string());
+    let reason = reason.strip_prefix(code).and_then(|r| r.strip_prefix(": ")).unwrap_or(&reason);
+    answer(error.status(), base(code, reason, request))
 }
 
 /// 400 `bad_request`: the request target cannot be canonicalised (the error says why).

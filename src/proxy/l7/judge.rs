@@ -12,7 +12,7 @@ use super::head;
 use super::path::{Canonical, EncodedSlash, PathError, canonicalize};
 use crate::policy::model::{Endpoint, Enforcement, Protocol};
 use crate::policy::{L7Decision, L7Request, PolicyEngine};
-use crate::proxy::credentials::SecretStore;
+use crate::proxy::credentials::{Destination, Injection, SecretStore};
 
 /// What to do with one request.
 #[derive(Debug)]
@@ -22,8 +22,8 @@ pub enum Verdict {
     Forward {
         /// The L7 decision (log it).
         decision: L7Decision,
-        /// The credential keys swapped in (names only; log them).
-        credentials: Vec<String>,
+        /// The credentials swapped in (log their keys), the body stage and the answer's scrubbing.
+        credentials: Injection,
     },
     /// Answer `response` and close; nothing goes upstream.
     Refuse {
@@ -48,6 +48,8 @@ impl Verdict {
 /// endpoint sets `allow_encoded_slash` (fail closed when policies disagree).
 pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore, parts: &mut Parts) -> Verdict {
     let method = parts.method.as_str().to_owned();
+    // An `http://` target (absolute-form) is plain HTTP: no credential is swapped into it.
+    let cleartext = parts.uri.scheme() == Some(&http::uri::Scheme::HTTP);
     let target = match (parts.uri.path_and_query(), parts.uri.scheme()) {
         (Some(pq), _) => pq.as_str().to_owned(),
         (None, Some(_)) => "/".to_owned(),
@@ -72,10 +74,11 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
         return Verdict::Refuse { response, decision: Some(decision) };
     };
     parts.uri = uri;
-    match secrets.substitute(parts) {
+    let to = Destination::new(engine, host, port, &canonical.path, cleartext);
+    match secrets.substitute(parts, to, decision.allow) {
         Ok(credentials) => Verdict::Forward { decision, credentials },
         Err(e) => {
-            let response = deny::credential_unresolved(refused(&canonical.path), &e);
+            let response = deny::credential_refused(refused(&canonical.path), &e);
             Verdict::Refuse { response, decision: Some(decision) }
         }
     }

@@ -1,11 +1,12 @@
 //! An inspected connection: after the proxy answered `200` to a CONNECT for an endpoint with
 //! an L7 `protocol`, it hands the client stream here. Each request (HTTP/1.1, or HTTP/2 when
-//! the client negotiated `h2`) is judged ([`super::judge`]), then forwarded on a reused,
+//! the client negotiated `h2`) is judged ([`super::judge`]), its body checked for
+//! placeholders ([`crate::proxy::credentials::finish`]), then forwarded on a reused,
 //! verified upstream connection with both bodies streamed (chunked, `Expect: 100-continue`,
 //! server-sent events as they arrive, trailers); a WebSocket upgrade (the only upgrade ever
 //! passed, to websocket endpoints) is judged as its GET, then relayed as bytes after a `101`
 //! that switches to `websocket`. The wait for each answer head is bounded by the response
-//! timeout (504 on expiry); the proxy's own answers are sent whole before the request body is
+//! timeout (504 on expiry); answers are scrubbed of every secret value; the proxy's own answers are sent whole before the request body is
 //! drained ([`crate::proxy::drain`]); each connection ends with one audit `close` event.
 
 mod closing;
@@ -40,8 +41,9 @@ use tokio::task::JoinHandle;
 
 use super::deny::{self, Refused};
 use super::judge::{Verdict, judge};
-use crate::policy::PolicyEngine;
-use crate::proxy::credentials::SecretStore;
+use crate::policy::{L7Decision, PolicyEngine};
+use crate::proxy::counted::Source;
+use crate::proxy::credentials::{Injection, SecretStore, finish};
 use crate::proxy::drain::then_drain;
 use crate::shutdown::Shutdown;
 use crate::telemetry::AUDIT_TARGET;
@@ -191,16 +193,17 @@ impl State {
         let (host, port) = (self.session.host.as_str(), self.session.port);
         let engine = (self.session.policy)();
         let verdict = judge(&engine, host, port, &self.session.secrets, &mut parts);
-        audit(host, port, parts.method.as_str(), parts.uri.path(), &verdict);
-        if let Verdict::Refuse { response, .. } = verdict {
-            return answer_then_drain(response, body);
-        }
+        let finished = finish(verdict, &mut parts, body, (host, port), self.session.idle_timeout).await;
+        let (credentials, body) = match finished {
+            Ok(forward) => forward,
+            Err((refusal, unread)) => return answer_then_drain(refusal, unread),
+        };
         // The judge refused every upgrade but a WebSocket one to a websocket endpoint.
         let upgrade = wants_upgrade(&parts.headers);
         let client_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
         strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(header::EXPECT);
-        let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
+        let (method, path) = (parts.method.to_string(), credentials.path().to_owned());
         let refused = Refused { host, port, method: &method, path: &path };
         let failed = |e: UpstreamError| {
             let response = e.response(refused);
@@ -209,7 +212,12 @@ impl State {
         };
         let sender = match self.upstream.connection().await {
             Ok(sender) => sender,
-            Err(e) => return answer_then_drain(failed(e), body),
+            Err(e) => {
+                return match body {
+                    Source::Incoming(unread) => answer_then_drain(failed(e), unread),
+                    Source::Whole(_) => failed(e).map(full),
+                };
+            }
         };
         let mut response = match self.upstream.send(sender, Request::from_parts(parts, body)).await {
             Ok(response) => response,
@@ -240,25 +248,57 @@ impl State {
                 }
             });
             *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(relay);
+            credentials.scrub_headers(response.headers_mut());
             return response.map(|_| full(Bytes::new()));
         }
         strip_hop_by_hop(response.headers_mut(), false);
-        response.map(BodyExt::boxed)
+        credentials.response(response).unwrap_or_else(|detail| {
+            deny::upstream_unreachable(Refused { host, port, method: &method, path: &path }, &detail).map(full)
+        })
     }
 }
 
-/// One audit event per request decision (names of credentials only, never values).
+/// One audit event per request decision (names of credentials only, never values; the
+/// path of a forwarded request as judged, before any credential went into it).
 pub(crate) fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &Verdict) {
-    let (action, decision, credentials, reason) = match verdict {
-        Verdict::Forward { decision, credentials } => {
-            let action = if decision.allow { "allow" } else { "audit" };
-            (action, Some(decision), credentials.join(","), decision.reason.clone())
-        }
-        Verdict::Refuse { decision, response } => {
-            let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
-            ("deny", decision.as_ref(), String::new(), body["reason"].as_str().unwrap_or_default().to_owned())
-        }
-    };
+    match verdict {
+        Verdict::Forward { decision, credentials } => audit_forward(host, port, method, decision, credentials),
+        Verdict::Refuse { decision, response } => audit_refusal(host, port, method, path, decision.as_ref(), response),
+    }
+}
+
+/// The audit event of a forwarded request (`audit` for an audited would-be denial).
+pub(crate) fn audit_forward(host: &str, port: u16, method: &str, decision: &L7Decision, credentials: &Injection) {
+    let action = if decision.allow { "allow" } else { "audit" };
+    let keys = credentials.keys().join(",");
+    decision_event(host, port, method, credentials.path(), action, Some(decision), &keys, &decision.reason);
+}
+
+/// The audit event of a refused request; the reason is the refusal's.
+pub(crate) fn audit_refusal(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    decision: Option<&L7Decision>,
+    response: &Response<Bytes>,
+) {
+    let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
+    let reason = body["reason"].as_str().unwrap_or_default();
+    decision_event(host, port, method, path, "deny", decision, "", reason);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decision_event(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    action: &str,
+    decision: Option<&L7Decision>,
+    credentials: &str,
+    reason: &str,
+) {
     let policy = decision.and_then(|d| d.policy.as_deref());
     let rule = decision.and_then(|d| d.rule.as_deref());
     tracing::info!(target: AUDIT_TARGET, action, kind = "l7", host, port, policy, rule, reason, method, path, credentials, "l7 decision");

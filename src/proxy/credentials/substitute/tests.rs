@@ -4,13 +4,33 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::Request;
 
+use super::super::binding::Destination;
 use super::super::{CredentialError, PLACEHOLDER_PREFIX, Snapshot, placeholder};
-use super::{percent_decoded, request};
+use super::Resolver;
 use crate::config::Secret;
+use crate::gateway::provider::{BindingEndpoint, ProviderEnvironment};
 
-fn snapshot(pairs: &[(&str, &str)]) -> Snapshot {
-    let values = pairs.iter().map(|(k, v)| (k.to_string(), Secret::new(*v))).collect();
-    Snapshot::new(values, BTreeSet::new(), "test").unwrap()
+/// Every key bound to `h.example:443`, any path.
+pub(in crate::proxy::credentials) fn snapshot(pairs: &[(&str, &str)]) -> Snapshot {
+    let bound = vec![BindingEndpoint { host: "h.example".into(), port: 443, path: String::new() }];
+    let env = ProviderEnvironment {
+        environment: pairs.iter().map(|(k, v)| (k.to_string(), Secret::new(*v))).collect(),
+        bindings: pairs.iter().map(|(k, _)| (k.to_string(), bound.clone())).collect(),
+        ..Default::default()
+    };
+    Snapshot::from_provider(&env, Default::default()).unwrap()
+}
+
+/// Substitutes for `h.example:443` and the request's own path; returns the keys used.
+fn request(snapshot: &Snapshot, parts: &mut http::request::Parts) -> Result<Vec<String>, CredentialError> {
+    let to = Destination::plain("h.example", 443, parts.uri.path(), false);
+    let mut r = Resolver::new(snapshot, &to);
+    super::request(&mut r, parts)?;
+    Ok(r.used)
+}
+
+fn percent_decoded(s: &str) -> Vec<u8> {
+    form_urlencoded::parse(format!("x={s}").as_bytes()).next().unwrap().1.into_owned().into_bytes()
 }
 
 fn parts(uri: &str, headers: &[(&str, String)]) -> http::request::Parts {
@@ -111,10 +131,12 @@ fn placeholders_in_other_positions_are_refused() {
         ("/".into(), vec![("authorization", format!("Bearer  {ph}"))], "header authorization"),
         ("/".into(), vec![("authorization", format!("Bearer {ph}x-"))], "header authorization"),
         ("/".into(), vec![("x-k", PLACEHOLDER_PREFIX.to_string())], "header x-k"),
-        (format!("/bot{ph}/send"), vec![], "the request path"),
-        ("/bot/openshell%3aresolve%3Aenv%3AAPI_KEY".into(), vec![], "the request path"),
         (format!("/?{ph}=1"), vec![], "a query parameter name"),
-        (format!("/?q=pre-{ph}"), vec![], "query parameter q"),
+        ("/?openshell%3Aresolve%3Aenv%3AAPI_KEY=1".into(), vec![], "a query parameter name"),
+        ("/?q=openshell%253Aresolve%253Aenv%253AAPI_KEY".into(), vec![], "query parameter q (an encoded placeholder)"),
+        ("/a/openshell%253Aresolve%253Aenv%253AAPI_KEY".into(), vec![], "the request path (an encoded placeholder)"),
+        ("/a/openshell:resolve:env:".into(), vec![], "the request path (a placeholder without a key)"),
+        ("/".into(), vec![("x-k", "openshell%3Aresolve%3Aenv%3AAPI_KEY".into())], "header x-k"),
         (
             "/".into(),
             vec![("authorization", format!("Basic {}", STANDARD.encode(format!("u:x{ph}"))))],
@@ -142,8 +164,46 @@ fn a_value_that_is_not_a_header_value_is_unusable_and_not_shown() {
 }
 
 #[test]
-fn percent_decoding_for_detection() {
-    assert_eq!(percent_decoded("a%3Ab+c%zz%4"), b"a:b c%zz%4");
+fn path_segments_and_query_values_take_placeholders_anywhere_in_them() {
+    let ph = placeholder("PASS");
+    let mut p = parts(&format!("/bot{ph}/send/openshell%3Aresolve%3Aenv%3AAPI_KEY?q=pre-{ph}-post&k=x"), &[]);
+    assert_eq!(request(&store(), &mut p).unwrap(), ["PASS", "API_KEY"]);
+    assert_eq!(p.uri.path(), "/botp%40ss%20w%3Ard%2F%2B%26%3D/send/sk-live-123");
+    assert_eq!(p.uri.query(), Some("q=pre-p%40ss+w%3Ard%2F%2B%26%3D-post&k=x"));
+}
+
+#[test]
+fn encoded_forms_written_are_remembered_for_scrubbing() {
+    let ph = placeholder("PASS");
+    let creds = STANDARD.encode(format!("{}:x", placeholder("USER")));
+    let mut p = parts(&format!("/a/{ph}?q={ph}"), &[("authorization", format!("Basic {creds}"))]);
+    let snap = store();
+    let to = Destination::plain("h.example", 443, p.uri.path(), false);
+    let mut r = Resolver::new(&snap, &to);
+    super::request(&mut r, &mut p).unwrap();
+    let forms: Vec<(String, String)> = r
+        .forms
+        .iter()
+        .map(|(w, s)| (String::from_utf8(w.clone()).unwrap(), String::from_utf8(s.clone()).unwrap()))
+        .collect();
+    assert!(forms.contains(&(STANDARD.encode("alice:x"), creds.clone())), "{forms:?}");
+    assert!(forms.contains(&("p%40ss%20w%3Ard%2F%2B%26%3D".into(), ph.clone())), "{forms:?}");
+    assert!(forms.contains(&("p%40ss+w%3Ard%2F%2B%26%3D".into(), ph.clone())), "{forms:?}");
+    assert!(!forms.iter().any(|(w, _)| w == "alice"), "a raw value is the snapshot's, not a form");
+}
+
+#[test]
+fn a_key_not_bound_here_is_refused_naming_key_and_host() {
+    let mut p = parts("/", &[("x-api-key", placeholder("API_KEY"))]);
+    let to = Destination::plain("other.example", 443, "/", false);
+    let snap = store();
+    let e = super::request(&mut Resolver::new(&snap, &to), &mut p).unwrap_err();
+    assert!(matches!(&e, CredentialError::NotBound { key, host, .. } if key == "API_KEY" && host == "other.example"));
+    assert!(e.to_string().contains("h.example:443 only"), "{e}");
+    assert_eq!(p.headers["x-api-key"], placeholder("API_KEY").as_str(), "nothing changed");
+    let to = Destination::plain("h.example", 80, "/", true);
+    let e = super::request(&mut Resolver::new(&snap, &to), &mut p).unwrap_err();
+    assert!(matches!(&e, CredentialError::Cleartext { key } if key == "API_KEY"), "{e}");
 }
 
 /// xorshift64*: deterministic generated requests, no extra crate.
@@ -258,4 +318,22 @@ fn a_placeholder_in_the_authority_is_refused() {
             "{uri}: {err}"
         );
     }
+}
+
+#[test]
+fn an_injection_shows_no_value_in_debug() {
+    let store = super::super::SecretStore::from_provider(&ProviderEnvironment {
+        environment: [("PASS".to_owned(), Secret::new("p@ss w:rd"))].into(),
+        bindings: [(
+            "PASS".to_owned(),
+            vec![BindingEndpoint { host: "h.example".into(), port: 443, path: String::new() }],
+        )]
+        .into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut p = parts(&format!("/a/{}", placeholder("PASS")), &[]);
+    let injection = store.substitute(&mut p, Destination::plain("h.example", 443, "/a", false), true).unwrap();
+    let debug = format!("{injection:?}");
+    assert!(injection.keys() == ["PASS"] && !debug.contains("p%40ss") && !debug.contains("112, 37"), "{debug}");
 }

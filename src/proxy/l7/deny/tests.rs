@@ -42,9 +42,9 @@ fn policy_denial_names_policy_method_and_path() {
 }
 
 #[test]
-fn credential_unresolved_names_the_key_only() {
+fn credential_refusals_name_the_key_only() {
     let e = CredentialError::Unresolved { key: "GITHUB_TOKEN".into() };
-    let r = credential_unresolved(REQUEST, &e);
+    let r = credential_refused(REQUEST, &e);
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(r.headers()[POLICY_HEADER], "deny");
     assert_json_close(&r);
@@ -53,7 +53,18 @@ fn credential_unresolved_names_the_key_only() {
     let reason = b["reason"].as_str().unwrap();
     assert!(reason.contains("`GITHUB_TOKEN`") && !reason.starts_with("credential_unresolved"), "{reason}");
     let misplaced = CredentialError::Misplaced { place: "header cookie".into() };
-    assert!(body(&credential_unresolved(REQUEST, &misplaced))["reason"].as_str().unwrap().contains("header cookie"));
+    assert!(body(&credential_refused(REQUEST, &misplaced))["reason"].as_str().unwrap().contains("header cookie"));
+    let hint = "the gateway binds it to api.github.com:443 only".to_owned();
+    let e = CredentialError::NotBound { key: "GITHUB_TOKEN".into(), host: "pypi.org".into(), port: 443, hint };
+    let r = credential_refused(REQUEST, &e);
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let b = body(&r);
+    assert_eq!(b["error"], "credential_not_bound");
+    let reason = b["reason"].as_str().unwrap();
+    assert!(reason.starts_with("`GITHUB_TOKEN` may not be sent to pypi.org:443: the gateway binds"), "{reason}");
+    let r = credential_refused(REQUEST, &CredentialError::BodyTooLarge { limit: 262_144 });
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body(&r)["error"], "payload_too_large");
 }
 
 #[test]

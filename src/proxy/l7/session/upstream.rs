@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 
 use super::Dial;
-use crate::proxy::counted::{Counted, answer_within};
+use crate::proxy::counted::{Counted, Source, answer_within};
 use crate::proxy::l7::deny::{self, ANSWER_IN_TIME, CONNECT_IN_TIME, HANDSHAKE_IN_TIME, Refused};
 
 /// Why a request could not be exchanged with the upstream.
@@ -102,7 +102,7 @@ impl Upstream {
     pub(super) async fn send(
         &self,
         sender: Sender,
-        request: Request<Incoming>,
+        request: Request<impl Into<Source>>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let (parts, body) = request.into_parts();
         let (body, sent) = Counted::request(body, Arc::default(), self.body_idle);

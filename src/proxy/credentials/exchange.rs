@@ -1,0 +1,189 @@
+//! One inspected request's credentials from judgement to answer: the head swapped when the
+//! judgement forwards it, then the body, then `Accept-Encoding: identity` when anything was
+//! swapped in; and the answer scrubbed of every secret value and every form of one the
+//! proxy wrote into this request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::binding::Destination;
+use super::scrub::{Scrubbed, Scrubber};
+use super::substitute::{self, Resolver};
+use super::{CredentialError, Snapshot, body};
+use crate::proxy::counted::Source;
+use crate::proxy::l7::deny::{self, Refused};
+use crate::proxy::l7::judge::Verdict;
+use crate::proxy::l7::session::{Body, audit_forward, audit_refusal};
+
+/// The body stage of a judged request to `host:port` (see [`Injection::finish_request`]),
+/// then its audit event. `Ok`: forward the head with this body, and scrub the answer with
+/// the injection; `Err`: the refusal to answer (nothing goes upstream) and the request body,
+/// whatever of it was not read yet, to drain once the refusal is sent.
+pub async fn finish(
+    verdict: Verdict,
+    parts: &mut Parts,
+    incoming: Incoming,
+    (host, port): (&str, u16),
+    idle: Duration,
+) -> Result<(Injection, Source), (Response<Bytes>, Incoming)> {
+    let method = parts.method.as_str().to_owned();
+    match verdict {
+        Verdict::Forward { decision, mut credentials } => match credentials.finish_request(parts, incoming, idle).await
+        {
+            Ok(body) => {
+                audit_forward(host, port, &method, &decision, &credentials);
+                Ok((credentials, body))
+            }
+            Err((e, unread)) => {
+                let refused = Refused { host, port, method: &method, path: credentials.path() };
+                let response = deny::credential_refused(refused, &e);
+                audit_refusal(host, port, &method, credentials.path(), Some(&decision), &response);
+                Err((response, unread))
+            }
+        },
+        // A judged refusal left the target as judged.
+        Verdict::Refuse { response, decision } => {
+            audit_refusal(host, port, &method, parts.uri.path(), decision.as_ref(), &response);
+            Err((response, incoming))
+        }
+    }
+}
+
+/// What one forwarded request carries, and how its answer is scrubbed.
+pub struct Injection {
+    snapshot: Arc<Snapshot>,
+    to: Destination,
+    /// Placeholders are swapped (false for an audited would-be denial: they stay literal).
+    swap: bool,
+    keys: Vec<String>,
+    forms: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The answer has no body (a HEAD request).
+    bodiless: bool,
+}
+
+impl std::fmt::Debug for Injection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The encoded forms are secrets too: counted, never shown.
+        f.debug_struct("Injection")
+            .field("to", &self.to)
+            .field("swap", &self.swap)
+            .field("keys", &self.keys)
+            .field("forms", &self.forms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Injection {
+    /// Swaps the head's placeholders for `to` when `swap` (see [`super::SecretStore::substitute`]).
+    pub(super) fn head(
+        snapshot: Arc<Snapshot>,
+        to: Destination,
+        swap: bool,
+        parts: &mut Parts,
+    ) -> Result<Self, CredentialError> {
+        let mut injection = Injection {
+            snapshot,
+            to,
+            swap,
+            keys: Vec::new(),
+            forms: Vec::new(),
+            bodiless: parts.method == Method::HEAD,
+        };
+        if swap {
+            let mut r = Resolver::new(&injection.snapshot, &injection.to);
+            substitute::request(&mut r, parts)?;
+            let (keys, forms) = (r.used, r.forms);
+            injection.keys = keys;
+            injection.forms = forms;
+        }
+        Ok(injection)
+    }
+
+    /// The secret keys swapped in so far (names only: log them).
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// The canonical path as judged, placeholders as the client sent them (for logs and
+    /// answers: the forwarded path may hold a secret).
+    pub fn path(&self) -> &str {
+        &self.to.path
+    }
+
+    /// The body stage (see [`body`]), then `Accept-Encoding: identity` when a secret was
+    /// swapped in, so the answer can be scrubbed. `idle` bounds reading a body whole. `Err`
+    /// holds the body (what of it is not read yet) with the refusal.
+    pub async fn finish_request(
+        &mut self,
+        parts: &mut Parts,
+        incoming: Incoming,
+        idle: Duration,
+    ) -> Result<Source, (CredentialError, Incoming)> {
+        let source = if self.swap && !self.to.cleartext && self.snapshot.keys().next().is_some() {
+            let mut r = Resolver::new(&self.snapshot, &self.to);
+            r.used = std::mem::take(&mut self.keys);
+            r.forms = std::mem::take(&mut self.forms);
+            let result = body::body(&mut r, parts, incoming, idle).await;
+            (self.keys, self.forms) = (r.used, r.forms);
+            result?
+        } else {
+            incoming.into()
+        };
+        if !self.keys.is_empty() {
+            parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        }
+        Ok(source)
+    }
+
+    /// The answer to forward: headers and body scrubbed when there is anything to scrub,
+    /// `Content-Length` dropped when the body is scrubbed. `Err` (the reason) when a
+    /// request that carried a secret got a compressed answer, which cannot be scrubbed.
+    pub fn response(&self, mut response: Response<Incoming>) -> Result<Response<Body>, String> {
+        let scrubber = self.scrubber();
+        let Some(scrubber) = scrubber else { return Ok(response.map(BodyExt::boxed)) };
+        if !self.keys.is_empty()
+            && let Some(encoding) = response.headers().get(header::CONTENT_ENCODING)
+            && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+        {
+            let shown = String::from_utf8_lossy(encoding.as_bytes()).chars().take(32).collect::<String>();
+            return Err(format!(
+                "it answered with `Content-Encoding: {shown}` to a request carrying a credential although the proxy asked for `identity`; a compressed answer cannot be checked for a reflected secret"
+            ));
+        }
+        scrubber.headers(response.headers_mut());
+        let status = response.status();
+        if self.bodiless
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(response.map(BodyExt::boxed));
+        }
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        Ok(response.map(|body| Scrubbed::new(body, scrubber).boxed()))
+    }
+
+    /// Scrubs the headers of an answer whose body is not forwarded through [`Self::response`]
+    /// (a `101`).
+    pub fn scrub_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(scrubber) = self.scrubber() {
+            scrubber.headers(headers);
+        }
+    }
+
+    /// The snapshot's scrubber, with this request's encoded forms added when it has any.
+    fn scrubber(&self) -> Option<Arc<Scrubber>> {
+        if self.forms.is_empty() {
+            return self.snapshot.scrubber().cloned();
+        }
+        let pairs = self.snapshot.scrub_pairs().chain(self.forms.iter().cloned());
+        Scrubber::new(pairs).map(Arc::new)
+    }
+}
