@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::Exit;
 use crate::cli::{EvalArgs, PolicyCommand};
-use crate::policy::model::{Endpoint, L7Rule, Policy};
+use crate::policy::model::{Endpoint, L7Rule, Policy, Protocol};
 use crate::policy::{self, PolicyEngine, PolicyError, RegoRules};
 use crate::proxy::l7::judge::decide;
 
@@ -114,6 +114,7 @@ fn endpoint_line(ep: &Endpoint) -> String {
     let mut line = format!("{}:{ports}", ep.host);
     match ep.protocol {
         None => line.push_str(" L4 (bytes relayed, no inspection)"),
+        Some(Protocol::Tcp) => line.push_str(" tcp (bytes relayed, also on transparent connections)"),
         Some(proto) => {
             let _ = write!(line, " {}", proto.as_str());
             line.push_str(if ep.intercepts_tls() { " tls=terminate" } else { " tls=skip" });

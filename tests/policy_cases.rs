@@ -556,8 +556,30 @@ fn rules_without_a_protocol_are_refused() {
     let yaml = format!("{HEAD}      - host: a.example.com\n        port: 443\n        access: read-only\n");
     assert_eq!(
         error(&yaml),
-        "network_policies.p.endpoints[0].access (line 7): `access` is only applied to inspected requests; add `protocol: rest` (or `websocket`) to this endpoint"
+        "network_policies.p.endpoints[0].access (line 7): `access` is only applied to inspected requests; use `protocol: rest` (or `websocket`) on this endpoint"
     );
+}
+
+#[test]
+fn a_tcp_endpoint_is_l4_and_takes_no_rules_or_tls() {
+    let e = one("db.example.com", "        port: 5432\n        protocol: tcp\n");
+    assert!(allows(&e, "db.example.com", 5432) && !allows(&e, "db.example.com", 5433));
+    let decision = e.network("db.example.com", 5432);
+    let ep = e.matched(&decision).next().unwrap();
+    assert!(ep.is_raw_tcp() && !ep.inspects() && !ep.intercepts_tls());
+    let any = e.request("db.example.com", 5432, &L7Request { method: "DELETE", path: "/x", query: "" });
+    assert!(any.allow, "a tcp endpoint, like an L4 one, allows every request on its connections: {any:?}");
+    for (key, value) in [("access", "read-only"), ("rules", "[{allow: {method: GET}}]"), ("deny_rules", "[{method: GET}]")] {
+        let yaml = format!("{HEAD}      - host: a.example.com\n        port: 5432\n        protocol: tcp\n        {key}: {value}\n");
+        assert!(error(&yaml).contains(&format!("`{key}` is only applied to inspected requests")), "{key}");
+    }
+    let yaml = format!("{HEAD}      - host: a.example.com\n        port: 5432\n        protocol: tcp\n        tls: skip\n");
+    assert_eq!(
+        error(&yaml),
+        "network_policies.p.endpoints[0].tls (line 8): `tls` applies to `rest` and `websocket` endpoints; a `tcp` endpoint relays bytes and never intercepts"
+    );
+    let yaml = format!("{HEAD}      - host: a.example.com\n        port: 5432\n        protocol: udp\n");
+    assert!(error(&yaml).contains("use one of: rest, websocket, tcp"), "{}", error(&yaml));
 }
 
 #[test]

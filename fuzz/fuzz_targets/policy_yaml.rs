@@ -113,25 +113,27 @@ fn endpoint(e: &Endpoint) -> String {
     let mut m = vec![
         ("host".to_owned(), q(e.host.as_str())),
         ("ports".to_owned(), list(e.ports.iter().map(u16::to_string))),
-        (
-            "tls".to_owned(),
-            q(match e.tls {
-                openshell_sandbox::policy::model::TlsMode::Terminate => "terminate",
-                openshell_sandbox::policy::model::TlsMode::Skip => "skip",
-            }),
-        ),
         ("enforcement".to_owned(), q(e.enforcement.as_str())),
         ("allowed_ips".to_owned(), list(e.allowed_ips.iter().map(|n| q(&n.to_string())))),
         ("allow_encoded_slash".to_owned(), e.allow_encoded_slash.to_string()),
         ("request_body_credential_rewrite".to_owned(), e.request_body_credential_rewrite.to_string()),
     ];
+    if e.is_raw_tcp() {
+        m.push(("protocol".to_owned(), q("tcp")));
+    } else {
+        let tls = match e.tls {
+            openshell_sandbox::policy::model::TlsMode::Terminate => "terminate",
+            openshell_sandbox::policy::model::TlsMode::Skip => "skip",
+        };
+        m.push(("tls".to_owned(), q(tls)));
+    }
     if let Some(provider) = &e.credential_binding {
         m.push(("credential_binding".to_owned(), map([("provider".to_owned(), q(provider))])));
     }
     if let Some(path) = &e.path {
         m.push(("path".to_owned(), q(path.as_str())));
     }
-    if let Some(protocol) = e.protocol {
+    if let Some(protocol) = e.protocol.filter(|p| p.inspects()) {
         m.push(("protocol".to_owned(), q(protocol.as_str())));
         match e.access {
             Some(access) => m.push(("access".to_owned(), q(access.as_str()))),

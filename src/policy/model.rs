@@ -100,7 +100,8 @@ pub struct Endpoint {
     pub host: HostPattern,
     /// Allowed destination ports (from `port` or `ports`), sorted, no duplicates.
     pub ports: Vec<u16>,
-    /// L7 protocol; `None` means the connection is relayed as bytes (L4 only).
+    /// `protocol`: `rest`/`websocket` inspect requests; `tcp` and `None` relay bytes (L4).
+    /// Only `tcp` admits arbitrary bytes on transparent connections (docs/transparent.md).
     pub protocol: Option<Protocol>,
     /// Whether CONNECT tunnels to this endpoint are intercepted (`terminate`) or relayed (`skip`).
     pub tls: TlsMode,
@@ -133,9 +134,19 @@ pub fn is_provider_name(name: &str) -> bool {
 }
 
 impl Endpoint {
+    /// Requests to this endpoint are judged one by one (`rest` or `websocket`).
+    pub fn inspects(&self) -> bool {
+        self.protocol.is_some_and(Protocol::inspects)
+    }
+
     /// Requests on a CONNECT tunnel to this endpoint are decrypted and judged one by one.
     pub fn intercepts_tls(&self) -> bool {
-        self.protocol.is_some() && self.tls == TlsMode::Terminate
+        self.inspects() && self.tls == TlsMode::Terminate
+    }
+
+    /// `protocol: tcp`: any bytes may be relayed, also on transparent connections.
+    pub fn is_raw_tcp(&self) -> bool {
+        self.protocol == Some(Protocol::Tcp)
     }
 }
 
@@ -147,14 +158,23 @@ pub enum Protocol {
     Rest,
     /// Like `rest`; the upgrade request is judged, then frames are relayed.
     Websocket,
+    /// Raw TCP: bytes relayed, never parsed; the one kind a transparent client may send
+    /// anything to (database drivers, SSH, any protocol).
+    Tcp,
 }
 
 impl Protocol {
+    /// Whether requests are inspected (HTTP judged by the L7 rules).
+    pub fn inspects(self) -> bool {
+        matches!(self, Protocol::Rest | Protocol::Websocket)
+    }
+
     /// The protocol's name as written in a policy.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Rest => "rest",
             Protocol::Websocket => "websocket",
+            Protocol::Tcp => "tcp",
         }
     }
 }

@@ -70,7 +70,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
         return drained(refusal.response(&host, port, subject.request), req.into_body());
     }
     let endpoints: Vec<&Endpoint> = engine.matched(&decision).collect();
-    let (req, path) = if endpoints.iter().any(|e| e.protocol.is_some()) {
+    let (req, path) = if endpoints.iter().any(|e| e.inspects()) {
         match inspect_http(req, &host, port, &engine, &ctx.secrets) {
             Ok(req) => {
                 let path = req.uri().path().to_owned();

@@ -82,7 +82,7 @@ pub fn build(endpoints: &[FlatEndpoint]) -> Value {
             "suffix": suffix,
             "regex": regex,
             "ports": ep.ports,
-            "protocol": ep.protocol.map_or("", Protocol::as_str),
+            "protocol": ep.protocol.filter(|p| p.inspects()).map_or("", Protocol::as_str),
             "enforcement": ep.enforcement.as_str(),
             "rules": rules,
             "deny_rules": deny_rules,

@@ -53,7 +53,8 @@ pub(super) fn endpoint(cx: &mut Cx, path: &str, node: &Node) -> Option<Endpoint>
     };
     let ports = ports(cx, path, map);
     let protocol = get(map, "protocol").and_then(|n| {
-        cx.one_of(&format!("{path}.protocol"), n, &[("rest", Protocol::Rest), ("websocket", Protocol::Websocket)])
+        let kinds = [("rest", Protocol::Rest), ("websocket", Protocol::Websocket), ("tcp", Protocol::Tcp)];
+        cx.one_of(&format!("{path}.protocol"), n, &kinds)
     });
     let tls = get(map, "tls")
         .and_then(|n| {
@@ -93,13 +94,16 @@ pub(super) fn endpoint(cx: &mut Cx, path: &str, node: &Node) -> Option<Endpoint>
             "`access` and `rules` cannot be combined; use `access` for a preset or `rules` for your own list",
         );
     }
-    if protocol.is_none() {
+    if let (Some(Protocol::Tcp), Some(n)) = (protocol, get(map, "tls")) {
+        cx.issue(&format!("{path}.tls"), n, "`tls` applies to `rest` and `websocket` endpoints; a `tcp` endpoint relays bytes and never intercepts");
+    }
+    if !protocol.is_some_and(Protocol::inspects) {
         for key in ["access", "rules", "deny_rules"] {
             if let Some(n) = get(map, key) {
                 cx.issue(
                     &format!("{path}.{key}"),
                     n,
-                    format!("`{key}` is only applied to inspected requests; add `protocol: rest` (or `websocket`) to this endpoint"),
+                    format!("`{key}` is only applied to inspected requests; use `protocol: rest` (or `websocket`) on this endpoint"),
                 );
             }
         }

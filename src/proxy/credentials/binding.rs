@@ -35,7 +35,7 @@ impl Destination {
         let decision = engine.network(host, port);
         let mut providers = Vec::new();
         let mut body_rewrite = false;
-        for e in engine.matched(&decision).filter(|e| e.protocol.is_some()) {
+        for e in engine.matched(&decision).filter(|e| e.inspects()) {
             body_rewrite |= e.request_body_credential_rewrite;
             if let Some(provider) = &e.credential_binding
                 && e.path.as_ref().is_none_or(|scope| scope.matches(path))

@@ -104,6 +104,6 @@ pub fn decide(
 /// fail closed when policies disagree.
 fn every_inspected(engine: &PolicyEngine, host: &str, port: u16, flag: impl Fn(&Endpoint) -> bool) -> bool {
     let l4 = engine.network(host, port);
-    let mut l7 = engine.matched(&l4).filter(|e| e.protocol.is_some()).peekable();
+    let mut l7 = engine.matched(&l4).filter(|e| e.inspects()).peekable();
     l7.peek().is_some() && l7.all(flag)
 }
