@@ -126,6 +126,7 @@ async fn start_proxy(
         inference_routes: None,
         upstream_ca_file: Some(ca_file),
         limits: ProxyLimits::default(),
+        dns: None,
     };
     let prepared = prepare(config).unwrap();
     let listeners = Listeners::bind(prepared.config()).await.unwrap();

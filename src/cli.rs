@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 use crate::config::ConfigError;
-use crate::config::layers::{AgentLayer, CommonLayer, GatewayLayer, LogLayer, ProxyLayer};
+use crate::config::layers::{AgentLayer, AgentNetLayer, CommonLayer, GatewayLayer, LogLayer, ProxyLayer};
 
 /// The sandbox supervisor of the OpenShell proxy-sidecar topology.
 #[derive(Parser, Debug)]
@@ -80,6 +80,8 @@ pub enum Command {
     Healthcheck(ModeSelect),
     /// Print the effective configuration of a mode (flags > environment > file > defaults) as JSON.
     Config(ModeSelect),
+    /// Hold the agent's network namespace: route 198.18.0.0/15 via the proxy, drop every capability, wait for SIGTERM (docs/podman.md).
+    AgentNet(AgentNetLayer),
 }
 
 /// Proxy-mode flags.

@@ -19,7 +19,7 @@ pub use agent::{AgentConfig, SeccompChoice};
 pub use gateway::TOKEN_ENV;
 pub use gateway::{GatewayConfig, GatewayEndpoint, GatewayTls, TokenSource};
 pub use layers::{FileConfig, LogFormat, ValidationFailureMode};
-pub use proxy::{ProxyConfig, ProxyLimits};
+pub use proxy::{DnsConfig, ProxyConfig, ProxyLimits};
 
 use crate::{Exit, ExitStatus};
 

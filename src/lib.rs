@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod agent_net;
 pub mod cli;
 pub mod config;
 pub mod gateway;
@@ -13,6 +14,7 @@ mod health;
 pub mod policy;
 mod policy_cmd;
 pub mod proxy;
+pub mod route;
 pub mod sandbox;
 pub mod shutdown;
 pub mod telemetry;
@@ -81,6 +83,9 @@ pub enum Error {
     /// Agent mode failed.
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
+    /// The agent's network holder failed.
+    #[error(transparent)]
+    AgentNet(#[from] agent_net::AgentNetError),
 }
 
 impl ExitStatus for Error {
@@ -91,6 +96,7 @@ impl ExitStatus for Error {
             Error::Telemetry(_) => Exit::Usage,
             Error::Proxy(e) => e.exit_status(),
             Error::Agent(e) => e.exit_status(),
+            Error::AgentNet(e) => e.exit_status(),
         }
     }
 }
@@ -121,6 +127,14 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
             Ok(agent::run(config, queue)?)
         }
         Command::Policy(cmd) => Ok(policy_cmd::run(cmd)?),
+        Command::AgentNet(args) => {
+            let via = agent_net::via(&args, &file.agent_net)?;
+            let format = cli.log.log_format.or(file.log.log_format).unwrap_or_default();
+            let level =
+                cli.log.log_level.clone().or_else(|| file.log.log_level.clone()).unwrap_or_else(|| "info".into());
+            telemetry::init_with(format, &level, None)?;
+            Ok(agent_net::run(via)?)
+        }
         Command::Healthcheck(select) => match mode_command(select.mode)? {
             ModeCommand::Proxy(args) => Ok(health::proxy(&proxy_config(&cli.log, &args, &file)?)),
             ModeCommand::Agent(args) => Ok(health::agent(&agent_config(&cli.log, args, &file)?)),

@@ -10,6 +10,7 @@ pub mod ca;
 pub mod connect;
 pub mod counted;
 pub mod credentials;
+pub mod dns;
 pub mod drain;
 pub mod gateway_source;
 pub mod l7;
@@ -19,6 +20,7 @@ pub mod server;
 mod startup;
 pub mod tcp_forward;
 pub mod tls;
+pub mod transparent;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -83,6 +85,9 @@ pub enum ProxyError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The synthetic range could not be routed to the proxy.
+    #[error(transparent)]
+    Route(#[from] crate::route::RouteError),
     /// The async runtime or the signal handlers could not be set up.
     #[error("cannot start the proxy runtime: {0}")]
     Runtime(std::io::Error),
@@ -99,6 +104,7 @@ impl ExitStatus for ProxyError {
             ProxyError::Tls(e) => e.exit_status(),
             ProxyError::Routes(e) => e.exit_status(),
             ProxyError::Gateway(e) => e.exit_status(),
+            ProxyError::Route(e) => e.exit_status(),
             ProxyError::Runtime(_) => Exit::Internal,
         }
     }
@@ -119,6 +125,10 @@ pub fn run(config: ProxyConfig, logs: Option<LogQueue>) -> Result<Exit, ProxyErr
             () = shutdown.signalled() => return Ok(()),
         };
         let prepared = prepare_with(config, gateway)?;
+        if prepared.config().dns.is_some() {
+            crate::route::add_local(crate::route::synthetic_range()).await?;
+            crate::route::drop_net_admin()?;
+        }
         let listeners = Listeners::bind(prepared.config()).await?;
         prepared.serve(listeners, shutdown).await
     })?;

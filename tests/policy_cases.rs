@@ -569,11 +569,16 @@ fn a_tcp_endpoint_is_l4_and_takes_no_rules_or_tls() {
     assert!(ep.is_raw_tcp() && !ep.inspects() && !ep.intercepts_tls());
     let any = e.request("db.example.com", 5432, &L7Request { method: "DELETE", path: "/x", query: "" });
     assert!(any.allow, "a tcp endpoint, like an L4 one, allows every request on its connections: {any:?}");
-    for (key, value) in [("access", "read-only"), ("rules", "[{allow: {method: GET}}]"), ("deny_rules", "[{method: GET}]")] {
-        let yaml = format!("{HEAD}      - host: a.example.com\n        port: 5432\n        protocol: tcp\n        {key}: {value}\n");
+    for (key, value) in
+        [("access", "read-only"), ("rules", "[{allow: {method: GET}}]"), ("deny_rules", "[{method: GET}]")]
+    {
+        let yaml = format!(
+            "{HEAD}      - host: a.example.com\n        port: 5432\n        protocol: tcp\n        {key}: {value}\n"
+        );
         assert!(error(&yaml).contains(&format!("`{key}` is only applied to inspected requests")), "{key}");
     }
-    let yaml = format!("{HEAD}      - host: a.example.com\n        port: 5432\n        protocol: tcp\n        tls: skip\n");
+    let yaml =
+        format!("{HEAD}      - host: a.example.com\n        port: 5432\n        protocol: tcp\n        tls: skip\n");
     assert_eq!(
         error(&yaml),
         "network_policies.p.endpoints[0].tls (line 8): `tls` applies to `rest` and `websocket` endpoints; a `tcp` endpoint relays bytes and never intercepts"

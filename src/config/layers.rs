@@ -206,6 +206,28 @@ pub struct ProxyLayer {
     #[arg(long, env = "OPENSHELL_PROXY_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_secs: Option<NonZeroU64>,
+    /// Address (UDP and TCP) of the policy DNS for clients that ignore the proxy, like 10.89.10.2:53; with it the proxy also takes 198.18.0.0/15 as its own (needs CAP_NET_ADMIN once) and serves the policy's ports transparently (docs/transparent.md). Default: none (off).
+    #[arg(long, env = "OPENSHELL_DNS_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_listen: Option<SocketAddr>,
+    /// Most names the policy DNS holds a synthetic address for at once; when all are in use, new names get SERVFAIL. Default: 16384.
+    #[arg(long, env = "OPENSHELL_DNS_MAX_NAMES", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_max_names: Option<NonZeroUsize>,
+    /// Seconds a name keeps its synthetic address after its last answer or connection; only then may the address go to another name. Default: 900.
+    #[arg(long, env = "OPENSHELL_DNS_NAME_LIFETIME_SECS", value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_name_lifetime_secs: Option<NonZeroU64>,
+}
+
+/// `[agent_net]`: the agent's network holder (`openshell-sandbox agent-net`).
+#[derive(Args, Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentNetLayer {
+    /// The proxy's address on the internal network: the agent's route to 198.18.0.0/15 goes through it. Required.
+    #[arg(long, env = "OPENSHELL_AGENT_NET_VIA", value_name = "IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<std::net::Ipv4Addr>,
 }
 
 /// `[agent]`: the agent supervisor.
@@ -256,4 +278,6 @@ pub struct FileConfig {
     pub proxy: ProxyLayer,
     /// `[agent]`
     pub agent: AgentLayer,
+    /// `[agent_net]`
+    pub agent_net: AgentNetLayer,
 }

@@ -50,6 +50,20 @@ pub struct ProxyConfig {
     pub upstream_ca_file: Option<PathBuf>,
     /// Limits and timeouts.
     pub limits: ProxyLimits,
+    /// The policy DNS and the transparent listeners. Default none (off).
+    pub dns: Option<DnsConfig>,
+}
+
+/// The policy DNS and the transparent listeners (docs/transparent.md).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Address of the DNS listeners (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Most names holding a synthetic address at once. Default 16384.
+    pub max_names: usize,
+    /// Time a name keeps its address after its last use. Default 900 s.
+    #[serde(serialize_with = "as_secs")]
+    pub name_lifetime: Duration,
 }
 
 /// Limits and timeouts of the proxy listener.
@@ -144,6 +158,11 @@ impl ProxyConfig {
             inference_routes: cli.inference_routes.clone().or_else(|| f.inference_routes.clone()),
             upstream_ca_file: cli.upstream_ca_file.clone().or_else(|| f.upstream_ca_file.clone()),
             limits: ProxyLimits::resolve(cli, f),
+            dns: cli.dns_listen.or(f.dns_listen).map(|listen| DnsConfig {
+                listen,
+                max_names: cli.dns_max_names.or(f.dns_max_names).map_or(16_384, |n| n.get()),
+                name_lifetime: secs(cli.dns_name_lifetime_secs.or(f.dns_name_lifetime_secs), 900),
+            }),
         })
     }
 }

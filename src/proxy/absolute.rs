@@ -171,7 +171,7 @@ fn inspect_http(
 
 /// The proxy's own `answer` to a request whose `body` is drained once the answer is sent
 /// ([`crate::proxy::drain`]).
-fn drained(answer: Response<Body>, body: Incoming) -> Response<Body> {
+pub(super) fn drained(answer: Response<Body>, body: Incoming) -> Response<Body> {
     then_drain(answer, body).map(BodyExt::boxed)
 }
 

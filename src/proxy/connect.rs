@@ -11,6 +11,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::policy::host::normalize_destination;
@@ -75,27 +77,41 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
     };
     audit::allowed(&subject, decision.policy.as_deref(), rule, &decision.reason);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let idle = ctx.limits.idle_timeout;
-    let host = host.to_owned();
-    let revoked = ctx.policy.revoked(engine.generation());
+    let (host, generation, tunnel_ctx) = (host.to_owned(), engine.generation(), ctx.clone());
     ctx.shutdown.spawn(async move {
         let _permit = permit;
-        let started = Instant::now();
-        let subject = Subject { kind: "connect", host: &host, port, request: None };
         match on_upgrade.await {
             Ok(upgraded) => {
-                let quarantined = async {
-                    revoked.await;
-                    "quarantined"
-                };
-                let relayed = relay(TokioIo::new(upgraded), stream, idle, quarantined).await;
-                let bytes = (relayed.sent, relayed.received);
-                audit::closed(&subject, None, bytes, started.elapsed(), relayed.outcome);
+                tunnel(TokioIo::new(upgraded), stream, &tunnel_ctx, "connect", &host, port, generation).await
             }
             Err(e) => tracing::debug!(host = %host, port, error = %e, "CONNECT client left before the tunnel opened"),
         }
     });
     Response::new(empty())
+}
+
+/// Relays bytes between an allowed client and its upstream until either closes, the link
+/// idles out, or a quarantine deactivates `generation`; then the audit `close` event.
+pub(super) async fn tunnel<IO>(
+    client: IO,
+    upstream: TcpStream,
+    ctx: &Ctx,
+    kind: &'static str,
+    host: &str,
+    port: u16,
+    generation: u64,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let revoked = ctx.policy.revoked(generation);
+    let quarantined = async {
+        revoked.await;
+        "quarantined"
+    };
+    let relayed = relay(client, upstream, ctx.limits.idle_timeout, quarantined).await;
+    let subject = Subject { kind, host, port, request: None };
+    audit::closed(&subject, None, (relayed.sent, relayed.received), started.elapsed(), relayed.outcome);
 }
 
 /// A CONNECT to an endpoint with an L7 `protocol` and `tls: terminate`: the upstream's
@@ -114,21 +130,34 @@ async fn intercept_tls(
 ) -> Response<Body> {
     let (host, port) = (subject.host, subject.port);
     let rule = audit::rule(engine, decision);
-    let target = Target { host, port, endpoints, allow_loopback: ctx.allow_loopback };
-    let checked = upstream::resolve(&target, ctx.limits.connect_timeout).await.and_then(|addrs| {
-        let config = ctx.leaves.sni_server_config(host).map_err(|e| {
-            Refusal::BadRequest(format!("cannot intercept TLS for {host}: {e}; CONNECT to a DNS name or IP address"))
-        })?;
-        Ok((addrs, config))
-    });
-    let (addrs, server_config) = match checked {
-        Ok(checked) => checked,
+    let (server_config, session) = match inspection(host, port, endpoints, ctx).await {
+        Ok(prepared) => prepared,
         Err(refusal) => {
             audit::denied(subject, &refusal, decision.policy.as_deref(), rule);
             return refusal.response(host, port, None);
         }
     };
     audit::allowed(subject, decision.policy.as_deref(), rule, &decision.reason);
+    let generation = Some(engine.generation());
+    serve_upgraded(&mut req, ctx, permit, host, port, generation, move |io, shutdown| {
+        serve_tls(io, server_config, session, shutdown)
+    })
+}
+
+/// What an intercepted connection to `host:port` needs: the upstream's addresses resolved
+/// and SSRF-checked (dialed later, only those), and the client-side TLS configuration with
+/// a leaf for the client's SNI, else for `host`.
+pub(super) async fn inspection(
+    host: &str,
+    port: u16,
+    endpoints: &[&Endpoint],
+    ctx: &Ctx,
+) -> Result<(Arc<rustls::ServerConfig>, Inspected), Refusal> {
+    let target = Target { host, port, endpoints, allow_loopback: ctx.allow_loopback };
+    let addrs = upstream::resolve(&target, ctx.limits.connect_timeout).await?;
+    let server_config = ctx.leaves.sni_server_config(host).map_err(|e| {
+        Refusal::BadRequest(format!("cannot intercept TLS for {host}: {e}; CONNECT to a DNS name or IP address"))
+    })?;
     let (dial_host, timeout) = (host.to_owned(), ctx.limits.connect_timeout);
     let dial: Dial = Arc::new(move || {
         let (host, addrs) = (dial_host.clone(), addrs.clone());
@@ -150,10 +179,7 @@ async fn intercept_tls(
         idle_timeout: ctx.limits.idle_timeout,
         response_timeout: ctx.limits.response_timeout,
     };
-    let generation = Some(engine.generation());
-    serve_upgraded(&mut req, ctx, permit, host, port, generation, move |io, shutdown| {
-        serve_tls(io, server_config, session, shutdown)
-    })
+    Ok((server_config, session))
 }
 
 /// `CONNECT inference.local:443`: no network decision; the connection is served by the
@@ -194,7 +220,7 @@ fn inference(mut req: Request<Incoming>, ctx: &Arc<Ctx>, permit: Arc<OwnedSemaph
 /// quarantine deactivates that generation.
 fn serve_upgraded<F, Fut>(
     req: &mut Request<Incoming>,
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     permit: Arc<OwnedSemaphorePermit>,
     host: &str,
     port: u16,
@@ -206,27 +232,44 @@ where
     Fut: Future<Output = Result<(), SessionError>> + Send + 'static,
 {
     let on_upgrade = hyper::upgrade::on(req);
-    let (host, shutdown, policy) = (host.to_owned(), ctx.shutdown.clone(), ctx.policy.clone());
+    let (host, ctx_owned) = (host.to_owned(), ctx.clone());
     ctx.shutdown.spawn(async move {
         let _permit = permit;
-        let started = Instant::now();
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
-            Err(e) => return tracing::debug!(host, port, error = %e, "CONNECT client left before the tunnel opened"),
-        };
-        let served = match generation {
-            Some(generation) => policy.serve_pinned(generation, &shutdown, |pinned| serve(upgraded, pinned)).await,
-            None => Some(serve(upgraded, shutdown).await),
-        };
-        match served {
-            Some(Ok(())) => {}
-            Some(Err(e @ (SessionError::ClientHandshake { .. } | SessionError::HandshakeTimeout { .. }))) => {
-                tracing::warn!(host, port, "{e} (the client must trust ca-bundle.pem from the shared TLS dir)")
-            }
-            Some(Err(e)) => tracing::debug!(host, port, "{e}"),
-            None => tracing::info!(host, port, "inspected connection cut: the policy that allowed it is quarantined"),
+        match on_upgrade.await {
+            Ok(upgraded) => serve_session(TokioIo::new(upgraded), &ctx_owned, &host, port, generation, serve).await,
+            Err(e) => tracing::debug!(host, port, error = %e, "CONNECT client left before the tunnel opened"),
         }
-        tracing::debug!(host, port, duration_ms = started.elapsed().as_millis() as u64, "inspected connection closed");
     });
     Response::new(empty())
+}
+
+/// Runs `serve` on an accepted client stream of an inspected connection. One decided under
+/// a policy generation (`Some`, not `inference.local`) is closed when a quarantine
+/// deactivates that generation.
+pub(super) async fn serve_session<IO, F, Fut>(
+    io: IO,
+    ctx: &Ctx,
+    host: &str,
+    port: u16,
+    generation: Option<u64>,
+    serve: F,
+) where
+    F: FnOnce(IO, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), SessionError>>,
+{
+    let started = Instant::now();
+    let shutdown = ctx.shutdown.clone();
+    let served = match generation {
+        Some(generation) => ctx.policy.serve_pinned(generation, &shutdown, |pinned| serve(io, pinned)).await,
+        None => Some(serve(io, shutdown).await),
+    };
+    match served {
+        Some(Ok(())) => {}
+        Some(Err(e @ (SessionError::ClientHandshake { .. } | SessionError::HandshakeTimeout { .. }))) => {
+            tracing::warn!(host, port, "{e} (the client must trust ca-bundle.pem from the shared TLS dir)")
+        }
+        Some(Err(e)) => tracing::debug!(host, port, "{e}"),
+        None => tracing::info!(host, port, "inspected connection cut: the policy that allowed it is quarantined"),
+    }
+    tracing::debug!(host, port, duration_ms = started.elapsed().as_millis() as u64, "inspected connection closed");
 }

@@ -2,11 +2,12 @@
 //! leaf issuer and upstream TLS trust built from it), inference routes, listeners, the
 //! shared TLS dir with `child-env.json` and then `.ready` last; serving until shutdown, the drain.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 
 use crate::config::ProxyConfig;
 use crate::policy::RegoRules;
@@ -16,12 +17,15 @@ use crate::volume::{self, CA_BUNDLE_FILE, Ready};
 use super::ProxyError;
 use super::ca::CertificateAuthority;
 use super::credentials::SecretStore;
+use super::dns::{PolicyDns, SyntheticMap, serve_tcp, serve_udp};
 use super::gateway_source::GatewayStart;
 use super::l7::routes::RoutesHandle;
 use super::policy_source::{FileReloader, PolicyHandle, load_engine};
 use super::server::{self, Ctx};
 use super::tcp_forward::{self, ForwardTarget};
 use super::tls::{LeafIssuer, upstream_client_config};
+use super::transparent::{Transparent, serve_ports};
+use crate::route;
 
 /// System root bundles, first found wins (`SSL_CERT_FILE` first).
 const SYSTEM_BUNDLES: &[&str] =
@@ -60,6 +64,8 @@ pub struct Listeners {
     pub proxy: TcpListener,
     /// The gateway forward listener.
     pub forward: Option<TcpListener>,
+    /// The policy DNS (UDP and TCP on one address), when configured.
+    pub dns: Option<(UdpSocket, TcpListener)>,
 }
 
 impl Listeners {
@@ -73,7 +79,18 @@ impl Listeners {
             Some(_) => Some(bind(config.forward_listen, "OPENSHELL_FORWARD_LISTEN").await?),
             None => None,
         };
-        Ok(Listeners { proxy, forward })
+        let dns = match &config.dns {
+            Some(dns) => {
+                let address = dns.listen;
+                let fail = |source| ProxyError::Bind { address, setting: "OPENSHELL_DNS_LISTEN", source };
+                let udp = UdpSocket::bind(address).await.map_err(fail)?;
+                // A DNS port of 0 (tests) gives TCP the port UDP got.
+                let tcp_address = udp.local_addr().map_err(fail)?;
+                Some((udp, bind(tcp_address, "OPENSHELL_DNS_LISTEN").await?))
+            }
+            None => None,
+        };
+        Ok(Listeners { proxy, forward, dns })
     }
 }
 
@@ -200,6 +217,20 @@ impl Prepared {
             inference: self.inference.clone(),
             shutdown: shutdown.clone(),
         });
+        let dns_listen = match (listeners.dns, &config.dns) {
+            (Some((udp, tcp)), Some(dns)) => {
+                let listen = udp.local_addr().map_err(ProxyError::Runtime)?;
+                let map = Arc::new(SyntheticMap::new(route::synthetic_range(), dns.max_names, dns.name_lifetime));
+                let policy_dns = Arc::new(PolicyDns::new(self.policy.clone(), map));
+                let clients = config.allowed_clients.clone();
+                shutdown.spawn(serve_udp(udp, policy_dns.clone(), clients.clone(), shutdown.clone()));
+                shutdown.spawn(serve_tcp(tcp, policy_dns.clone(), clients.clone(), shutdown.clone()));
+                let transparent = Arc::new(Transparent::new(ctx.clone(), policy_dns, clients));
+                shutdown.spawn(serve_ports(transparent, Ipv4Addr::UNSPECIFIED.into(), shutdown.clone()));
+                Some(listen)
+            }
+            _ => None,
+        };
         shutdown.spawn(server::serve(listeners.proxy, ctx, config.allowed_clients.clone()));
         if let (Some(listener), Some(gateway)) = (listeners.forward, &config.gateway) {
             let mut hosts = vec![gateway.endpoint.host.clone()];
@@ -221,7 +252,7 @@ impl Prepared {
             time: volume::now_rfc3339(),
         };
         volume::write_ready(tls_dir, &ready)?;
-        tracing::info!(proxy = %proxy_listen, forward = ?forward_listen, "proxy ready");
+        tracing::info!(proxy = %proxy_listen, forward = ?forward_listen, dns = ?dns_listen, "proxy ready");
         if let Some(gateway) = self.gateway.take() {
             gateway.spawn_pollers(&self.policy, &self.rules, &shutdown);
         }

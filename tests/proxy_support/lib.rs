@@ -47,6 +47,7 @@ pub fn config(dir: &Path, policy: &str) -> ProxyConfig {
         inference_routes: None,
         upstream_ca_file: None,
         limits: ProxyLimits::default(),
+        dns: None,
     }
 }
 

@@ -95,7 +95,11 @@ pub(super) fn endpoint(cx: &mut Cx, path: &str, node: &Node) -> Option<Endpoint>
         );
     }
     if let (Some(Protocol::Tcp), Some(n)) = (protocol, get(map, "tls")) {
-        cx.issue(&format!("{path}.tls"), n, "`tls` applies to `rest` and `websocket` endpoints; a `tcp` endpoint relays bytes and never intercepts");
+        cx.issue(
+            &format!("{path}.tls"),
+            n,
+            "`tls` applies to `rest` and `websocket` endpoints; a `tcp` endpoint relays bytes and never intercepts",
+        );
     }
     if !protocol.is_some_and(Protocol::inspects) {
         for key in ["access", "rules", "deny_rules"] {
