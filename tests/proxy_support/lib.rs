@@ -64,6 +64,8 @@ pub fn allow(entries: &[(&str, u16)]) -> String {
 pub struct TestProxy {
     /// The proxy listener's address.
     pub addr: SocketAddr,
+    /// The policy DNS address (UDP and TCP), when configured.
+    pub dns: Option<SocketAddr>,
     /// Triggers the shutdown.
     pub shutdown: Shutdown,
     /// The policy file (rewrite it to test reloads).
@@ -84,10 +86,11 @@ impl TestProxy {
         let prepared = prepare(config).unwrap();
         let listeners = Listeners::bind(prepared.config()).await.unwrap();
         let addr = listeners.proxy.local_addr().unwrap();
+        let dns = listeners.dns.as_ref().map(|(udp, _)| udp.local_addr().unwrap());
         let shutdown = Shutdown::new();
         let s = shutdown.clone();
         let task = tokio::spawn(async move { prepared.serve(listeners, s).await.unwrap() });
-        TestProxy { addr, shutdown, policy_path, task, dir }
+        TestProxy { addr, dns, shutdown, policy_path, task, dir }
     }
 
     /// The shared TLS dir.
