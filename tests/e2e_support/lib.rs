@@ -171,6 +171,11 @@ pub struct UpstreamTls {
 impl UpstreamTls {
     /// A fresh CA and a leaf for `ip`.
     pub fn new(ip: IpAddr) -> Self {
+        Self::for_names(&[&ip.to_string()])
+    }
+
+    /// A fresh CA and a leaf for each of `names` (DNS names or IP addresses).
+    pub fn for_names(names: &[&str]) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -179,8 +184,8 @@ impl UpstreamTls {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf_params = CertificateParams::new(vec![ip.to_string()]).unwrap();
-        leaf_params.distinguished_name.push(DnType::CommonName, ip.to_string());
+        let mut leaf_params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        leaf_params.distinguished_name.push(DnType::CommonName, names[0]);
         let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
         let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
