@@ -142,22 +142,23 @@ impl Injection {
         Ok(source)
     }
 
-    /// The answer to forward: headers and body scrubbed when there is anything to scrub,
-    /// `Content-Length` dropped when the body is scrubbed. `Err` (the reason) when a
-    /// request that carried a secret got a compressed answer, which cannot be scrubbed.
+    /// The answer to forward: head (headers, HTTP/1 reason phrase) and body scrubbed when
+    /// there is anything to scrub, `Content-Length` dropped when the body is scrubbed. `Err`
+    /// (the reason) when a request that carried a secret got a compressed answer (any
+    /// `Content-Encoding` coding but `identity`, any `Transfer-Encoding` coding but
+    /// `chunked`, in any of the headers), which cannot be scrubbed.
     pub fn response(&self, mut response: Response<Incoming>) -> Result<Response<Body>, String> {
         let scrubber = self.scrubber();
         let Some(scrubber) = scrubber else { return Ok(response.map(BodyExt::boxed)) };
         if !self.keys.is_empty()
-            && let Some(encoding) = response.headers().get(header::CONTENT_ENCODING)
-            && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+            && let Some((name, coding)) = compressed(response.headers())
         {
-            let shown = String::from_utf8_lossy(encoding.as_bytes()).chars().take(32).collect::<String>();
             return Err(format!(
-                "it answered with `Content-Encoding: {shown}` to a request carrying a credential although the proxy asked for `identity`; a compressed answer cannot be checked for a reflected secret"
+                "it answered with `{name}: {coding}` to a request carrying a credential although the proxy asked for `identity`; a compressed answer cannot be checked for a reflected secret"
             ));
         }
         scrubber.headers(response.headers_mut());
+        scrubber.reason(response.extensions_mut());
         let status = response.status();
         if self.bodiless
             || status.is_informational()
@@ -170,11 +171,12 @@ impl Injection {
         Ok(response.map(|body| Scrubbed::new(body, scrubber).boxed()))
     }
 
-    /// Scrubs the headers of an answer whose body is not forwarded through [`Self::response`]
-    /// (a `101`).
-    pub fn scrub_headers(&self, headers: &mut http::HeaderMap) {
+    /// Scrubs the head (headers, reason phrase) of an answer whose body is not forwarded
+    /// through [`Self::response`] (a `101`).
+    pub fn scrub_head<B>(&self, response: &mut Response<B>) {
         if let Some(scrubber) = self.scrubber() {
-            scrubber.headers(headers);
+            scrubber.headers(response.headers_mut());
+            scrubber.reason(response.extensions_mut());
         }
     }
 
@@ -186,4 +188,24 @@ impl Injection {
         let pairs = self.snapshot.scrub_pairs().chain(self.forms.iter().cloned());
         Scrubber::new(pairs).map(Arc::new)
     }
+}
+
+/// The first coding of `headers` that is a compression: a `Content-Encoding` other than
+/// `identity`, or a `Transfer-Encoding` other than `chunked` (hyper does not decode those).
+/// Every header of each name is read, every comma-separated coding in it.
+fn compressed(headers: &http::HeaderMap) -> Option<(&'static str, String)> {
+    let fields = [
+        (header::CONTENT_ENCODING, "Content-Encoding", "identity"),
+        (header::TRANSFER_ENCODING, "Transfer-Encoding", "chunked"),
+    ];
+    for (name, shown, plain) in fields {
+        for value in headers.get_all(&name) {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let coded = text.split(',').map(str::trim).any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(plain));
+            if coded {
+                return Some((shown, text.chars().take(32).collect()));
+            }
+        }
+    }
+    None
 }

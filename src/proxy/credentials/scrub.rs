@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::HeaderValue;
 use hyper::body::{Body, Frame, SizeHint};
+use hyper::ext::ReasonPhrase;
 
 /// Patterns (values) and what replaces each (placeholders).
 pub struct Scrubber {
@@ -99,6 +100,18 @@ impl Scrubber {
                 // Placeholders are printable ASCII: a value stays valid.
                 *value = HeaderValue::from_bytes(&new).unwrap_or_else(|_| HeaderValue::from_static(""));
             }
+        }
+    }
+
+    /// Scrubs an HTTP/1 reason phrase (`HTTP/1.1 401 Bad token <value>`), which hyper keeps
+    /// in the answer's extensions and writes back to an HTTP/1.1 client as it came.
+    pub fn reason(&self, extensions: &mut http::Extensions) {
+        let Some(phrase) = extensions.get::<ReasonPhrase>() else { return };
+        if let Some(new) = self.replace_all(phrase.as_bytes()) {
+            match ReasonPhrase::try_from(new) {
+                Ok(scrubbed) => extensions.insert(scrubbed),
+                Err(_) => extensions.remove::<ReasonPhrase>(),
+            };
         }
     }
 }
