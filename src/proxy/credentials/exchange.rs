@@ -9,12 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Method, Response, StatusCode};
+use http::{Method, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::binding::Destination;
-use super::scrub::{Scrubbed, Scrubber};
+use super::scrub::{self, Scrubber};
 use super::substitute::{self, Resolver};
 use super::{CredentialError, Snapshot, body};
 use crate::proxy::counted::Source;
@@ -142,33 +142,14 @@ impl Injection {
         Ok(source)
     }
 
-    /// The answer to forward: head (headers, HTTP/1 reason phrase) and body scrubbed when
-    /// there is anything to scrub, `Content-Length` dropped when the body is scrubbed. `Err`
-    /// (the reason) when a request that carried a secret got a compressed answer (any
-    /// `Content-Encoding` coding but `identity`, any `Transfer-Encoding` coding but
-    /// `chunked`, in any of the headers), which cannot be scrubbed.
-    pub fn response(&self, mut response: Response<Incoming>) -> Result<Response<Body>, String> {
-        let scrubber = self.scrubber();
-        let Some(scrubber) = scrubber else { return Ok(response.map(BodyExt::boxed)) };
-        if !self.keys.is_empty()
-            && let Some((name, coding)) = compressed(response.headers())
-        {
-            return Err(format!(
-                "it answered with `{name}: {coding}` to a request carrying a credential although the proxy asked for `identity`; a compressed answer cannot be checked for a reflected secret"
-            ));
+    /// The answer to forward, scrubbed when there is anything to scrub (see
+    /// [`scrub::answer`]); a compressed answer is refused only when this request carried a
+    /// secret (nothing else of the agent's could come back in it).
+    pub fn response(&self, response: Response<Incoming>) -> Result<Response<Body>, String> {
+        match self.scrubber() {
+            Some(scrubber) => scrub::answer(&scrubber, response, !self.keys.is_empty(), self.bodiless),
+            None => Ok(response.map(BodyExt::boxed)),
         }
-        scrubber.headers(response.headers_mut());
-        scrubber.reason(response.extensions_mut());
-        let status = response.status();
-        if self.bodiless
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            return Ok(response.map(BodyExt::boxed));
-        }
-        response.headers_mut().remove(header::CONTENT_LENGTH);
-        Ok(response.map(|body| Scrubbed::new(body, scrubber).boxed()))
     }
 
     /// Scrubs the head (headers, reason phrase) of an answer whose body is not forwarded
@@ -188,24 +169,4 @@ impl Injection {
         let pairs = self.snapshot.scrub_pairs().chain(self.forms.iter().cloned());
         Scrubber::new(pairs).map(Arc::new)
     }
-}
-
-/// The first coding of `headers` that is a compression: a `Content-Encoding` other than
-/// `identity`, or a `Transfer-Encoding` other than `chunked` (hyper does not decode those).
-/// Every header of each name is read, every comma-separated coding in it.
-fn compressed(headers: &http::HeaderMap) -> Option<(&'static str, String)> {
-    let fields = [
-        (header::CONTENT_ENCODING, "Content-Encoding", "identity"),
-        (header::TRANSFER_ENCODING, "Transfer-Encoding", "chunked"),
-    ];
-    for (name, shown, plain) in fields {
-        for value in headers.get_all(&name) {
-            let text = String::from_utf8_lossy(value.as_bytes());
-            let coded = text.split(',').map(str::trim).any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(plain));
-            if coded {
-                return Some((shown, text.chars().take(32).collect()));
-            }
-        }
-    }
-    None
 }
