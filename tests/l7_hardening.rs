@@ -495,6 +495,8 @@ async fn overrides_of_the_method_path_or_host_are_judged_or_refused_over_http1_a
         ("x-method-override: PUT", "/items/1"),
         ("x-http-method-override: GET", "/items/1?_method=DELETE"),
         ("x-forwarded-for: 1.2.3.4", "/items/1?_METHOD=patch"),
+        ("x-forwarded-for: 1.2.3.4", "/items/1?x=1;_method=DELETE"),
+        ("x-forwarded-for: 1.2.3.4", "/items/1?x=1%26_method%3DPUT"),
     ];
     let refused = [
         ("x-original-url: /admin", "/items"),

@@ -11,6 +11,7 @@ use super::deny::{self, Refused};
 use super::head;
 use super::path::{Canonical, EncodedSlash, PathError, canonicalize};
 use crate::policy::model::{Endpoint, Enforcement, Protocol};
+use crate::policy::request::query_readings;
 use crate::policy::{L7Decision, L7Request, PolicyEngine};
 use crate::proxy::credentials::{Destination, Injection, SecretStore};
 
@@ -94,13 +95,14 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
 pub const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// The query parameter some frameworks (Laravel, Express's `method-override` with a query
-/// getter) read as the method.
+/// getter) read as the method (its name as [`query_readings`] gives it: lower case).
 const METHOD_PARAMETER: &str = "_method";
 
 /// The canonical form of `target` and the L7 decision for `method` on it to `host:port`:
 /// what the proxy judges, and what `policy eval` reports. A method an upstream may read in
-/// its place (`overrides`, from [`METHOD_OVERRIDES`] headers, and the `_method` query
-/// parameter) is judged too: the request passes only when every one of them would.
+/// its place (`overrides`, from [`METHOD_OVERRIDES`] headers, and every value any reading
+/// of the query gives the `_method` parameter) is judged too: the request passes only when
+/// every one of them would.
 pub fn decide(
     engine: &PolicyEngine,
     host: &str,
@@ -117,9 +119,8 @@ pub fn decide(
     if !decision.allow {
         return Ok((canonical, decision));
     }
-    let from_query = form_urlencoded::parse(query.as_bytes())
-        .filter(|(name, _)| name.eq_ignore_ascii_case(METHOD_PARAMETER))
-        .map(|(_, value)| value.into_owned());
+    // Every reading of the query a deny rule gets (`;` pairs, encoded names, ...).
+    let from_query = query_readings(query).remove(METHOD_PARAMETER).unwrap_or_default();
     let others: Vec<String> = overrides.iter().map(|m| (*m).to_owned()).chain(from_query).collect();
     for other in others {
         let other = other.trim().to_ascii_uppercase();
