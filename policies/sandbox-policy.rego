@@ -8,7 +8,9 @@
 # input.request holds the request as sent (method, path, query_params read strictly) for
 # allow rules, and input.request.deny_view the widest reading of it for deny rules (built
 # by src/policy/request.rs): method upper case, paths lower case with and without a
-# trailing slash, query names lower case with every value any reading gives them.
+# trailing slash and the last segment's extension, query names lower case with every
+# lower-case value any reading gives them (deny rules' query names and globs are lowered
+# in data.policy to match).
 # Every answer is an object with "allow" and "reason"; a missing or malformed answer is
 # treated as a denial by the proxy (fail closed).
 #

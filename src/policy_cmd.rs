@@ -36,7 +36,7 @@ fn eval(args: EvalArgs) -> Result<Exit, PolicyError> {
         (Some(method), Some(target)) if l4.allow => {
             let what = format!("{method} {target} to {}:{}", args.host, args.port);
             // The proxy's own judgement: the same canonical path, the same reading of the query.
-            match decide(&engine, &args.host, args.port, method, target) {
+            match decide(&engine, &args.host, args.port, method, &[], target) {
                 Ok((_, d)) => {
                     let reason = match (d.allow, d.enforcement) {
                         (false, policy::model::Enforcement::Audit) => {

@@ -85,19 +85,40 @@ async fn handler(seen: Arc<Seen>, req: Request<Incoming>) -> Response<BoxBody<By
         "gzip" => {
             Response::builder().header("content-encoding", "gzip").body(Full::new(Bytes::from(key)).boxed()).unwrap()
         }
+        // Compressions spelled so that a look at the first `Content-Encoding` misses them.
+        "gzip2" => encoded(&[("content-encoding", "identity"), ("content-encoding", "gzip")], key),
+        "gzip-list" => encoded(&[("content-encoding", "identity, br")], key),
+        "gzip-hop" => encoded(&[("content-encoding", "gzip"), ("connection", "content-encoding")], key),
+        "gzip-te" => encoded(&[("transfer-encoding", "gzip, chunked")], key),
+        "reason" => {
+            let mut response = Response::builder().status(401).body(Full::new(Bytes::new()).boxed()).unwrap();
+            let phrase = hyper::ext::ReasonPhrase::try_from(format!("Bad key {key}").into_bytes()).unwrap();
+            response.extensions_mut().insert(phrase);
+            response
+        }
         _ => {
             Response::builder().header("x-echo", auth).body(Full::new(Bytes::from(record.to_string())).boxed()).unwrap()
         }
     }
 }
 
-async fn upstream(ca: &Ca) -> (SocketAddr, Arc<Seen>) {
+/// An answer with `headers` and `body`.
+fn encoded(headers: &[(&str, &str)], body: String) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut response = Response::builder();
+    for (name, value) in headers {
+        response = response.header(*name, *value);
+    }
+    response.body(Full::new(Bytes::from(body)).boxed()).unwrap()
+}
+
+/// The upstream, speaking the protocols of `alpn`.
+async fn upstream(ca: &Ca, alpn: &[&[u8]]) -> (SocketAddr, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let state = seen.clone();
     let addr = https_server(
         ca,
         HOST,
-        &[b"h2", b"http/1.1"],
+        alpn,
         || {},
         move |tls| {
             let state = state.clone();
@@ -238,8 +259,14 @@ impl Rig {
     }
 
     async fn for_host(policy: &str, host: &str) -> Rig {
+        Self::with_upstream(policy, host, &[b"h2", b"http/1.1"]).await
+    }
+
+    /// An upstream speaking only the protocols of `alpn` (HTTP/1.1 only: its framing and
+    /// reason phrases reach the proxy whatever the client speaks).
+    async fn with_upstream(policy: &str, host: &str, alpn: &[&[u8]]) -> Rig {
         let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Upstream CA"));
-        let (addr, seen) = upstream(&upstream_ca).await;
+        let (addr, seen) = upstream(&upstream_ca, alpn).await;
         let proxy = proxy(policy, host, &sandbox_ca, &upstream_ca, addr).await;
         Rig { proxy, sandbox_ca, seen }
     }
@@ -421,4 +448,38 @@ async fn a_compressed_answer_to_a_request_with_a_secret_is_refused() {
         let answer = rig.once(h2, "GET", "/v1/gzip", &[], "").await;
         assert_eq!(answer.status, StatusCode::OK, "without a secret the answer passes");
     }
+}
+
+#[tokio::test]
+async fn a_compression_in_any_encoding_header_is_refused_and_a_reason_phrase_scrubbed() {
+    // HTTP/1.1 upstream: `Transfer-Encoding`, `Connection` and reason phrases reach the proxy.
+    let rig = Rig::with_upstream(POLICY, HOST, &[b"http/1.1"]).await;
+    let key = [("x-api-key", placeholder("API_KEY"))];
+    for h2 in [false, true] {
+        for (path, named) in [
+            ("/v1/gzip2", "Content-Encoding: gzip"),
+            ("/v1/gzip-list", "Content-Encoding: identity, br"),
+            ("/v1/gzip-hop", "Content-Encoding: gzip"),
+            ("/v1/gzip-te", "Transfer-Encoding: gzip, chunked"),
+        ] {
+            let answer = rig.once(h2, "GET", path, &key, "").await;
+            refused(&answer, StatusCode::BAD_GATEWAY, "upstream_unreachable");
+            assert!(answer.json()["reason"].as_str().unwrap().contains(named), "{path}: {}", answer.body);
+        }
+        let answer = rig.once(h2, "GET", "/v1/gzip2", &[], "").await;
+        assert_eq!(answer.status, StatusCode::OK, "without a secret the answer passes");
+    }
+    // The reason phrase as an HTTP/1.1 client reads it, on the wire.
+    let mut tls = connect(rig.proxy, HOST, &rig.sandbox_ca, &[b"http/1.1"]).await;
+    let request = format!("GET /v1/reason HTTP/1.1\r\nhost: {HOST}\r\nx-api-key: {}\r\n\r\n", placeholder("API_KEY"));
+    tokio::io::AsyncWriteExt::write_all(&mut tls, request.as_bytes()).await.unwrap();
+    let mut head = vec![0; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut tls, &mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(head.starts_with(&format!("HTTP/1.1 401 Bad key {}\r\n", placeholder("API_KEY"))), "{head}");
+    assert!(!head.contains(SECRET), "{head}");
+    assert_eq!(rig.seen.all().last().unwrap()["x-api-key"], SECRET, "the upstream got the value");
 }

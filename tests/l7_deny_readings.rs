@@ -1,6 +1,7 @@
 //! Deny rules read every spelling of a request through the real proxy: repeated, case-folded,
-//! `;`-separated and encoded query parameters, a subtree's root, trailing slashes, upper
-//! case paths and lower-case methods are denied over HTTP/1.1 and HTTP/2 without reaching
+//! `;`-separated and encoded query parameters, values in any case, padded or cut by a NUL,
+//! queries decoded before the split, a subtree's root, trailing slashes, format suffixes,
+//! upper case paths and lower-case methods are denied over HTTP/1.1 and HTTP/2 without reaching
 //! the upstream, the allowed neighbours of each shape go through, and `policy eval` on the
 //! same policy file gives the same answer for every shape.
 
@@ -70,12 +71,30 @@ const SHAPES: &[(&str, &str, Expect)] = &[
     ("GET", "/o/r.git/info/refs?service=git%252Dreceive-pack", Deny),
     ("GET", "/o/r.git/info/refs/?service=git-receive-pack", Deny),
     ("GET", "/O/R.GIT/INFO/REFS?service=git-receive-pack", Deny),
+    // Values read in any case, trimmed, cut at a NUL (C servers such as git-http-backend
+    // end the string there), and the query decoded whole before it is split.
+    ("GET", "/o/r.git/info/refs?service=GIT-RECEIVE-PACK", Deny),
+    ("GET", "/o/r.git/info/refs?service=git-receive-pack%00", Deny),
+    ("GET", "/o/r.git/info/refs?service=git-receive-pack%00x", Deny),
+    ("GET", "/o/r.git/info/refs?service=git-receive-pack%20", Deny),
+    ("GET", "/o/r.git/info/refs?service=%09git-receive-pack+", Deny),
+    ("GET", "/o/r.git/info/refs?service%3Dgit-receive-pack", Deny),
+    ("GET", "/o/r.git/info/refs?service=git-upload-pack%26service%3Dgit-receive-pack", Deny),
+    ("GET", "/o/r.git/info/refs.php?service=git-receive-pack", Deny),
+    ("GET", "/o/r.git/info/refs?service=git-receive-packs", Allow),
+    ("GET", "/o/r.git/info/refs?service=x%00git-receive-pack", Allow),
     ("GET", "/o/r.git/info/refs?service=git-upload-pack", Allow),
     ("GET", "/o/r.git/info/refs?service=git-upload-pack&x=git-receive-pack", Allow),
     ("GET", "/admin", Deny),
     ("GET", "/admin/", Deny),
     ("GET", "/ADMIN/users", Deny),
     ("GET", "/administrator", Allow),
+    // A format suffix on the last segment (Rails, Spring's suffix matching).
+    ("GET", "/admin.json", Deny),
+    ("GET", "/Admin.tar.gz/", Deny),
+    ("GET", "/private.xml", Deny),
+    ("GET", "/administrator.json", Allow),
+    ("GET", "/private/x.json", Allow),
     ("GET", "/private/", Deny),
     ("GET", "/Private", Deny),
     ("GET", "/private/x", Allow),

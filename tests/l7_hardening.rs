@@ -480,3 +480,55 @@ async fn a_refused_h2_stream_ends_when_the_client_finishes_its_upload_not_with_a
         assert_eq!(body, b"/items", "{frames:?}");
     }
 }
+
+// ---- Headers and parameters upstreams read in place of the judged method, path or host ---
+
+#[tokio::test]
+async fn overrides_of_the_method_path_or_host_are_judged_or_refused_over_http1_and_http2() {
+    let rig = Rig::start().await;
+    let port = rig.rest.addr.port();
+    let ours = format!("localhost:{port}");
+    // The endpoint is read-only: a GET that also names DELETE is judged as DELETE too.
+    let denied = [
+        ("x-http-method-override: DELETE", "/items/1"),
+        ("x-http-method: delete", "/items/1"),
+        ("x-method-override: PUT", "/items/1"),
+        ("x-http-method-override: GET", "/items/1?_method=DELETE"),
+        ("x-forwarded-for: 1.2.3.4", "/items/1?_METHOD=patch"),
+        ("x-forwarded-for: 1.2.3.4", "/items/1?x=1;_method=DELETE"),
+        ("x-forwarded-for: 1.2.3.4", "/items/1?x=1%26_method%3DPUT"),
+    ];
+    let refused = [
+        ("x-original-url: /admin", "/items"),
+        ("x-rewrite-url: /admin", "/items"),
+        ("x-forwarded-host: evil.test", "/items"),
+        ("forwarded: for=1.2.3.4;host=evil.test", "/items"),
+    ];
+    let mut h2 = h2_client_through(rig.proxy.addr, "localhost", port, &rig.proxy.tls_dir()).await;
+    for (cases, status, error) in [(&denied[..], 403, "policy_denied"), (&refused[..], 400, "bad_request")] {
+        for (header, target) in cases {
+            let head = format!("GET {target} HTTP/1.1\r\nhost: {ours}\r\n{header}\r\n\r\n");
+            let response = rig.refused(port, &head, SMUGGLED).await;
+            assert_eq!(
+                (response.status(), response.json()["error"].as_str()),
+                (status, Some(error)),
+                "{header} {target}"
+            );
+            let (name, value) = header.split_once(": ").unwrap();
+            let request =
+                Request::builder().uri(format!("https://{ours}{target}")).header(name, value).body(empty()).unwrap();
+            let (got, body) = h2_exchange(&mut h2, request).await.unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            assert_eq!((got.as_u16(), json["error"].as_str()), (status, Some(error)), "h2 {header} {target}: {json}");
+        }
+    }
+    assert_eq!(rig.rest.received.heads(), 0, "{:?}", rig.rest.received.all());
+    // Overrides that name what the request is, or a method the rules allow, pass.
+    for (header, target) in
+        [("x-http-method-override: HEAD", "/items"), ("x-forwarded-host: localhost", "/items?_method=get")]
+    {
+        let response = rig.raw(port, &format!("GET {target} HTTP/1.1\r\nhost: {ours}\r\n{header}\r\n\r\n")).await;
+        assert_eq!(response.status(), 200, "{header} {target}: {response:?}");
+    }
+    assert_eq!(rig.rest.received.heads(), 2);
+}

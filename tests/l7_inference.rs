@@ -30,6 +30,9 @@ use l7_support::{Ca, ca, connect, write_pem};
 
 type ClientBody = BoxBody<Bytes, Infallible>;
 
+/// What the agent reads where an answer held the route's key.
+const REDACTED: &str = "[inference route key redacted]";
+
 /// What the model server saw, and the switch that lets a stream finish.
 #[derive(Default)]
 struct Seen {
@@ -46,7 +49,19 @@ async fn model_server(seen: Arc<Seen>, req: Request<Incoming>) -> Response<BoxBo
     let streaming = record["body"]["stream"] == true;
     seen.requests.lock().unwrap().push(record.clone());
     if !streaming {
-        return Response::new(Full::new(Bytes::from(record.to_string())).boxed());
+        // The key echoed in a header and, when asked, the reason phrase or a compressed body.
+        let key = record["authorization"].as_str().or(record["x-api-key"].as_str()).unwrap_or_default().to_owned();
+        let mut response = Response::builder().header("x-echo", &key);
+        if record["body"]["gzip"] == true {
+            response = response.header("content-encoding", "identity").header("content-encoding", "gzip");
+        }
+        let mut response = response.body(Full::new(Bytes::from(record.to_string())).boxed()).unwrap();
+        if record["body"]["reason"] == true {
+            *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+            let phrase = hyper::ext::ReasonPhrase::try_from(format!("Bad key {key}").into_bytes()).unwrap();
+            response.extensions_mut().insert(phrase);
+        }
+        return response;
     }
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
@@ -166,7 +181,12 @@ async fn a_chat_completion_is_routed_with_the_routes_key_and_model_and_streams()
     let (status, echo) = send(&mut c, post("/v1/chat/completions", json!({"model": "gpt-x", "messages": []}))).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
     assert_eq!(echo["target"], "/v1/chat/completions");
-    assert_eq!(echo["authorization"], "Bearer route-key-default", "the caller's credentials are replaced");
+    assert_eq!(
+        seen.requests.lock().unwrap()[0]["authorization"],
+        "Bearer route-key-default",
+        "the caller's is replaced"
+    );
+    assert_eq!(echo["authorization"], format!("Bearer {REDACTED}"), "the agent never reads the route's key");
     assert_eq!(echo["cookie"], Value::Null);
     assert_eq!(echo["body"]["model"], "model-of-default");
 
@@ -193,8 +213,9 @@ async fn anthropic_messages_go_to_an_https_route_with_x_api_key() {
     let mut c = client(proxy(&sandbox_ca, routes, &upstream_ca).await, &sandbox_ca).await;
     let (status, echo) = send(&mut c, post("/v1/messages", json!({"model": "m", "max_tokens": 1}))).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
-    assert_eq!((echo["x-api-key"].as_str(), echo["authorization"].as_str()), (Some("route-key-claude"), None));
+    assert_eq!((echo["x-api-key"].as_str(), echo["authorization"].as_str()), (Some(REDACTED), None));
     assert_eq!(echo["body"]["model"], "model-of-claude");
+    assert_eq!(seen.requests.lock().unwrap()[0]["x-api-key"], "route-key-claude");
     assert_eq!(seen.requests.lock().unwrap().len(), 1);
 }
 
@@ -243,7 +264,7 @@ async fn other_paths_are_403_and_large_bodies_413() {
 #[tokio::test]
 async fn an_http2_client_is_served_and_routed_over_http1() {
     let (sandbox_ca, unused_ca) = (ca("Sandbox CA"), ca("Unused CA"));
-    let (addr, _) = upstream(None).await;
+    let (addr, seen) = upstream(None).await;
     let routes = vec![route("default", format!("http://{addr}/v1"), &["openai"], "openai")];
     let proxy = proxy(&sandbox_ca, routes, &unused_ca).await;
     let tls = connect(proxy, "inference.local", &sandbox_ca, &[b"h2"]).await;
@@ -259,8 +280,9 @@ async fn an_http2_client_is_served_and_routed_over_http1() {
     let echo: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(
         (echo["target"].as_str(), echo["authorization"].as_str()),
-        (Some("/v1/embeddings"), Some("Bearer route-key-default"))
+        (Some("/v1/embeddings"), Some(format!("Bearer {REDACTED}").as_str()))
     );
+    assert_eq!(seen.requests.lock().unwrap()[0]["authorization"], "Bearer route-key-default");
 }
 
 /// Sends `req` over HTTP/2 on a fresh connection; returns the status and the JSON echo.
@@ -309,9 +331,61 @@ async fn the_model_in_the_path_and_the_path_override_reach_the_upstream_path() {
         for (status, echo) in [h1, h2] {
             assert_eq!(status, StatusCode::OK, "{echo}");
             assert_eq!(echo["target"], want, "{name}");
-            assert_eq!(echo["authorization"], format!("Bearer route-key-{name}"), "{name}");
+            assert_eq!(echo["authorization"], format!("Bearer {REDACTED}"), "{name}");
         }
+        let last = seen.requests.lock().unwrap().last().unwrap()["authorization"].clone();
+        assert_eq!(last, format!("Bearer route-key-{name}"), "{name}");
     }
     let vertex = seen.requests.lock().unwrap().last().unwrap()["body"].clone();
     assert_eq!(vertex, json!({"max_tokens": 1, "anthropic_version": "vertex-2023-10-16"}), "the model is in the path");
+}
+
+/// An upstream that reflects the route's key (a header, the reason phrase, the body) hands
+/// the agent the redaction, never the key; a compressed answer is refused; over HTTP/1.1
+/// and HTTP/2.
+#[tokio::test]
+async fn the_routes_key_never_reaches_the_agent_in_an_answer() {
+    let (sandbox_ca, unused_ca) = (ca("Sandbox CA"), ca("Unused CA"));
+    let (addr, seen) = upstream(None).await;
+    let routes = vec![route("default", format!("http://{addr}/v1"), &["openai"], "openai")];
+    let proxy = proxy(&sandbox_ca, routes, &unused_ca).await;
+    let body = json!({"model": "m", "messages": []});
+    let mut c = client(proxy, &sandbox_ca).await;
+    tokio::time::timeout(Duration::from_secs(5), c.ready()).await.unwrap().unwrap();
+    let response = c.send_request(post("/v1/chat/completions", body.clone())).await.unwrap();
+    assert_eq!(response.headers()["x-echo"], format!("Bearer {REDACTED}").as_str());
+    assert!(response.headers().get("content-length").is_none(), "the scrubbed length is unknown");
+    let text = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    assert!(text.contains(REDACTED) && !text.contains("route-key"), "{text}");
+    let h2 = send_h2(proxy, &sandbox_ca, post("https://inference.local/v1/chat/completions", body)).await;
+    assert_eq!((h2.0, h2.1["authorization"].as_str()), (StatusCode::OK, Some(format!("Bearer {REDACTED}").as_str())));
+
+    let gzip = json!({"model": "m", "messages": [], "gzip": true});
+    let mut c = client(proxy, &sandbox_ca).await;
+    for (status, answer) in [
+        send(&mut c, post("/v1/chat/completions", gzip.clone())).await,
+        send_h2(proxy, &sandbox_ca, post("https://inference.local/v1/chat/completions", gzip)).await,
+    ] {
+        assert_eq!((status, answer["error"].as_str()), (StatusCode::BAD_GATEWAY, Some("upstream_unreachable")));
+        assert!(answer["reason"].as_str().unwrap().contains("Content-Encoding: gzip"), "{answer}");
+    }
+
+    // The reason phrase, as an HTTP/1.1 client reads it on the wire.
+    let mut tls = connect(proxy, "inference.local", &sandbox_ca, &[b"http/1.1"]).await;
+    let body = json!({"model": "m", "messages": [], "reason": true}).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: inference.local\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut tls, request.as_bytes()).await.unwrap();
+    let mut head = vec![0; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut tls, &mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(head.starts_with(&format!("HTTP/1.1 401 Bad key Bearer {REDACTED}\r\n")), "{head}");
+    let all = seen.requests.lock().unwrap().clone();
+    assert!(all.iter().all(|r| r["authorization"] == "Bearer route-key-default"), "the upstream got the key: {all:?}");
+    assert_eq!(all.len(), 5);
 }

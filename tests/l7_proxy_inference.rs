@@ -123,7 +123,9 @@ async fn a_chat_completion_is_routed_with_the_routes_key_and_model() {
     let (status, echo) = exchange(&mut c, chat(false)).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
     assert_eq!(echo["target"], "/v1/chat/completions");
-    assert_eq!(echo["authorization"], format!("Bearer {ROUTE_KEY}"), "the caller's key is replaced");
+    let saw = seen.requests.lock().unwrap()[0]["authorization"].clone();
+    assert_eq!(saw, format!("Bearer {ROUTE_KEY}"), "the caller's key is replaced");
+    assert_eq!(echo["authorization"], "Bearer [inference route key redacted]", "the echo never shows it");
     assert_eq!(echo["body"]["model"], "route-model");
     assert_eq!(seen.requests.lock().unwrap().len(), 1);
 

@@ -30,12 +30,14 @@ fuzz_target!(|input: Input| {
     let mut chunks = Vec::new();
     let (mut at, mut cuts) = (0, input.cuts.iter().cycle());
     while at < input.body.len() {
-        let n = usize::from(*cuts.next().unwrap_or(&255)).min(input.body.len() - at);
+        let cut = usize::from(*cuts.next().unwrap_or(&255));
+        if cut == 0 {
+            // An empty chunk; the chunk after it takes at least a byte, so cuts of zeros end.
+            chunks.push(Ok(Frame::data(Bytes::new())));
+        }
+        let n = cut.max(1).min(input.body.len() - at);
         chunks.push(Ok::<_, Infallible>(Frame::data(Bytes::copy_from_slice(&input.body[at..at + n]))));
         at += n;
-        if input.cuts.is_empty() && n == 0 {
-            break;
-        }
     }
     let body = Scrubbed::new(StreamBody::new(futures_util::stream::iter(chunks)), scrubber.clone());
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();

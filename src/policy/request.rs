@@ -22,26 +22,39 @@ pub fn parse_query(query: &str) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-/// Every value any reading of the query gives each parameter, keyed by the parameter's name
-/// in ASCII lower case (ASP.NET and others match names case-insensitively). The readings:
-/// pairs separated by `&` alone, or by `&` and `;` (some servers split at `;` too); names
-/// and values as sent, and percent-decoded up to [`MAX_DECODES`] times, with `+` kept or
-/// read as a space at each step. A parameter without `=` has the empty value.
+/// Every value any reading of the query gives each parameter, names and values in ASCII
+/// lower case (ASP.NET and others match names case-insensitively, and many applications
+/// values too; deny globs are lowered to match). The readings: pairs separated by `&`
+/// alone, or by `&` and `;` (some servers split at `;` too), in the query as sent and in
+/// the whole query percent-decoded once (a server that decodes before it splits reads
+/// `a%26service%3Dx` as two pairs); names and values as sent, and
+/// percent-decoded up to [`MAX_DECODES`] times, with `+` kept or read as a space at each
+/// step; each of those also trimmed of whitespace and cut at a NUL (as a C string ends).
+/// A parameter without `=` has the empty value.
 pub fn query_readings(query: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let pairs = query.split('&').chain(query.split(['&', ';']));
-    for pair in pairs.filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let values = spellings(value);
-        for name in spellings(name) {
-            out.entry(name.to_ascii_lowercase()).or_default().extend(values.iter().cloned());
+    for query in whole_decodings(query) {
+        let pairs = query.split('&').chain(query.split(['&', ';']));
+        for pair in pairs.filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let values = spellings(value);
+            for name in spellings(name) {
+                out.entry(name).or_default().extend(values.iter().cloned());
+            }
         }
     }
     out
 }
 
+/// `query` as sent, and percent-decoded whole once when that changes it.
+fn whole_decodings(query: &str) -> Vec<String> {
+    let decoded = percent_decode_str(query).decode_utf8_lossy().into_owned();
+    if decoded == query { vec![decoded] } else { vec![query.to_owned(), decoded] }
+}
+
 /// `raw` as sent, then decoded up to [`MAX_DECODES`] times, each step with `+` kept and
-/// with `+` read as a space.
+/// with `+` read as a space; every one in ASCII lower case, as it is and trimmed of
+/// whitespace, whole and cut at its first NUL.
 fn spellings(raw: &str) -> BTreeSet<String> {
     let plus_as_space = |s: &str| s.replace('+', " ");
     let mut level: BTreeSet<String> = [raw.to_owned(), plus_as_space(raw)].into();
@@ -58,20 +71,40 @@ fn spellings(raw: &str) -> BTreeSet<String> {
         }
         out.extend(level.iter().cloned());
     }
-    out
+    let cut = |s: &str| s.split('\0').next().unwrap_or_default().to_owned();
+    out.iter()
+        .flat_map(|s| [s.clone(), cut(s)])
+        .flat_map(|s| [s.trim().to_owned(), s])
+        .map(|s| s.to_ascii_lowercase())
+        .collect()
 }
 
 /// The forms of a canonical path deny rules are matched against: ASCII lower case (IIS and
 /// other case-insensitive upstreams), with and without a trailing slash (most upstreams
-/// serve `/x` and `/x/` as one resource).
+/// serve `/x` and `/x/` as one resource), and with the last segment's extension removed
+/// from its first or its last `.` (Rails formats and Spring's suffix matching serve
+/// `/admin.json` as `/admin`).
 pub fn deny_paths(path: &str) -> Vec<String> {
     let lower = path.to_ascii_lowercase();
-    let other = match lower.strip_suffix('/') {
-        Some("") => return vec![lower],
-        Some(trimmed) => trimmed.to_owned(),
-        None => format!("{lower}/"),
+    let trimmed = lower.strip_suffix('/').filter(|t| !t.is_empty()).unwrap_or(&lower).to_owned();
+    let mut out = vec![lower.clone()];
+    let mut add = |form: String| {
+        if !out.contains(&form) {
+            out.push(form);
+        }
     };
-    vec![lower, other]
+    if trimmed != "/" {
+        add(format!("{trimmed}/"));
+        add(trimmed.clone());
+    }
+    let (dir, last) = trimmed.rsplit_once('/').unwrap_or(("", &trimmed));
+    for stem in [last.split_once('.'), last.rsplit_once('.')].into_iter().flatten().map(|(stem, _)| stem) {
+        if !stem.is_empty() {
+            add(format!("{dir}/{stem}"));
+            add(format!("{dir}/{stem}/"));
+        }
+    }
+    out
 }
 
 /// The patterns a deny rule's path glob stands for against [`deny_paths`]: the glob in
@@ -83,6 +116,16 @@ pub fn deny_patterns(glob: &str) -> Vec<String> {
         Some(prefix) => vec![lower, prefix],
         None => vec![lower],
     }
+}
+
+/// A deny rule's query matchers as [`query_readings`] meets them: names and globs in ASCII
+/// lower case.
+pub fn deny_query_globs(query: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, globs) in query {
+        out.entry(name.to_ascii_lowercase()).or_default().extend(globs.iter().map(|g| g.to_ascii_lowercase()));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -136,11 +179,33 @@ mod tests {
     }
 
     #[test]
+    fn values_are_read_lowered_trimmed_cut_at_nul_and_decoded_before_the_split() {
+        let service = "git-receive-pack";
+        for query in [
+            "service=GIT-RECEIVE-PACK",
+            "service=git-receive-pack%00",
+            "service=git-receive-pack%00.x",
+            "service=git-receive-pack%20",
+            "service=+git-receive-pack",
+            "service=%09git-receive-pack%0A",
+            "service%3Dgit-receive-pack",
+            "service=git-upload-pack%26service%3Dgit-receive-pack",
+            "x=1%26SERVICE=git-receive-pack",
+        ] {
+            assert!(has(query, "service", service), "{query}: {:?}", query_readings(query));
+        }
+        for query in ["service=git-receive-packs", "service=git-receive-pac", "service=x%00git-receive-pack"] {
+            assert!(!has(query, "service", service), "{query}: {:?}", query_readings(query));
+        }
+    }
+
+    #[test]
     fn decoding_is_bounded() {
-        let deep = format!("q=%25{}41", "25".repeat(5));
+        // Once whole, then up to MAX_DECODES times per value.
+        let deep = format!("q=%25{}41", "25".repeat(4));
         let readings = query_readings(&deep);
-        assert!(readings["q"].len() <= 1 + MAX_DECODES, "{readings:?}");
-        assert!(!readings["q"].contains("A"), "decoded at most {MAX_DECODES} times: {readings:?}");
+        assert!(readings["q"].iter().all(|v| v.contains('%')), "{readings:?}");
+        assert!(!readings["q"].contains("a"), "decoded at most {} times: {readings:?}", MAX_DECODES + 1);
     }
 
     #[test]
@@ -148,6 +213,12 @@ mod tests {
         assert_eq!(deny_paths("/Admin/Users"), ["/admin/users", "/admin/users/"]);
         assert_eq!(deny_paths("/x/"), ["/x/", "/x"]);
         assert_eq!(deny_paths("/"), ["/"]);
+        assert_eq!(deny_paths("/Admin.JSON"), ["/admin.json", "/admin.json/", "/admin", "/admin/"]);
+        assert_eq!(
+            deny_paths("/a/x.tar.gz/"),
+            ["/a/x.tar.gz/", "/a/x.tar.gz", "/a/x", "/a/x/", "/a/x.tar", "/a/x.tar/"]
+        );
+        assert_eq!(deny_paths("/.well-known"), ["/.well-known", "/.well-known/"]);
         assert_eq!(deny_patterns("/Admin/**"), ["/admin/**", "/admin"]);
         assert_eq!(deny_patterns("/**"), ["/**", "/"]);
         assert_eq!(deny_patterns("/x/*"), ["/x/*"]);

@@ -28,7 +28,7 @@ pub use binding::Destination;
 pub use body::BODY_LIMIT;
 pub use env_file::{Entry, parse_env_file};
 pub use exchange::{Injection, finish};
-pub use scrub::{Scrubbed, Scrubber};
+pub use scrub::{Scrubbed, Scrubber, answer as scrub_answer};
 pub use snapshot::Snapshot;
 
 /// What every placeholder starts with; the key follows.

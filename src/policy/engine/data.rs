@@ -72,6 +72,7 @@ pub fn build(endpoints: &[FlatEndpoint]) -> Value {
             .map(|(j, r)| {
                 let mut deny = rule(&format!("{}.deny_rules[{j}]", flat.id), &flat.policy, r);
                 deny["paths"] = json!(request::deny_patterns(&r.path));
+                deny["query"] = json!(request::deny_query_globs(&r.query));
                 deny
             })
             .collect();

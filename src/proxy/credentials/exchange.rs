@@ -9,12 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Method, Response, StatusCode};
+use http::{Method, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::binding::Destination;
-use super::scrub::{Scrubbed, Scrubber};
+use super::scrub::{self, Scrubber};
 use super::substitute::{self, Resolver};
 use super::{CredentialError, Snapshot, body};
 use crate::proxy::counted::Source;
@@ -142,39 +142,22 @@ impl Injection {
         Ok(source)
     }
 
-    /// The answer to forward: headers and body scrubbed when there is anything to scrub,
-    /// `Content-Length` dropped when the body is scrubbed. `Err` (the reason) when a
-    /// request that carried a secret got a compressed answer, which cannot be scrubbed.
-    pub fn response(&self, mut response: Response<Incoming>) -> Result<Response<Body>, String> {
-        let scrubber = self.scrubber();
-        let Some(scrubber) = scrubber else { return Ok(response.map(BodyExt::boxed)) };
-        if !self.keys.is_empty()
-            && let Some(encoding) = response.headers().get(header::CONTENT_ENCODING)
-            && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
-        {
-            let shown = String::from_utf8_lossy(encoding.as_bytes()).chars().take(32).collect::<String>();
-            return Err(format!(
-                "it answered with `Content-Encoding: {shown}` to a request carrying a credential although the proxy asked for `identity`; a compressed answer cannot be checked for a reflected secret"
-            ));
+    /// The answer to forward, scrubbed when there is anything to scrub (see
+    /// [`scrub::answer`]); a compressed answer is refused only when this request carried a
+    /// secret (nothing else of the agent's could come back in it).
+    pub fn response(&self, response: Response<Incoming>) -> Result<Response<Body>, String> {
+        match self.scrubber() {
+            Some(scrubber) => scrub::answer(&scrubber, response, !self.keys.is_empty(), self.bodiless),
+            None => Ok(response.map(BodyExt::boxed)),
         }
-        scrubber.headers(response.headers_mut());
-        let status = response.status();
-        if self.bodiless
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            return Ok(response.map(BodyExt::boxed));
-        }
-        response.headers_mut().remove(header::CONTENT_LENGTH);
-        Ok(response.map(|body| Scrubbed::new(body, scrubber).boxed()))
     }
 
-    /// Scrubs the headers of an answer whose body is not forwarded through [`Self::response`]
-    /// (a `101`).
-    pub fn scrub_headers(&self, headers: &mut http::HeaderMap) {
+    /// Scrubs the head (headers, reason phrase) of an answer whose body is not forwarded
+    /// through [`Self::response`] (a `101`).
+    pub fn scrub_head<B>(&self, response: &mut Response<B>) {
         if let Some(scrubber) = self.scrubber() {
-            scrubber.headers(headers);
+            scrubber.headers(response.headers_mut());
+            scrubber.reason(response.extensions_mut());
         }
     }
 

@@ -7,13 +7,19 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use aho_corasick::{AhoCorasick, Input, MatchKind};
 use bytes::Bytes;
-use http::HeaderMap;
-use http::header::HeaderValue;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
+
+use crate::proxy::l7::session::Body as AnswerBody;
+use hyper::ext::ReasonPhrase;
 
 /// Patterns (values) and what replaces each (placeholders).
 pub struct Scrubber {
@@ -101,6 +107,18 @@ impl Scrubber {
             }
         }
     }
+
+    /// Scrubs an HTTP/1 reason phrase (`HTTP/1.1 401 Bad token <value>`), which hyper keeps
+    /// in the answer's extensions and writes back to an HTTP/1.1 client as it came.
+    pub fn reason(&self, extensions: &mut http::Extensions) {
+        let Some(phrase) = extensions.get::<ReasonPhrase>() else { return };
+        if let Some(new) = self.replace_all(phrase.as_bytes()) {
+            match ReasonPhrase::try_from(new) {
+                Ok(scrubbed) => extensions.insert(scrubbed),
+                Err(_) => extensions.remove::<ReasonPhrase>(),
+            };
+        }
+    }
 }
 
 fn extend(out: &mut Vec<u8>, input: &[u8], piece: Piece<'_>) {
@@ -108,6 +126,53 @@ fn extend(out: &mut Vec<u8>, input: &[u8], piece: Piece<'_>) {
         Piece::Input(range) => out.extend_from_slice(&input[range]),
         Piece::Replacement(bytes) => out.extend_from_slice(bytes),
     }
+}
+
+/// `response` scrubbed for forwarding: headers, HTTP/1 reason phrase and body (streamed,
+/// `Content-Length` dropped) unless the answer has none (`bodiless`: a HEAD request, or a
+/// 1xx/204/304 status). `Err` (the reason) when `refuse_compressed` and the answer is
+/// compressed (any `Content-Encoding` coding but `identity`, any `Transfer-Encoding` coding
+/// but `chunked`, in any of the headers): a compressed body cannot be checked for a secret.
+pub fn answer(
+    scrubber: &Arc<Scrubber>,
+    mut response: Response<Incoming>,
+    refuse_compressed: bool,
+    bodiless: bool,
+) -> Result<Response<AnswerBody>, String> {
+    if refuse_compressed && let Some((name, coding)) = compressed(response.headers()) {
+        return Err(format!(
+            "it answered with `{name}: {coding}` to a request carrying a credential although the proxy asked for `identity`; a compressed answer cannot be checked for a reflected secret"
+        ));
+    }
+    scrubber.headers(response.headers_mut());
+    scrubber.reason(response.extensions_mut());
+    let status = response.status();
+    if bodiless || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(response.map(BodyExt::boxed));
+    }
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+    let scrubber = scrubber.clone();
+    Ok(response.map(|body| Scrubbed::new(body, scrubber).boxed()))
+}
+
+/// The first coding of `headers` that is a compression: a `Content-Encoding` other than
+/// `identity`, or a `Transfer-Encoding` other than `chunked` (hyper does not decode those).
+/// Every header of each name is read, every comma-separated coding in it.
+fn compressed(headers: &HeaderMap) -> Option<(&'static str, String)> {
+    let fields = [
+        (header::CONTENT_ENCODING, "Content-Encoding", "identity"),
+        (header::TRANSFER_ENCODING, "Transfer-Encoding", "chunked"),
+    ];
+    for (name, shown, plain) in fields {
+        for value in headers.get_all(&name) {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let coded = text.split(',').map(str::trim).any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(plain));
+            if coded {
+                return Some((shown, text.chars().take(32).collect()));
+            }
+        }
+    }
+    None
 }
 
 /// A response body with every pattern of `scrubber` replaced as it streams. Trailers are

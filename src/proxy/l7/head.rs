@@ -38,6 +38,16 @@ pub enum HeadError {
     /// `Connection: host`: `Host` is end to end, never removed on the way.
     #[error("the Connection header names Host, which is end to end and never removed")]
     ConnectionNamesHost,
+    /// A header some upstreams read as the request's path or host in place of the judged one.
+    #[error(
+        "the request carries `{name}`, which some upstreams read as its {what} in place of the one judged; send the request to that {what} instead"
+    )]
+    Override {
+        /// The header.
+        name: &'static str,
+        /// `path` or `host`.
+        what: &'static str,
+    },
     /// `CONNECT` inside an inspected connection (HTTP/1.1, or HTTP/2 with or without `:protocol`).
     #[error("CONNECT inside an inspected connection is not relayed; send CONNECT to the proxy itself")]
     Connect,
@@ -83,6 +93,15 @@ impl From<HeadError> for HeadRefusal {
     }
 }
 
+/// Headers that some upstreams (IIS URL Rewrite, Symfony, frameworks behind a reverse proxy)
+/// read as the request's path: refused whatever they say.
+const PATH_OVERRIDES: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-override-url"];
+
+/// Headers that some upstreams read as the request's host: refused unless they name the
+/// judged host. `Forwarded` is checked for its `host=` parameters.
+const HOST_OVERRIDES: [&str; 5] =
+    ["x-forwarded-host", "x-host", "x-forwarded-server", "x-http-host-override", "x-original-host"];
+
 /// Checks the head of a request to `host:port` and sets its one `Host` to the judged host.
 /// `websocket`: every matched inspected endpoint is `protocol: websocket`, so a WebSocket
 /// upgrade may pass (the only upgrade that ever does).
@@ -94,6 +113,7 @@ pub fn check(parts: &mut Parts, host: &str, port: u16, websocket: bool) -> Resul
     if connection_lists(&parts.headers, "host") {
         return Err(HeadError::ConnectionNamesHost.into());
     }
+    check_overrides(&parts.headers, host, port)?;
     let count = parts.headers.get_all(header::HOST).iter().count();
     if count > 1 {
         return Err(HeadError::ManyHosts { count }.into());
@@ -147,6 +167,36 @@ fn check_upgrade(method: &Method, headers: &HeaderMap, websocket: bool) -> Resul
         return Ok(());
     };
     Err(HeadError::Upgrade { why })
+}
+
+/// No header names another path than the target, or another host than the judged one.
+fn check_overrides(headers: &HeaderMap, host: &str, port: u16) -> Result<(), HeadError> {
+    if let Some(name) = PATH_OVERRIDES.into_iter().find(|name| headers.contains_key(*name)) {
+        return Err(HeadError::Override { name, what: "path" });
+    }
+    let judged = bare(host);
+    let is_judged = |value: &str| {
+        let value = value.trim().trim_matches('"');
+        named(value, "override", port).is_ok_and(|n| n.host == judged && n.port == port)
+    };
+    for name in HOST_OVERRIDES {
+        for value in headers.get_all(name) {
+            let text = value.to_str().map_err(|_| HeadError::Override { name, what: "host" })?;
+            if !text.split(',').all(is_judged) {
+                return Err(HeadError::Override { name, what: "host" });
+            }
+        }
+    }
+    for value in headers.get_all(header::FORWARDED) {
+        let text = value.to_str().map_err(|_| HeadError::Override { name: "forwarded", what: "host" })?;
+        let hosts = text.split([',', ';']).filter_map(|pair| pair.trim().split_once('='));
+        for (key, value) in hosts {
+            if key.trim().eq_ignore_ascii_case("host") && !is_judged(value) {
+                return Err(HeadError::Override { name: "forwarded", what: "host" });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a `Connection` header lists `token` (case-insensitive).

@@ -1,8 +1,10 @@
 //! `inference.local` request shaping: which API shape a request is (OpenAI or Anthropic),
 //! which route serves it, and the upstream request: the route's URL (base URL and path, or
 //! the model in the path and a path override, as OpenShell's router builds them), API key
-//! and model, with every caller credential removed; [`serve_inference_tls`] serves a
-//! connection with it.
+//! and model, with every caller credential removed, and the route's key scrubbed from the
+//! answer; [`serve_inference_tls`] serves a connection with it.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -11,6 +13,7 @@ use http::{Method, Response, Uri};
 
 use super::deny::{self, Refused};
 use crate::gateway::inference::{InferenceBundle, Route};
+use crate::proxy::credentials::Scrubber;
 
 mod session;
 
@@ -33,6 +36,9 @@ const STREAM_RAW_PREDICT: &str = ":streamRawPredict";
 
 /// The `anthropic_version` Vertex AI wants in the body (it takes no `anthropic-version` header).
 const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+
+/// What the agent reads where an upstream's answer held the route's key.
+pub const KEY_REDACTED: &str = "[inference route key redacted]";
 
 /// Headers that carry the caller's credentials; never forwarded.
 const CALLER_CREDENTIALS: &[&str] = &["authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"];
@@ -111,6 +117,8 @@ pub struct Prepared {
     pub route: String,
     /// The route's timeout, if any.
     pub timeout: Option<std::time::Duration>,
+    /// What takes the route's key out of the answer (`None`: the route has no key).
+    pub scrubber: Option<Arc<Scrubber>>,
 }
 
 /// Shapes one complete request (head with a canonical path, and body) for its route, or the
@@ -178,7 +186,13 @@ pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Resul
         parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     parts.uri = uri;
-    Ok(Prepared { parts, body, route: route.name.clone(), timeout: route.timeout })
+    let key = route.api_key.expose().as_bytes().to_vec();
+    let scrubber = Scrubber::new([(key, KEY_REDACTED.as_bytes().to_vec())]).map(Arc::new);
+    if scrubber.is_some() {
+        // A compressed answer could not be checked for the key.
+        parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
+    Ok(Prepared { parts, body, route: route.name.clone(), timeout: route.timeout, scrubber })
 }
 
 /// The route's API key as `x-api-key` (an `anthropic` provider, or an Anthropic request to

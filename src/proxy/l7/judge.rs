@@ -11,6 +11,7 @@ use super::deny::{self, Refused};
 use super::head;
 use super::path::{Canonical, EncodedSlash, PathError, canonicalize};
 use crate::policy::model::{Endpoint, Enforcement, Protocol};
+use crate::policy::request::query_readings;
 use crate::policy::{L7Decision, L7Request, PolicyEngine};
 use crate::proxy::credentials::{Destination, Injection, SecretStore};
 
@@ -60,7 +61,12 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
     if let Err(refusal) = head::check(parts, host, port, websocket) {
         return Verdict::Refuse { response: refusal.response(refused(&target)), decision: None };
     }
-    let (canonical, decision) = match decide(engine, host, port, &method, &target) {
+    let overrides: Vec<&str> = METHOD_OVERRIDES
+        .iter()
+        .flat_map(|name| parts.headers.get_all(*name))
+        .map(|v| v.to_str().unwrap_or("(not text)"))
+        .collect();
+    let (canonical, decision) = match decide(engine, host, port, &method, &overrides, &target) {
         Ok(decided) => decided,
         Err(e) => return Verdict::Refuse { response: deny::bad_path(refused(&target), &e), decision: None },
     };
@@ -84,19 +90,49 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
     }
 }
 
+/// Headers that upstream frameworks (Google APIs, ASP.NET, Express's `method-override`,
+/// Symfony) may read as the request's method in place of its own.
+pub const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// The query parameter some frameworks (Laravel, Express's `method-override` with a query
+/// getter) read as the method (its name as [`query_readings`] gives it: lower case).
+const METHOD_PARAMETER: &str = "_method";
+
 /// The canonical form of `target` and the L7 decision for `method` on it to `host:port`:
-/// what the proxy judges, and what `policy eval` reports.
+/// what the proxy judges, and what `policy eval` reports. A method an upstream may read in
+/// its place (`overrides`, from [`METHOD_OVERRIDES`] headers, and every value any reading
+/// of the query gives the `_method` parameter) is judged too: the request passes only when
+/// every one of them would.
 pub fn decide(
     engine: &PolicyEngine,
     host: &str,
     port: u16,
     method: &str,
+    overrides: &[&str],
     target: &str,
 ) -> Result<(Canonical, L7Decision), PathError> {
     let canonical =
         canonicalize(target, EncodedSlash::from_allow(every_inspected(engine, host, port, |e| e.allow_encoded_slash)))?;
     let query = canonical.query.as_deref().unwrap_or("");
-    let decision = engine.request(host, port, &L7Request { method, path: &canonical.path, query });
+    let ask = |method: &str| engine.request(host, port, &L7Request { method, path: &canonical.path, query });
+    let decision = ask(method);
+    if !decision.allow {
+        return Ok((canonical, decision));
+    }
+    // Every reading of the query a deny rule gets (`;` pairs, encoded names, ...).
+    let from_query = query_readings(query).remove(METHOD_PARAMETER).unwrap_or_default();
+    let others: Vec<String> = overrides.iter().map(|m| (*m).to_owned()).chain(from_query).collect();
+    for other in others {
+        let other = other.trim().to_ascii_uppercase();
+        if other == method.to_ascii_uppercase() {
+            continue;
+        }
+        let denied = ask(&other);
+        if !denied.allow {
+            let reason = format!("{}, as `{other}`, which the request also names as its method", denied.reason);
+            return Ok((canonical, L7Decision { reason, ..denied }));
+        }
+    }
     Ok((canonical, decision))
 }
 

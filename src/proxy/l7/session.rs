@@ -248,13 +248,15 @@ impl State {
                 }
             });
             *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(relay);
-            credentials.scrub_headers(response.headers_mut());
+            credentials.scrub_head(&mut response);
             return response.map(|_| full(Bytes::new()));
         }
-        strip_hop_by_hop(response.headers_mut(), false);
-        credentials.response(response).unwrap_or_else(|detail| {
+        // Encodings are checked before `Connection` can name their headers away.
+        let mut response = credentials.response(response).unwrap_or_else(|detail| {
             deny::upstream_unreachable(Refused { host, port, method: &method, path: &path }, &detail).map(full)
-        })
+        });
+        strip_hop_by_hop(response.headers_mut(), false);
+        response
     }
 }
 

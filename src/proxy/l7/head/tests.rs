@@ -133,3 +133,48 @@ fn refusals_answer_400_or_403_json() {
     let response = HeadRefusal::OtherHost("evil.example".into()).response(request);
     assert_eq!(response.status(), http::StatusCode::FORBIDDEN);
 }
+
+#[test]
+fn headers_naming_another_path_or_host_are_a_400() {
+    for name in ["x-original-url", "X-Rewrite-URL", "x-override-url"] {
+        let e = bad("GET", "/public", &[(name, "/admin")], false);
+        assert_eq!(
+            e,
+            HeadError::Override {
+                name: PATH_OVERRIDES.iter().find(|n| n.eq_ignore_ascii_case(name)).unwrap(),
+                what: "path"
+            }
+        );
+        // Even naming the target itself: the header has no use through the proxy.
+        assert!(matches!(bad("GET", "/public", &[(name, "/public")], false), HeadError::Override { what: "path", .. }));
+    }
+    let other_hosts = [
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-host", "api.example.com, evil.example"),
+        ("x-forwarded-host", "api.example.com:8443"),
+        ("x-host", "evil.example"),
+        ("x-forwarded-server", "evil.example"),
+        ("x-http-host-override", "evil.example"),
+        ("x-original-host", "evil.example"),
+        ("x-forwarded-host", "user@api.example.com"),
+        ("forwarded", "for=1.2.3.4;host=evil.example"),
+        ("forwarded", "host=api.example.com, host=\"evil.example\""),
+        ("forwarded", "HOST=evil.example;proto=https"),
+    ];
+    for (name, value) in other_hosts {
+        assert!(
+            matches!(bad("GET", "/x", &[(name, value)], false), HeadError::Override { what: "host", .. }),
+            "{name}: {value}"
+        );
+    }
+    // Naming the judged host is harmless, and other Forwarded parameters pass.
+    for (name, value) in [
+        ("x-forwarded-host", "API.example.com."),
+        ("x-forwarded-host", "api.example.com:443, api.example.com"),
+        ("forwarded", "for=1.2.3.4;proto=https"),
+        ("forwarded", "host=\"api.example.com\";proto=https"),
+        ("x-forwarded-for", "10.0.0.1"),
+    ] {
+        assert_eq!(hosts_after("/x", &[(name, value)], 443), [HOST], "{name}: {value}");
+    }
+}

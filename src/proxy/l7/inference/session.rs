@@ -20,6 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{INFERENCE_HOST, MAX_BODY, Prepared, Shape, prepare};
 use crate::gateway::inference::InferenceBundle;
+use crate::proxy::credentials::scrub_answer;
 use crate::proxy::l7::deny::{self, CONNECT_IN_TIME, HANDSHAKE_IN_TIME, ROUTE_ANSWER_IN_TIME, Refused};
 use crate::proxy::l7::path::{EncodedSlash, PathError, canonicalize};
 use crate::proxy::l7::session::{
@@ -114,12 +115,17 @@ async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Respo
         Ok(prepared) => prepared,
         Err(response) => return logged(*response, &path).map(full),
     };
-    let route = prepared.route.clone();
+    let (route, scrubber) = (prepared.route.clone(), prepared.scrubber.clone());
     tracing::info!(target: AUDIT_TARGET, action = "allow", kind = "inference", route, method, path, "inference request routed");
-    match send(session, prepared).await {
+    // Encodings are checked before `Connection` can name their headers away.
+    let answer = send(session, prepared).await.and_then(|response| match &scrubber {
+        Some(scrubber) => scrub_answer(scrubber, response, true, false).map_err(SendError::Failed),
+        None => Ok(response.map(BodyExt::boxed)),
+    });
+    match answer {
         Ok(mut response) => {
             strip_hop_by_hop(response.headers_mut(), false);
-            response.map(BodyExt::boxed)
+            response
         }
         Err(e) => {
             let upstream = refused(&path);
