@@ -1,8 +1,8 @@
 //! The transparent cases (issue 15): with the proxy variables unset in the agent, names
 //! resolve through the policy DNS to synthetic addresses the agent routes to the proxy.
 //! `wget` and curl (HTTP/1.1 and HTTP/2) reach an intercepted HTTPS host whose L7 rules
-//! apply, plain HTTP is judged by its `Host`, a raw TCP client reaches a `protocol: tcp`
-//! echo; a denied name is NXDOMAIN (audited), a real address unreachable, an address never
+//! apply, plain HTTP is judged by its `Host` (another SNI or Host than the name resolved is
+//! refused), a raw TCP client reaches a `protocol: tcp` echo; a denied name is NXDOMAIN (audited), a real address unreachable, an address never
 //! handed out reset; a reload removing the echo stops new connections to its address at once.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -120,6 +120,12 @@ pub fn checks(r: &Run, named: &Upstream, upstream: Ipv4Addr) {
     assert!(out.ok() && out.stdout == HELLO, "plain HTTP: {}", out.all());
     let out = direct(r, &[&curl[..], &[&format!("http://{ALLOWED}/secret")]].concat());
     assert!(out.stdout.ends_with("\n403 1.1") && out.stdout.contains("policy_denied"), "plain denied: {}", out.all());
+    // The host is the name the client resolved: another SNI or Host on its address is refused.
+    let other = format!("other.example:{TLS_PORT}:{ALLOWED}:{TLS_PORT}");
+    let out = direct(r, &["curl", "-sS", "-m", "10", "--connect-to", &other, "https://other.example/index.txt"]);
+    assert_eq!(out.code, Some(35), "another SNI on {ALLOWED}'s address: {}", out.all());
+    let out = direct(r, &[&curl[..], &["-H", "Host: other.example", &plain]].concat());
+    assert!(out.stdout.ends_with("\n403 1.1") && out.stdout.contains("other.example"), "another Host: {}", out.all());
     let heads = named.heads();
     let host = |head: &String| head.to_ascii_lowercase().contains(&format!("\nhost: {ALLOWED}"));
     assert!(heads.len() == 3 && heads.iter().all(|h| h.starts_with("GET /index.txt ") && host(h)), "{heads:?}");
