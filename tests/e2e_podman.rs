@@ -222,9 +222,8 @@ fn sidecar_topology_on_podman() {
     assert_eq!(out.code, Some(60), "trusting only ca.pem must fail to verify the upstream: {}", out.all());
 
     // Without the proxy variables: no route.
-    let unset = ["env", "-u", "HTTP_PROXY", "-u", "http_proxy", "-u", "HTTPS_PROXY", "-u", "https_proxy"];
     for url in [&http_url, &https_url] {
-        let out = agent_exec(sb, &[&unset[..], &["curl", "-sS", "-v", "-m", "10", url]].concat());
+        let out = agent_exec(sb, &[transparent::UNSET, &["curl", "-sS", "-v", "-m", "10", url]].concat());
         assert!(!out.ok() && out.stderr.contains("Network is unreachable"), "direct {url}: {}", out.all());
     }
     let out = podman_exec(sb, &["ip", "route", "show", "default"]);

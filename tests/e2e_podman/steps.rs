@@ -150,9 +150,9 @@ impl Run {
     /// for the intercepted port. The gateway is the test gateway on the bridge side (it
     /// serves the provider credentials); the proxy forwards the agent's gateway traffic
     /// from its :8081. The policy DNS listens on the internal address (docs/podman.md,
-    /// "Clients that ignore the proxy"): NET_ADMIN for the local route of the synthetic
-    /// range, dropped before it serves; the names the transparent cases use resolve to the
-    /// upstream in the proxy's /etc/hosts. The policy file is checked every second.
+    /// step 6): NET_ADMIN for the local route of the synthetic range, dropped before it
+    /// serves; the names the transparent cases use resolve to the upstream in the proxy's
+    /// /etc/hosts. The policy file is checked every second.
     pub fn start_proxy(&self) {
         let labels = self.labels();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
@@ -222,10 +222,10 @@ impl Run {
         });
     }
 
-    /// The agent: the holder's network namespace (the internal network only), the volume read-only, our entrypoint in agent
-    /// mode with a workload that announces itself, a loopback SSH listener for the exec
-    /// sessions, and the gateway reached through the proxy's forward (:8081) for the
-    /// supervisor session and its relays.
+    /// The agent: the holder's network namespace (the internal network only), the volume
+    /// read-only, our entrypoint in agent mode with a workload that announces itself, a
+    /// loopback SSH listener for the exec sessions, and the gateway reached through the
+    /// proxy's forward (:8081) for the supervisor session and its relays.
     pub fn start_agent(&self) {
         let labels = self.labels();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();

@@ -25,7 +25,7 @@ pub const PLAIN_PORT: u16 = 80;
 pub const TLS_PORT: u16 = 443;
 
 /// Removes the proxy variables for one command.
-const UNSET: &[&str] = &["env", "-u", "HTTP_PROXY", "-u", "http_proxy", "-u", "HTTPS_PROXY", "-u", "https_proxy"];
+pub const UNSET: &[&str] = &["env", "-u", "HTTP_PROXY", "-u", "http_proxy", "-u", "HTTPS_PROXY", "-u", "https_proxy"];
 
 /// A raw TCP client: connects, sends `ping`, prints what comes back (`closed` for an
 /// orderly close) or the error's type and errno.
@@ -73,14 +73,9 @@ pub fn echo_server(runtime: &tokio::runtime::Runtime, netns: &str) {
     });
 }
 
-fn unset(args: &[&str]) -> Vec<String> {
-    UNSET.iter().chain(args).map(|arg| (*arg).to_owned()).collect()
-}
-
 /// Runs ARGS in the agent with the proxy variables unset.
 fn direct(r: &Run, args: &[&str]) -> Output {
-    let line = unset(args);
-    agent_exec(&r.sb, &line.iter().map(String::as_str).collect::<Vec<_>>())
+    agent_exec(&r.sb, &[UNSET, args].concat())
 }
 
 fn tcp(r: &Run, host: &str, port: u16) -> String {
