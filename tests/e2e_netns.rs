@@ -109,9 +109,8 @@ impl Topology {
     /// Starts the proxy binary inside the proxy namespace with `policy` and the flags
     /// `extra`; returns how long `.ready` took.
     fn start_proxy(&mut self, roots: &Path, policy: &str, extra: &[&str]) -> Duration {
-        let text = policy;
-        let policy = self.dir.path().join("policy.yaml");
-        std::fs::write(&policy, text).unwrap();
+        let policy_path = self.dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, policy).unwrap();
         let provider = self.dir.path().join("provider.env");
         std::fs::write(&provider, format!("[e2e]\nE2E_TOKEN={SECRET}\n")).unwrap();
         let log = self.dir.path().join("proxy.log");
@@ -119,7 +118,7 @@ impl Topology {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.proxy_ns, BIN, "proxy"])
             .arg("--policy")
-            .arg(&policy)
+            .arg(&policy_path)
             .args(["--listen", &SocketAddr::from((PROXY_INT, PROXY_PORT)).to_string()])
             .arg("--tls-dir")
             .arg(self.tls_dir())
@@ -301,6 +300,7 @@ fn clients_that_ignore_the_proxy_reach_allowed_names_transparently() {
     topo.etc_file(&proxy_ns, "hosts", &format!("{UPSTREAM} allowed.example echo.example\n"));
     topo.etc_file(&agent, "resolv.conf", &format!("nameserver {PROXY_INT}\n"));
     must(Command::new("ip").args(["-n", &agent, "route", "add", "198.18.0.0/15", "via", &PROXY_INT.to_string()]), STEP);
+    // The binding only because start_proxy gives every proxy the provider env file.
     let policy = format!(
         "version: 1\nnetwork_policies:\n  t:\n    endpoints:\n      - host: allowed.example\n        port: 443\n        \
          protocol: rest\n        allowed_ips: [\"{UPSTREAM}/32\"]\n        credential_binding: {{provider: e2e}}\n        \
