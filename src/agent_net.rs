@@ -1,6 +1,6 @@
 //! `openshell-sandbox agent-net`: the holder of the agent's network namespace. The agent
 //! container joins it (`--network container:`); it adds the route of the synthetic range via
-//! the proxy, gives up every capability, and waits for SIGTERM (docs/podman.md, step 3).
+//! the proxy, gives up every capability, and waits for SIGTERM (docs/podman.md, step 6).
 
 use std::net::Ipv4Addr;
 

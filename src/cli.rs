@@ -231,13 +231,14 @@ pub fn required_mode_from_env() -> Result<Mode, ConfigError> {
         .ok_or_else(|| ConfigError::Missing { message: NO_MODE.into() })
 }
 
-const SUBCOMMANDS: &[&str] = &["proxy", "agent", "policy", "healthcheck", "config", "help"];
-
 /// Parses the command line. With no subcommand, the mode the environment selects is
 /// inserted as the subcommand, so its flags and `OPENSHELL_*` variables apply as usual.
 pub fn parse(args: Vec<OsString>) -> Result<Cli, ParseError> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let subcommand = |a: &str| a == "help" || command.get_subcommands().any(|sub| sub.get_name() == a);
     let before_dashes = args.iter().skip(1).take_while(|a| *a != "--");
-    let has_subcommand = before_dashes.clone().any(|a| a.to_str().is_some_and(|a| SUBCOMMANDS.contains(&a)));
+    let has_subcommand = before_dashes.clone().any(|a| a.to_str().is_some_and(subcommand));
     let asks_help = before_dashes.clone().any(|a| ["-h", "--help", "-V", "--version"].iter().any(|f| a == f));
     let mut args = args;
     if !has_subcommand && !asks_help {
@@ -311,6 +312,20 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_is_taken_without_a_mode_in_the_environment() {
+        use clap::CommandFactory;
+        if std::env::var_os("OPENSHELL_MODE").is_some() || std::env::var_os("OPENSHELL_PROXY_MODE").is_some() {
+            return;
+        }
+        for sub in Cli::command().get_subcommands() {
+            let parsed = parse(["openshell-sandbox", sub.get_name()].map(OsString::from).to_vec());
+            assert!(!matches!(parsed, Err(ParseError::Mode(_))), "{}: {parsed:?}", sub.get_name());
+        }
+        let args = ["openshell-sandbox", "agent-net", "--via", "10.0.0.2"].map(OsString::from).to_vec();
+        assert!(matches!(parse(args), Ok(Cli { command: Some(Command::AgentNet(_)), .. })));
     }
 
     #[test]

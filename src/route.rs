@@ -37,7 +37,7 @@ pub enum RouteError {
     },
     /// The kernel refused the route.
     #[error(
-        "cannot add the route `{route}`: {reason}; the container needs CAP_NET_ADMIN for this step (podman run --cap-add NET_ADMIN, see docs/podman.md)"
+        "cannot add the route `{route}`: {reason}; the container needs CAP_NET_ADMIN for this step (podman run --cap-add NET_ADMIN, see docs/podman.md, step 6)"
     )]
     Add {
         /// The route, as `ip route` writes it.

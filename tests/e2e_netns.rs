@@ -2,7 +2,9 @@
 //! binary in a "proxy" namespace joined by veth pairs to an "agent" namespace that has no
 //! route out, and to an "upstream" namespace serving HTTP and HTTPS. Only 10.231.11.0/24
 //! and 10.231.12.0/24 inside namespaces this test creates are ever dialled. One upstream
-//! port is intercepted (`protocol: rest`) to check the credential placeholder swap.
+//! port is intercepted (`protocol: rest`) to check the credential placeholder swap. A
+//! second topology serves clients that ignore the proxy: the policy DNS, the agent's route
+//! of the synthetic range, the transparent listeners (docs/transparent.md).
 
 #[path = "e2e_support/lib.rs"]
 mod e2e_support;
@@ -31,6 +33,8 @@ const INSPECTED_HTTP_PORT: u16 = 8090;
 const SECRET: &str = "netns-secret-8d2e4b7a1c";
 const PROXY_PORT: u16 = 3128;
 const STEP: Duration = Duration::from_secs(20);
+/// Where `ip netns exec NS` finds the files it mounts over /etc for NS.
+const ETC_NETNS: &str = "/etc/netns";
 
 /// The three namespaces, the upstream and the proxy process; Drop (also on panic) kills
 /// the processes and deletes the namespaces, which destroys the veths.
@@ -42,6 +46,8 @@ struct Topology {
     proxy: Option<Child>,
     upstream: Option<Upstream>,
     inspected: Option<Upstream>,
+    /// Directories of /etc/netns this topology wrote (removed with it).
+    etc: Vec<PathBuf>,
 }
 
 impl Topology {
@@ -53,6 +59,10 @@ impl Topology {
             eprintln!("sweeping the namespace {stale} of a dead run");
             netns_delete(&stale);
         }
+        let etc = std::fs::read_dir(ETC_NETNS).into_iter().flatten().flatten();
+        for stale in e2e_support::stale_names(etc.filter_map(|e| e.file_name().into_string().ok()), PREFIX) {
+            let _ = std::fs::remove_dir_all(Path::new(ETC_NETNS).join(stale));
+        }
         let topo = Topology {
             agent: format!("{PREFIX}{id}-agent"),
             proxy_ns: format!("{PREFIX}{id}-proxy"),
@@ -61,6 +71,7 @@ impl Topology {
             proxy: None,
             upstream: None,
             inspected: None,
+            etc: Vec::new(),
         };
         for ns in [&topo.agent, &topo.proxy_ns, &topo.upstream_ns] {
             netns_add(ns);
@@ -83,15 +94,23 @@ impl Topology {
         }
     }
 
+    /// A file `ip netns exec NS` mounts over /etc/NAME (its documented mechanism).
+    fn etc_file(&mut self, ns: &str, name: &str, text: &str) {
+        let dir = Path::new(ETC_NETNS).join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), text).unwrap();
+        self.etc.push(dir);
+    }
+
     fn tls_dir(&self) -> PathBuf {
         self.dir.path().join("tls")
     }
 
-    /// Starts the proxy binary inside the proxy namespace; returns how long `.ready` took.
-    fn start_proxy(&mut self, roots: &Path) -> Duration {
-        let policy = self.dir.path().join("policy.yaml");
-        let text = e2e_support::policy_inspected(IpAddr::V4(UPSTREAM), HTTP_PORT, HTTPS_PORT, INSPECTED_PORT);
-        std::fs::write(&policy, text).unwrap();
+    /// Starts the proxy binary inside the proxy namespace with `policy` and the flags
+    /// `extra`; returns how long `.ready` took.
+    fn start_proxy(&mut self, roots: &Path, policy: &str, extra: &[&str]) -> Duration {
+        let policy_path = self.dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, policy).unwrap();
         let provider = self.dir.path().join("provider.env");
         std::fs::write(&provider, format!("[e2e]\nE2E_TOKEN={SECRET}\n")).unwrap();
         let log = self.dir.path().join("proxy.log");
@@ -99,12 +118,13 @@ impl Topology {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.proxy_ns, BIN, "proxy"])
             .arg("--policy")
-            .arg(&policy)
+            .arg(&policy_path)
             .args(["--listen", &SocketAddr::from((PROXY_INT, PROXY_PORT)).to_string()])
             .arg("--tls-dir")
             .arg(self.tls_dir())
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
+            .args(extra)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             // The "system roots" the proxy bundles into ca-bundle.pem: the upstream's CA.
@@ -149,6 +169,11 @@ impl Drop for Topology {
         for ns in [&self.agent, &self.proxy_ns, &self.upstream_ns] {
             netns_delete(ns);
         }
+        for dir in &self.etc {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        // Only when empty: another run may be using it.
+        let _ = std::fs::remove_dir(ETC_NETNS);
     }
 }
 
@@ -175,7 +200,8 @@ fn agent_reaches_upstream_only_through_the_proxy() {
     ));
     let roots = topo.dir.path().join("roots.pem");
     std::fs::write(&roots, &tls.ca_pem).unwrap();
-    let to_ready = topo.start_proxy(&roots);
+    let policy = e2e_support::policy_inspected(IpAddr::V4(UPSTREAM), HTTP_PORT, HTTPS_PORT, INSPECTED_PORT);
+    let to_ready = topo.start_proxy(&roots, &policy, &[]);
 
     // .ready names the listener the agent side uses.
     let ready = volume::read_ready(&topo.tls_dir()).unwrap();
@@ -248,4 +274,76 @@ fn agent_reaches_upstream_only_through_the_proxy() {
 
     drop(topo);
     eprintln!("figures (netns): proxy start to .ready {:?}; whole run {:?}", to_ready, whole.elapsed());
+}
+
+#[test]
+fn clients_that_ignore_the_proxy_reach_allowed_names_transparently() {
+    if let Some(reason) = e2e_support::netns_unsupported() {
+        eprintln!("SKIPPED clients_that_ignore_the_proxy_reach_allowed_names_transparently: {reason}");
+        return;
+    }
+    const ECHO_PORT: u16 = 7000;
+    let mut topo = Topology::build();
+    let tls = UpstreamTls::for_names(&["allowed.example"]);
+    let https = SocketAddr::from((UPSTREAM, 443));
+    let upstream = Upstream::start(&topo.upstream_ns, SocketAddr::from((UPSTREAM, 80)), https, tls.config.clone());
+    topo.upstream = Some(upstream);
+    let echo = e2e_support::in_netns(&topo.upstream_ns, || std::net::TcpListener::bind((UPSTREAM, ECHO_PORT)).unwrap());
+    std::thread::spawn(move || {
+        for mut stream in echo.incoming().flatten() {
+            std::thread::spawn(move || std::io::copy(&mut stream.try_clone().unwrap(), &mut stream));
+        }
+    });
+    let roots = topo.dir.path().join("roots.pem");
+    std::fs::write(&roots, &tls.ca_pem).unwrap();
+    let (proxy_ns, agent) = (topo.proxy_ns.clone(), topo.agent.clone());
+    topo.etc_file(&proxy_ns, "hosts", &format!("{UPSTREAM} allowed.example echo.example\n"));
+    topo.etc_file(&agent, "resolv.conf", &format!("nameserver {PROXY_INT}\n"));
+    must(Command::new("ip").args(["-n", &agent, "route", "add", "198.18.0.0/15", "via", &PROXY_INT.to_string()]), STEP);
+    // The binding only because start_proxy gives every proxy the provider env file.
+    let policy = format!(
+        "version: 1\nnetwork_policies:\n  t:\n    endpoints:\n      - host: allowed.example\n        port: 443\n        \
+         protocol: rest\n        allowed_ips: [\"{UPSTREAM}/32\"]\n        credential_binding: {{provider: e2e}}\n        \
+         rules:\n          \
+         - allow: {{method: GET, path: /index.txt}}\n      \
+         - {{host: echo.example, port: {ECHO_PORT}, protocol: tcp, allowed_ips: [\"{UPSTREAM}/32\"]}}\n"
+    );
+    let dns = SocketAddr::from((PROXY_INT, 53)).to_string();
+    topo.start_proxy(&roots, &policy, &["--dns-listen", &dns, "--allowed-clients", "10.231.11.0/24"]);
+    let getent = |name: &str| run(Command::new("ip").args(["netns", "exec", &agent, "getent", "hosts", name]), STEP);
+
+    // Names: allowed ones get synthetic addresses, others NXDOMAIN.
+    let out = getent("echo.example");
+    let echo: Ipv4Addr =
+        out.stdout.split_whitespace().next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{}", out.all()));
+    assert!(echo.octets()[..2] == [198, 18] || echo.octets()[..2] == [198, 19], "{echo}");
+    assert_eq!(getent("denied.example").code, Some(2), "a name no policy allows");
+
+    // Intercepted HTTPS over HTTP/2, the L7 rules applied; another SNI on the address refused.
+    let env = [("SSL_CERT_FILE", topo.tls_dir().join("ca-bundle.pem").display().to_string())];
+    let w = ["-w", "\n%{http_code} %{http_version}"];
+    let out = topo.agent_curl(&env, &[&w[..], &["https://allowed.example/index.txt"]].concat());
+    assert_eq!(out.stdout, format!("{HELLO}\n200 2"), "allowed: {}", out.all());
+    let out = topo.agent_curl(&env, &[&w[..], &["https://allowed.example/secret"]].concat());
+    assert!(out.stdout.ends_with("\n403 2") && out.stdout.contains("policy_denied"), "denied path: {}", out.all());
+    let out =
+        topo.agent_curl(&env, &["--connect-to", "other.example:443:allowed.example:443", "https://other.example/"]);
+    assert_eq!(out.code, Some(35), "another SNI: {}", out.all());
+    let heads = topo.upstream.as_ref().unwrap().heads();
+    assert!(heads.len() == 1 && heads[0].starts_with("GET /index.txt "), "{heads:?}");
+
+    // Raw TCP: the echo at its synthetic address; an address never handed out is reset.
+    let exchange = |addr: Ipv4Addr| {
+        e2e_support::in_netns(&agent, move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect_timeout(&SocketAddr::from((addr, ECHO_PORT)), STEP)?;
+            stream.set_read_timeout(Some(STEP))?;
+            stream.write_all(b"ping")?;
+            let mut buf = [0u8; 4];
+            stream.read_exact(&mut buf).map(|()| buf)
+        })
+    };
+    assert_eq!(exchange(echo).unwrap(), *b"ping");
+    let reset = exchange(Ipv4Addr::new(198, 19, 255, 254)).unwrap_err();
+    assert_eq!(reset.kind(), std::io::ErrorKind::ConnectionReset, "{reset}");
 }

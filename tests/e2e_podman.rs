@@ -9,6 +9,11 @@
 //! the agent's gateway traffic from its :8081. Exec sessions go through the gateway relay
 //! (supervisor session, RelayStream, the agent's SSH server on its Unix socket) and, for
 //! the bulk of the checks, through the agent's loopback TCP SSH listener.
+//!
+//! The proxy also serves the policy DNS and the transparent listeners, and the agent
+//! joins the network namespace of an `agent-net` holder that routes the synthetic range
+//! to the proxy (docs/podman.md): the cases of `e2e_podman/transparent.rs` run with the
+//! proxy variables unset, the others through the proxy as before.
 
 #[path = "e2e_support/lib.rs"]
 mod e2e_support;
@@ -21,6 +26,8 @@ mod relay;
 mod sandbox;
 #[path = "e2e_podman/steps.rs"]
 mod steps;
+#[path = "e2e_podman/transparent.rs"]
+mod transparent;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -84,6 +91,7 @@ fn sidecar_topology_on_podman() {
         vol: format!("{n}-tls"),
         proxy: format!("{n}-proxy"),
         agent: format!("{n}-agent"),
+        agent_net: format!("{n}-agent-net"),
         net: 0,
         mountpoint: PathBuf::new(),
         sb,
@@ -93,7 +101,7 @@ fn sidecar_topology_on_podman() {
 
     // The upstream, bound in the outer namespace (0.0.0.0: the bridge appears only when
     // the first container joins it).
-    let tls = UpstreamTls::new(IpAddr::V4(upstream));
+    let tls = UpstreamTls::for_names(&[&upstream.to_string(), transparent::ALLOWED]);
     let _upstream = Upstream::start(
         &r.sb.outer,
         SocketAddr::from(([0, 0, 0, 0], HTTP_PORT)),
@@ -106,9 +114,18 @@ fn sidecar_topology_on_podman() {
         SocketAddr::from(([0, 0, 0, 0], INSPECTED_PORT)),
         tls.config.clone(),
     );
-    let policy = e2e_support::policy_inspected(IpAddr::V4(upstream), HTTP_PORT, HTTPS_PORT, INSPECTED_PORT);
+    // The transparent cases' host (by name) and echo.
+    let named = Upstream::start(
+        &r.sb.outer,
+        SocketAddr::from(([0, 0, 0, 0], transparent::PLAIN_PORT)),
+        SocketAddr::from(([0, 0, 0, 0], transparent::TLS_PORT)),
+        tls.config.clone(),
+    );
+    let mut policy = e2e_support::policy_inspected(IpAddr::V4(upstream), HTTP_PORT, HTTPS_PORT, INSPECTED_PORT);
+    policy.push_str(&transparent::policy(upstream, true));
     std::fs::write(r.file("policy.yaml"), policy).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    transparent::echo_server(&runtime, &r.sb.outer);
     let gateway_addr = SocketAddr::from(([0, 0, 0, 0], GATEWAY_PORT));
     let listener = e2e_support::in_netns(&r.sb.outer, move || std::net::TcpListener::bind(gateway_addr).unwrap());
     let gateway = runtime.block_on(async { gateway_support::TestGateway::start_on(listener) });
@@ -134,6 +151,7 @@ fn sidecar_topology_on_podman() {
     std::fs::copy(r.file("keys/id.pub"), r.file("keys/authorized_keys")).unwrap();
 
     // The agent starts first and must wait for .ready on its own: no workload, no SSH.
+    r.start_agent_net();
     let agent_started = Instant::now();
     r.start_agent();
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -182,6 +200,7 @@ fn sidecar_topology_on_podman() {
     let all = [
         ("container", &r.proxy),
         ("container", &r.agent),
+        ("container", &r.agent_net),
         ("network", &r.int),
         ("network", &r.ext),
         ("volume", &r.vol),
@@ -203,13 +222,15 @@ fn sidecar_topology_on_podman() {
     assert_eq!(out.code, Some(60), "trusting only ca.pem must fail to verify the upstream: {}", out.all());
 
     // Without the proxy variables: no route.
-    let unset = ["env", "-u", "HTTP_PROXY", "-u", "http_proxy", "-u", "HTTPS_PROXY", "-u", "https_proxy"];
     for url in [&http_url, &https_url] {
-        let out = agent_exec(sb, &[&unset[..], &["curl", "-sS", "-v", "-m", "10", url]].concat());
+        let out = agent_exec(sb, &[transparent::UNSET, &["curl", "-sS", "-v", "-m", "10", url]].concat());
         assert!(!out.ok() && out.stderr.contains("Network is unreachable"), "direct {url}: {}", out.all());
     }
     let out = podman_exec(sb, &["ip", "route", "show", "default"]);
     assert!(out.ok() && out.stdout.trim().is_empty(), "the agent has no default route: {}", out.all());
+
+    // Without the proxy variables, by name: the policy DNS and the transparent listeners.
+    transparent::checks(&r, &named, upstream);
 
     // A denied host: 403 with the JSON body.
     let out = agent_exec(sb, &["curl", "-sS", "-m", "10", "-w", "\n%{http_code}", "http://denied.example/"]);
@@ -272,6 +293,8 @@ fn sidecar_topology_on_podman() {
     // The client list held: neither the startup warning nor a refused agent or health probe.
     let proxy_logs = run(r.sb.podman().args(["logs", &r.proxy]), STEP).all();
     assert!(!proxy_logs.contains("OPENSHELL_PROXY_ALLOWED_CLIENTS"), "proxy logs: {proxy_logs}");
+
+    transparent::figures(&r);
 
     // Deleting in the driver's order leaves nothing.
     let mut sb = r.sb;

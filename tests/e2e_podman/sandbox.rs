@@ -15,7 +15,7 @@ pub const PREFIX: &str = "ose2p";
 pub const RUN_LABEL: &str = "openshell.e2e-run";
 /// The base image (an empty root file system, imported, never pulled); kept as a cache.
 /// Bump the tag when its contents change.
-pub const BASE_IMAGE: &str = "localhost/openshell-e2e-base:2";
+pub const BASE_IMAGE: &str = "localhost/openshell-e2e-base:3";
 /// Host directories mounted read-only into the containers: the base image has an empty
 /// /usr, so glibc (for the binary) and curl, git, ssh, sh come from the host.
 pub const HOST_MOUNTS: &[&str] =
@@ -95,12 +95,13 @@ impl Sandbox {
         // A dead run's containers and networks are removed from inside its outer
         // namespace while it still exists, so netavark can tear its rules down there.
         let podman_for = |name: &str| {
-            let outer = format!("{}-host", name.rsplit_once('-').map_or(name, |(run, _)| run));
+            let outer = format!("{}-host", name.split_once('-').map_or(name, |(run, _)| run));
             if Path::new("/run/netns").join(&outer).exists() { self.podman_in(&outer) } else { self.host_podman() }
         };
         for container in stale(self.names(&["ps", "-a", "--format", "{{.Names}}"])) {
             eprintln!("sweeping the container {container} of a dead run");
-            let _ = run(podman_for(&container).args(["rm", "-f", "-t", "0", &container]), STEP);
+            // --depend: the agent goes with the network holder it joined.
+            let _ = run(podman_for(&container).args(["rm", "-f", "--depend", "-t", "0", &container]), STEP);
         }
         for network in stale(self.names(&["network", "ls", "--format", "{{.Name}}"])) {
             eprintln!("sweeping the network {network} of a dead run");
@@ -125,9 +126,9 @@ impl Sandbox {
     }
 
     /// Imports the base image unless it exists: an empty root file system with the
-    /// usr-merged symlinks, a tiny passwd/group with the `sandbox` user children run as
-    /// (uid 1000, shell /bin/sh), and an empty system root bundle (the test mounts its own
-    /// roots into the proxy). 0.3 s, no registry.
+    /// usr-merged symlinks, host names looked up in /etc/hosts then DNS, a tiny passwd/group
+    /// with the `sandbox` user children run as (uid 1000, shell /bin/sh), and an empty system
+    /// root bundle (the test mounts its own roots into the proxy). 0.3 s, no registry.
     pub fn base_image(&self) {
         if run(self.host_podman().args(["image", "exists", BASE_IMAGE]), STEP).ok() {
             return;
@@ -150,7 +151,7 @@ impl Sandbox {
         )
         .unwrap();
         std::fs::write(r.join("etc/group"), "root:x:0:\nnogroup:x:65534:\nsandbox:x:1000:\n").unwrap();
-        std::fs::write(r.join("etc/nsswitch.conf"), "hosts: files\npasswd: files\ngroup: files\n").unwrap();
+        std::fs::write(r.join("etc/nsswitch.conf"), "hosts: files dns\npasswd: files\ngroup: files\n").unwrap();
         std::fs::write(r.join("etc/ssl/certs/ca-certificates.crt"), "").unwrap();
         let script = format!(
             "chmod 1777 tmp var/tmp && chown 1000:1000 home/sandbox && tar -C {} -c . | podman import -q - {BASE_IMAGE} >/dev/null",
@@ -188,11 +189,11 @@ impl Sandbox {
         );
     }
 
-    /// Deletes the sandbox in the driver's order: agent, proxy, volume, networks; then
-    /// the image and the outer namespace (which takes netavark's rules with it).
+    /// Deletes the sandbox in the driver's order: agent, its network holder, proxy, volume,
+    /// networks; then the image and the outer namespace (which takes netavark's rules with it).
     pub fn delete(&mut self) {
         self.deleted = true;
-        for container in ["agent", "proxy"] {
+        for container in ["agent", "agent-net", "proxy"] {
             let _ = run(self.podman().args(["rm", "-f", "-t", "0", &format!("{}-{container}", self.name)]), STEP);
         }
         let _ = run(self.podman().args(["volume", "rm", "-f", &format!("{}-tls", self.name)]), STEP);

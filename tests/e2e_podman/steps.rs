@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::e2e_support::{Output, run, wait_for};
 use super::gateway_support::{SANDBOX_ID, TOKEN};
 use super::sandbox::{HOST_MOUNTS, RUN_LABEL, STEP, Sandbox};
+use super::transparent::NAMES;
 use super::{GATEWAY_PORT, PROXY_PORT, SSH_PORT};
 use openshell_sandbox::volume::READY_FILE;
 
@@ -61,6 +62,8 @@ pub struct Run {
     pub vol: String,
     pub proxy: String,
     pub agent: String,
+    /// The holder of the agent's network namespace (`openshell-sandbox agent-net`).
+    pub agent_net: String,
     /// Third octet of the internal network; the bridge network is the next one.
     pub net: u8,
     /// The volume's directory on the host (rootful podman).
@@ -146,7 +149,10 @@ impl Run {
     /// roots, so ca-bundle.pem carries it; the same CA is its OPENSHELL_UPSTREAM_CA_FILE
     /// for the intercepted port. The gateway is the test gateway on the bridge side (it
     /// serves the provider credentials); the proxy forwards the agent's gateway traffic
-    /// from its :8081.
+    /// from its :8081. The policy DNS listens on the internal address (docs/podman.md,
+    /// step 6): NET_ADMIN for the local route of the synthetic range, dropped before it
+    /// serves; the names the transparent cases use resolve to the upstream in the proxy's
+    /// /etc/hosts. The policy file is checked every second.
     pub fn start_proxy(&self) {
         let labels = self.labels();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
@@ -163,9 +169,13 @@ impl Run {
         let clients = format!("OPENSHELL_PROXY_ALLOWED_CLIENTS=10.231.{}.0/24,127.0.0.1/32", self.net);
         let endpoint = format!("OPENSHELL_ENDPOINT=http://{}:{GATEWAY_PORT}", self.upstream());
         let (token, id) = (format!("OPENSHELL_SANDBOX_TOKEN={TOKEN}"), format!("OPENSHELL_SANDBOX_ID={SANDBOX_ID}"));
+        let dns = format!("OPENSHELL_DNS_LISTEN={}:53", self.proxy_int());
+        let hosts: Vec<String> = NAMES.iter().map(|name| format!("--add-host={name}:{}", self.upstream())).collect();
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
         #[rustfmt::skip]
-        self.p(&args(&[&["run", "-d", "--name", &self.proxy, "--label", "openshell.role=proxy"], &labels, &mounts, &[
-            "--network", &int_ip, "--network", &ext_ip,
+        self.p(&args(&[&["run", "-d", "--name", &self.proxy, "--label", "openshell.role=proxy"], &labels, &mounts, &hosts, &[
+            "--network", &int_ip, "--network", &ext_ip, "--cap-add", "NET_ADMIN",
+            "-e", &dns, "-e", "OPENSHELL_POLICY_POLL_INTERVAL_SECS=1",
             "-v", &rw, "-v", &policy, "-v", &roots, "-v", &upstream_ca,
             "-e", "OPENSHELL_MODE=proxy", "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
             "-e", "OPENSHELL_UPSTREAM_CA_FILE=/etc/openshell/upstream-ca.pem",
@@ -189,10 +199,33 @@ impl Run {
         });
     }
 
-    /// The agent: only the internal network, the volume read-only, our entrypoint in agent
-    /// mode with a workload that announces itself, a loopback SSH listener for the exec
-    /// sessions, and the gateway reached through the proxy's forward (:8081) for the
-    /// supervisor session and its relays.
+    /// The holder of the agent's network namespace, on the internal network only: the
+    /// policy DNS as its name server and, with NET_ADMIN until the route is set, the route
+    /// of the synthetic range via the proxy; then it holds the namespace with no capability.
+    pub fn start_agent_net(&self) {
+        let labels = self.labels();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let mounts = host_mounts();
+        let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+        let (ip, proxy) = (format!("{}:ip={}", self.int, self.agent_ip()), self.proxy_int().to_string());
+        #[rustfmt::skip]
+        self.p(&args(&[&["run", "-d", "--name", &self.agent_net, "--label", "openshell.role=agent-net"], &labels, &mounts, &[
+            "--network", &ip, "--dns", &proxy, "--cap-add", "NET_ADMIN",
+            &self.sb.image, "agent-net", "--via", &proxy,
+        ]]));
+        wait_for("the agent-net holder's route", STEP, || {
+            let logs = run(self.sb.podman().args(["logs", &self.agent_net]), STEP).all();
+            if self.sb.p(&["inspect", "--format", "{{.State.Status}}", &self.agent_net]).stdout.trim() == "exited" {
+                panic!("the agent-net holder exited: {logs}");
+            }
+            logs.contains("agent network ready").then_some(())
+        });
+    }
+
+    /// The agent: the holder's network namespace (the internal network only), the volume
+    /// read-only, our entrypoint in agent mode with a workload that announces itself, a
+    /// loopback SSH listener for the exec sessions, and the gateway reached through the
+    /// proxy's forward (:8081) for the supervisor session and its relays.
     pub fn start_agent(&self) {
         let labels = self.labels();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
@@ -204,8 +237,7 @@ impl Run {
             .map(|v| format!("{v}={proxy_url}"))
             .collect();
         let proxy_env: Vec<&str> = proxy_vars.iter().flat_map(|var| ["-e", var.as_str()]).collect();
-        let (agent_ip, ro) =
-            (format!("{}:ip={}", self.int, self.agent_ip()), format!("{}:/openshell-tls:ro", self.vol));
+        let (agent_net, ro) = (format!("container:{}", self.agent_net), format!("{}:/openshell-tls:ro", self.vol));
         let policy = format!("{}:/etc/openshell/policy.yaml:ro", self.file("policy.yaml").display());
         let keys = format!("{}:/keys:ro", self.file("keys").display());
         let ssh_listen = format!("OPENSHELL_SSH_LISTEN=127.0.0.1:{SSH_PORT}");
@@ -213,7 +245,7 @@ impl Run {
         let (token, id) = (format!("OPENSHELL_SANDBOX_TOKEN={TOKEN}"), format!("OPENSHELL_SANDBOX_ID={SANDBOX_ID}"));
         #[rustfmt::skip]
         let common = [&["run", "-d", "--name", &self.agent, "--label", "openshell.role=agent"][..], &labels, &mounts, &proxy_env, &[
-            "--network", &agent_ip, "-v", &ro, "-v", &policy, "-v", &keys,
+            "--network", &agent_net, "-v", &ro, "-v", &policy, "-v", &keys,
             "-e", "OPENSHELL_PROXY_MODE=sidecar", "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
             "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
             "-e", "SSL_CERT_FILE=/openshell-tls/ca-bundle.pem",

@@ -184,7 +184,8 @@ impl UpstreamTls {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf_params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        let mut leaf_params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
         leaf_params.distinguished_name.push(DnType::CommonName, names[0]);
         let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
         let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
@@ -259,7 +260,8 @@ async fn serve(listener: std::net::TcpListener, tls: Option<tokio_rustls::TlsAcc
     }
 }
 
-/// Reads one request head, records it, and answers `200` with [`HELLO`].
+/// Reads one request head, records it, and answers `200` with [`HELLO`], or with N zero
+/// bytes for `GET /bytes/N` (downloads for the figures).
 async fn answer(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, heads: Heads) -> Option<()> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -269,9 +271,24 @@ async fn answer(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + 
         }
         head.push(byte[0]);
     }
-    heads.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
-    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HELLO}", HELLO.len());
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let size = head.strip_prefix("GET /bytes/").and_then(|rest| rest.split(' ').next()?.parse::<usize>().ok());
+    heads.lock().unwrap().push(head);
+    let length = size.unwrap_or(HELLO.len());
+    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n");
     stream.write_all(answer.as_bytes()).await.ok()?;
+    match size {
+        None => stream.write_all(HELLO.as_bytes()).await.ok()?,
+        Some(size) => {
+            let chunk = vec![0u8; 64 * 1024];
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                stream.write_all(&chunk[..n]).await.ok()?;
+                left -= n;
+            }
+        }
+    }
     stream.shutdown().await.ok()
 }
 
