@@ -19,6 +19,7 @@ pub mod sandbox;
 pub mod shutdown;
 pub mod telemetry;
 pub mod volume;
+pub mod watch;
 
 use cli::{AgentArgs, Cli, Command, Mode, ModeCommand, ProxyArgs};
 use config::layers::LogLayer;

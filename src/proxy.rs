@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod dns;
 pub mod drain;
 pub mod gateway_source;
+pub mod hop;
 pub mod l7;
 pub mod policy_source;
 pub mod relay;

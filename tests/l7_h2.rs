@@ -204,3 +204,69 @@ async fn an_http1_only_upstream_gets_http1() {
     assert_eq!((echo["version"].as_str(), echo["authority"].as_str()), (Some("HTTP/1.1"), Some(HOST)));
     assert_eq!(seen.requests.lock().unwrap()[0]["authorization"], format!("Bearer {SECRET}"));
 }
+
+/// A request over a fresh HTTP/1.1 connection (each of the proxy's own answers closes it),
+/// its body collected.
+async fn h1_once(proxy: SocketAddr, sandbox_ca: &Ca, request: Request<ClientBody>) -> Response<Bytes> {
+    let tls = connect(proxy, HOST, sandbox_ca, &[b"http/1.1"]).await;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    collected(sender.send_request(request)).await
+}
+
+async fn collected(exchange: impl Future<Output = Result<Response<Incoming>, hyper::Error>>) -> Response<Bytes> {
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange).await.unwrap().unwrap();
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test]
+async fn the_proxys_own_answers_are_the_same_over_http1_and_h2() {
+    let (sandbox_ca, upstream_ca) = (ca("Sandbox CA"), ca("Upstream CA"));
+    let (addr, seen) = upstream(&upstream_ca, true).await;
+    let proxy = proxy(&sandbox_ca, &upstream_ca, addr).await;
+    let mut h2 = h2_client(proxy, &sandbox_ca).await;
+    // (method, path, a header to set, the answer's status and `error`)
+    let cases = [
+        ("DELETE", "/items/1", None, 403, "policy_denied"),
+        ("GET", "/a%2Fb", None, 400, "bad_request"),
+        (
+            "GET",
+            "/items",
+            Some(("authorization", format!("Bearer {}", placeholder("NOPE")))),
+            403,
+            "credential_unresolved",
+        ),
+        ("GET", "/items", Some(("x-original-url", "/admin".to_owned())), 400, "bad_request"),
+    ];
+    for (method, path, header, status, error) in cases {
+        let build = |h1: bool| {
+            let mut r = request(method, path);
+            if h1 {
+                *r.uri_mut() = path.parse().unwrap();
+                r.headers_mut().insert("host", HOST.parse().unwrap());
+            }
+            if let Some((name, value)) = &header {
+                r.headers_mut().insert(*name, value.parse().unwrap());
+            }
+            r
+        };
+        let over_h1 = h1_once(proxy, &sandbox_ca, build(true)).await;
+        let over_h2 = collected(h2.send_request(build(false))).await;
+        let body: Value = serde_json::from_slice(over_h1.body()).unwrap();
+        assert_eq!(
+            (over_h1.status().as_u16(), body["error"].as_str()),
+            (status, Some(error)),
+            "{method} {path}: {body}"
+        );
+        assert_eq!((body["method"].as_str(), body["host"].as_str()), (Some(method), Some(HOST)), "{body}");
+        assert_eq!(over_h2.status(), over_h1.status(), "{method} {path}");
+        assert_eq!(over_h2.body(), over_h1.body(), "{method} {path}: the same bytes");
+        for name in ["content-type", "x-openshell-policy"] {
+            assert_eq!(over_h2.headers().get(name), over_h1.headers().get(name), "{method} {path}: {name}");
+        }
+        assert_eq!(over_h1.headers()["connection"], "close", "HTTP/1.1 closes after the proxy's own answer");
+        assert_eq!(over_h1.headers().get("x-openshell-policy").is_some(), status == 403);
+    }
+    assert!(seen.requests.lock().unwrap().is_empty(), "no refused request went upstream");
+}

@@ -53,7 +53,10 @@ fn run(e: &PolicyEngine, method: &str, target: &str, headers: &[(&str, String)])
 
 fn refusal(verdict: &Verdict) -> (StatusCode, serde_json::Value) {
     match verdict {
-        Verdict::Refuse { response, .. } => (response.status(), serde_json::from_slice(response.body()).unwrap()),
+        Verdict::Refuse { refusal, method, path, .. } => {
+            let response = refusal.render(HOST, 443, Some((method, path)));
+            (response.status(), serde_json::from_slice(response.body()).unwrap())
+        }
         Verdict::Forward { .. } => panic!("expected a refusal, got {verdict:?}"),
     }
 }
@@ -322,8 +325,9 @@ fn property_what_is_forwarded_is_what_was_judged_and_refusals_carry_no_secret() 
                 assert!(rejudged.allow, "the forwarded request is itself allowed: {method} {target} -> {path}");
                 assert!(!seen.contains("openshell:resolve"), "no placeholder forwarded: {seen}");
             }
-            Verdict::Refuse { response, .. } => {
+            Verdict::Refuse { refusal, method, path, .. } => {
                 refused += 1;
+                let response = refusal.render(HOST, 443, Some((&method, &path)));
                 let body = String::from_utf8_lossy(response.body()).into_owned();
                 assert!(!seen.contains(SECRET) && !body.contains(SECRET), "{method} {target}: {seen} {body}");
             }

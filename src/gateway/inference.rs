@@ -9,6 +9,7 @@ use super::proto::inference::{GetInferenceBundleRequest, ResolvedRoute};
 use super::{GatewayClient, GatewayError, Method, Sink};
 use crate::config::Secret;
 use crate::shutdown::Shutdown;
+use crate::watch::every;
 
 /// The contract's poll interval.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -136,11 +137,8 @@ impl<S: Sink<InferenceBundle>> InferencePoller<S> {
     /// Polls until shutdown; failures keep the last good bundle and are logged once per outage.
     pub async fn run(mut self, shutdown: Shutdown) {
         let mut failing = false;
-        loop {
-            tokio::select! {
-                () = shutdown.signalled() => return,
-                () = tokio::time::sleep(self.interval) => {}
-            }
+        let ticks = every(self.interval, shutdown);
+        while ticks.tick(None).await {
             match self.poll_once().await {
                 Ok(_) if failing => {
                     failing = false;

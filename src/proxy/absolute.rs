@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -23,11 +23,12 @@ use crate::policy::PolicyEngine;
 use crate::policy::host::normalize_destination;
 use crate::policy::model::Endpoint;
 
-use super::answer::{self, Body, INVALID_HOST, Refusal, USERINFO};
+use super::answer::{Body, INVALID_HOST, Refusal, USERINFO};
 use super::audit::{self, Subject};
 use super::counted::{Counted, OnEnd, answer_within};
 use super::credentials::SecretStore;
-use super::drain::then_drain;
+use super::drain::drained;
+use super::hop::strip_hop_by_hop;
 use super::l7::judge::{Verdict, judge};
 use super::l7::session::audit as audit_l7;
 use super::server::Ctx;
@@ -105,7 +106,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
         Ok(Ok(mut response)) => {
             *kept.0.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some(KeptConnection { host: host.clone(), port, generation, sender });
-            strip_hop_by_hop(response.headers_mut());
+            strip_hop_by_hop(response.headers_mut(), false);
             let status = response.status().as_u16();
             let (host, method, path) = (host.clone(), method.clone(), path.clone());
             let on_end: OnEnd = Box::new(move |received, outcome| {
@@ -165,14 +166,11 @@ fn inspect_http(
     audit_l7(host, port, &method, path, &verdict);
     match verdict {
         Verdict::Forward { .. } => Ok(Request::from_parts(parts, body)),
-        Verdict::Refuse { response, .. } => Err(Box::new(drained(response.map(answer::full), body))),
+        Verdict::Refuse { refusal, path, .. } => {
+            let answer = refusal.response(host, port, Some((&method, &path)));
+            Err(Box::new(drained(answer, body)))
+        }
     }
-}
-
-/// The proxy's own `answer` to a request whose `body` is drained once the answer is sent
-/// ([`crate::proxy::drain`]).
-pub(super) fn drained(answer: Response<Body>, body: Incoming) -> Response<Body> {
-    then_drain(answer, body).map(BodyExt::boxed)
 }
 
 /// The kept connection when it goes to the same place, was checked under the same policy
@@ -208,7 +206,7 @@ fn to_upstream(req: Request<Incoming>, host: &str, port: Option<u16>) -> Request
     origin.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     parts.uri = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop(&mut parts.headers, false);
     let host_header = match port {
         Some(p) if host.contains(':') => format!("[{host}]:{p}"),
         Some(p) => format!("{host}:{p}"),
@@ -221,53 +219,9 @@ fn to_upstream(req: Request<Incoming>, host: &str, port: Option<u16>) -> Request
     Request::from_parts(parts, body)
 }
 
-/// Removes hop-by-hop headers (`Upgrade` and h2c's `HTTP2-Settings` too: no upgrade is ever
-/// relayed here), the headers `Connection` names, and every `Proxy-*`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests have neither a `Connection` list nor a `Proxy-*` header: no allocation then.
-    let named = headers.get_all(header::CONNECTION).iter().next().is_some();
-    let proxy = headers.keys().any(|k| k.as_str().starts_with("proxy-"));
-    if named || proxy {
-        let doomed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .chain(headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned())
-            .collect();
-        for name in doomed {
-            headers.remove(name);
-        }
-    }
-    for name in [header::CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("http2-settings");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_and_proxy_headers_are_stripped() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "keep-alive, x-secret-hop"),
-            ("x-secret-hop", "1"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-authorization", "Basic abc"),
-            ("proxy-connection", "keep-alive"),
-            ("transfer-encoding", "chunked"),
-            ("accept", "*/*"),
-        ] {
-            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
-    }
 
     #[test]
     fn only_absolute_http_is_forwarded() {

@@ -21,7 +21,7 @@ use crate::policy::{L4Decision, PolicyEngine};
 use crate::shutdown::Shutdown;
 
 use super::answer::{Body, INVALID_HOST, Refusal, USERINFO, empty};
-use super::audit::{self, Subject};
+use super::audit::{self, Outcome, Subject};
 use super::l7::inference::{INFERENCE_HOST, InferenceSession, serve_inference_tls};
 use super::l7::session::{Dial, Inspected, SessionError, serve_tls};
 use super::relay::relay;
@@ -107,7 +107,7 @@ pub(super) async fn tunnel<IO>(
     let revoked = ctx.policy.revoked(generation);
     let quarantined = async {
         revoked.await;
-        "quarantined"
+        Outcome::Quarantined
     };
     let relayed = relay(client, upstream, ctx.limits.idle_timeout, quarantined).await;
     let subject = Subject { kind, host, port, request: None };

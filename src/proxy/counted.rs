@@ -19,8 +19,10 @@ use tokio::sync::oneshot;
 use tokio::time::error::Elapsed;
 use tokio::time::{Instant, Sleep};
 
+use super::audit::Outcome;
+
 /// Called once at the end with the bytes counted and how the body ended.
-pub type OnEnd = Box<dyn FnOnce(u64, &'static str) + Send + Sync>;
+pub type OnEnd = Box<dyn FnOnce(u64, Outcome) + Send + Sync>;
 
 /// What a counted body carries: the body as received, or one the proxy rebuilt (a request
 /// body whose placeholders were swapped).
@@ -99,7 +101,7 @@ impl Counted {
         (Counted::new(inner, bytes, idle, Some(on_end)), BodySent(receiver))
     }
 
-    fn finish(&mut self, outcome: &'static str) {
+    fn finish(&mut self, outcome: Outcome) {
         if let Some(on_end) = self.on_end.take() {
             on_end(self.bytes.load(Ordering::Relaxed), outcome);
         }
@@ -138,18 +140,18 @@ impl Body for Counted {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.finish("error");
+                self.finish(Outcome::Error);
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
-                self.finish("eof");
+                self.finish(Outcome::Eof);
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 let idle = self.idle;
                 match self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle))).as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        self.finish("idle");
+                        self.finish(Outcome::Idle);
                         Poll::Ready(Some(Err(IdleBody(self.idle).into())))
                     }
                     Poll::Pending => Poll::Pending,
@@ -169,7 +171,7 @@ impl Body for Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        let outcome = if self.inner.is_end_stream() { "eof" } else { "aborted" };
+        let outcome = if self.inner.is_end_stream() { Outcome::Eof } else { Outcome::Aborted };
         self.finish(outcome);
     }
 }

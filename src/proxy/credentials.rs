@@ -15,13 +15,15 @@ mod substitute;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
-use http::StatusCode;
 use tokio::sync::Notify;
 
 use crate::gateway::provider::ProviderEnvironment;
 use crate::policy::Policy;
+use crate::proxy::answer::Refusal;
 use crate::volume::ChildEnv;
+use crate::watch::{Change, WatchedFile};
 use crate::{Exit, ExitStatus};
 
 pub use binding::Destination;
@@ -33,15 +35,6 @@ pub use snapshot::Snapshot;
 
 /// What every placeholder starts with; the key follows.
 pub const PLACEHOLDER_PREFIX: &str = "openshell:resolve:env:";
-
-/// The deny code of a request whose credentials could not be swapped.
-pub const DENY_CODE: &str = "credential_unresolved";
-
-/// The deny code of a placeholder sent where its key is not bound.
-pub const NOT_BOUND_CODE: &str = "credential_not_bound";
-
-/// The deny code of a placeholder whose value has expired.
-pub const EXPIRED_CODE: &str = "credential_expired";
 
 /// The placeholder the agent sees for `key`.
 pub fn placeholder(key: &str) -> String {
@@ -188,24 +181,21 @@ impl CredentialError {
         )
     }
 
-    /// The `error` code of the answer to a refused request.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::NotBound { .. } => NOT_BOUND_CODE,
-            Self::Expired { .. } => EXPIRED_CODE,
-            Self::BodyTooLarge { .. } => "payload_too_large",
-            Self::BodyRead(_) => "bad_request",
-            _ => DENY_CODE,
-        }
-    }
-
-    /// The status of the answer to a refused request.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyRead(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::FORBIDDEN,
-        }
+    /// The answer to a request this error refused: 403 `credential_unresolved` (a
+    /// placeholder has no value, sits where it cannot be swapped, or is in plain HTTP),
+    /// `credential_not_bound`, `credential_expired`; 413 or 400 for a body that cannot be
+    /// rewritten. The reason names the key, never a value.
+    pub fn refusal(&self) -> Refusal {
+        let refusal: fn(String) -> Refusal = match self {
+            Self::NotBound { .. } => Refusal::CredentialNotBound,
+            Self::Expired { .. } => Refusal::CredentialExpired,
+            Self::BodyTooLarge { .. } => Refusal::PayloadTooLarge,
+            Self::BodyRead(_) => Refusal::BadRequest,
+            _ => Refusal::CredentialUnresolved,
+        };
+        // The message starts with the code (for logs); the answer carries it apart.
+        let (code, text) = (refusal(String::new()).error(), self.to_string());
+        refusal(text.strip_prefix(code).and_then(|r| r.strip_prefix(": ")).unwrap_or(&text).to_owned())
     }
 }
 
@@ -215,25 +205,12 @@ impl ExitStatus for CredentialError {
     }
 }
 
-/// The file identity `reload_if_changed` compares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<std::time::SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Result<Stamp, CredentialError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|source| CredentialError::Read { path: path.to_owned(), source })?;
-    Ok(Stamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() })
-}
-
 /// The current credentials, replaced as a whole (readers keep the snapshot they took).
 #[derive(Debug)]
 pub struct SecretStore {
     current: RwLock<Arc<Snapshot>>,
-    file: Option<(PathBuf, Mutex<Stamp>)>,
+    /// The provider env file, when the credentials come from one.
+    file: Option<Mutex<WatchedFile>>,
     /// Notified when a request met an expired value.
     expired: Arc<Notify>,
 }
@@ -247,11 +224,11 @@ impl SecretStore {
     /// Loads `OPENSHELL_PROVIDER_ENV_FILE` (format: [`parse_env_file`]); every key is
     /// secret and bound through its provider section (see [`Self::unbound`]).
     pub fn from_file(path: &Path) -> Result<Self, CredentialError> {
-        let before = stamp(path)?;
+        let (file, bytes) =
+            WatchedFile::open(path).map_err(|source| CredentialError::Read { path: path.to_owned(), source })?;
         let expired = Arc::default();
-        let snapshot = load_file(path, &expired)?;
-        let file = Some((path.to_owned(), Mutex::new(before)));
-        Ok(SecretStore { current: RwLock::new(Arc::new(snapshot)), file, expired })
+        let snapshot = Snapshot::from_file(parse_env_file(&bytes, path)?, Arc::clone(&expired));
+        Ok(SecretStore { current: RwLock::new(Arc::new(snapshot)), file: Some(Mutex::new(file)), expired })
     }
 
     /// From the gateway's provider environment (its non-secret keys keep their values).
@@ -273,21 +250,28 @@ impl SecretStore {
         self.expired.clone()
     }
 
-    /// Re-reads the env file when its modification time, length or inode changed. `Ok(true)`:
-    /// new credentials are in force. On error the previous ones stay, and the same file
-    /// content is not retried (so a bad file is reported once). No file: `Ok(false)`.
+    /// Re-reads the env file: new contents that have settled ([`crate::watch::SETTLE`]) are
+    /// parsed, and `Ok(true)` means they are in force. On error the previous ones stay, and
+    /// the same contents are not retried (so a bad file, or a missing one, is reported
+    /// once). No file: `Ok(false)`.
     pub fn reload_if_changed(&self) -> Result<bool, CredentialError> {
-        let Some((path, last)) = &self.file else { return Ok(false) };
-        let now = stamp(path)?;
-        {
-            let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
-            if *last == now {
-                return Ok(false);
-            }
-            *last = now;
-        }
-        self.swap(load_file(path, &self.expired)?);
+        let Some(file) = &self.file else { return Ok(false) };
+        let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = file.path().to_owned();
+        let bytes = match file.check() {
+            Change::Same | Change::Settling => return Ok(false),
+            Change::Unreadable(source) => return Err(CredentialError::Read { path, source }),
+            Change::New(bytes) => bytes,
+        };
+        drop(file);
+        self.swap(Snapshot::from_file(parse_env_file(&bytes, &path)?, self.expired.clone()));
         Ok(true)
+    }
+
+    /// How long until a change of the env file has settled (`None` when none is waiting).
+    pub fn settles_in(&self) -> Option<Duration> {
+        let file = self.file.as_ref()?;
+        file.lock().unwrap_or_else(PoisonError::into_inner).settles_in()
     }
 
     /// The env-file keys that `policy` binds to no inspected endpoint, each as an error
@@ -300,7 +284,9 @@ impl SecretStore {
             .filter(|e| e.intercepts_tls())
             .filter_map(|e| e.credential_binding.as_deref())
             .collect();
-        let path = self.file.as_ref().map(|(p, _)| p.display().to_string()).unwrap_or_default();
+        let path =
+            self.file.as_ref().map(|f| f.lock().unwrap_or_else(PoisonError::into_inner).path().display().to_string());
+        let path = path.unwrap_or_default();
         let snapshot = self.snapshot();
         snapshot
             .providers()
@@ -343,11 +329,6 @@ impl SecretStore {
     fn swap(&self, snapshot: Snapshot) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
     }
-}
-
-fn load_file(path: &Path, expired: &Arc<Notify>) -> Result<Snapshot, CredentialError> {
-    let bytes = std::fs::read(path).map_err(|source| CredentialError::Read { path: path.to_owned(), source })?;
-    Ok(Snapshot::from_file(parse_env_file(&bytes, path)?, expired.clone()))
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::answer::Body as AnswerBody;
+
 /// The most request body bytes read after an answer (a few times the 10 MiB `inference.local`
 /// accepts, so a client answered 413 still finishes); past it the stream is reset
 /// (`RST_STREAM(NO_ERROR)`, RFC 9113 section 8.1) or the connection closed.
@@ -20,13 +22,13 @@ const DRAIN_LIMIT: u64 = 32 * 1024 * 1024;
 /// The longest time spent reading a request body after an answer.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
-/// `answer`, keeping `request_body` until the answer is sent, then draining it.
-pub fn then_drain<B>(answer: Response<B>, request_body: Incoming) -> Response<Drained<B>> {
-    answer.map(|answer| Drained { answer, request_body: Some(request_body) })
+/// The proxy's own `answer`, keeping `request_body` until the answer is sent, then draining it.
+pub fn drained(answer: Response<AnswerBody>, request_body: Incoming) -> Response<AnswerBody> {
+    answer.map(|answer| Drained { answer, request_body: Some(request_body) }.boxed())
 }
 
 /// An answer's body, and the request body to drain once the answer is gone.
-pub struct Drained<B> {
+struct Drained<B> {
     answer: B,
     request_body: Option<Incoming>,
 }

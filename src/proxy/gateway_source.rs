@@ -172,11 +172,6 @@ impl GatewayStart {
         self.secrets.clone()
     }
 
-    /// Whether the provider environment comes from the gateway.
-    pub fn provides_credentials(&self) -> bool {
-        self.provider_revision.is_some()
-    }
-
     /// The `inference.local` routes in force, kept current by the inference poller
     /// (`None` when a local routes file wins).
     pub fn routes(&self) -> Option<Arc<RoutesHandle>> {

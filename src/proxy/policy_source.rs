@@ -8,7 +8,7 @@
 
 mod file;
 
-pub use file::{FileReloader, SETTLE};
+pub use file::FileReloader;
 
 use std::future::Future;
 use std::path::Path;

@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::audit::Outcome;
+
 /// Buffer size of each direction: large enough for bulk throughput, small enough that
 /// a thousand idle tunnels stay within the memory target.
 const BUFFER: usize = 32 * 1024;
@@ -23,13 +25,13 @@ pub struct Relayed {
     pub sent: u64,
     /// Bytes from the upstream to the client.
     pub received: u64,
-    /// `eof` (both sides closed), `idle` (timed out), `error`, or what stopped it.
-    pub outcome: &'static str,
+    /// `Eof` (both sides closed), `Idle` (timed out), `Error`, or what stopped it.
+    pub outcome: Outcome,
 }
 
 /// Relays until both directions close, the link is silent for `idle`, an error, or `stop`
-/// completes (its output is the outcome, like `quarantined`).
-pub async fn relay<A, B>(client: A, upstream: B, idle: Duration, stop: impl Future<Output = &'static str>) -> Relayed
+/// completes (its output is the outcome, like `Quarantined`).
+pub async fn relay<A, B>(client: A, upstream: B, idle: Duration, stop: impl Future<Output = Outcome>) -> Relayed
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -41,8 +43,8 @@ where
     let mut upstream = Metered { inner: upstream, bytes: received.clone(), activity: activity.clone() };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER);
     let outcome = tokio::select! {
-        result = copy => if result.is_ok() { "eof" } else { "error" },
-        () = activity.idle_for(idle) => "idle",
+        result = copy => if result.is_ok() { Outcome::Eof } else { Outcome::Error },
+        () = activity.idle_for(idle) => Outcome::Idle,
         outcome = stop => outcome,
     };
     Relayed { sent: sent.load(Ordering::Relaxed), received: received.load(Ordering::Relaxed), outcome }
@@ -141,7 +143,7 @@ mod tests {
         client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"world!", "the other direction still flows after the half-close");
         let relayed = task.await.unwrap();
-        assert_eq!(relayed, Relayed { sent: 5, received: 6, outcome: "eof" });
+        assert_eq!(relayed, Relayed { sent: 5, received: 6, outcome: Outcome::Eof });
     }
 
     #[tokio::test]
@@ -150,7 +152,7 @@ mod tests {
         let (upstream_side, _upstream) = tokio::io::duplex(64);
         let started = std::time::Instant::now();
         let relayed = relay(client_side, upstream_side, Duration::from_millis(100), pending()).await;
-        assert_eq!(relayed.outcome, "idle");
+        assert_eq!(relayed.outcome, Outcome::Idle);
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
@@ -161,14 +163,14 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(relay(client_side, upstream_side, Duration::from_secs(5), async {
             let _ = stopped.await;
-            "quarantined"
+            Outcome::Quarantined
         }));
         client.write_all(b"abc").await.unwrap();
         let mut got = [0u8; 3];
         upstream.read_exact(&mut got).await.unwrap();
         stop.send(()).unwrap();
         let relayed = task.await.unwrap();
-        assert_eq!(relayed, Relayed { sent: 3, received: 0, outcome: "quarantined" });
+        assert_eq!(relayed, Relayed { sent: 3, received: 0, outcome: Outcome::Quarantined });
         assert_eq!(client.read(&mut got).await.unwrap(), 0, "the client's side is closed");
     }
 }

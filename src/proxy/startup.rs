@@ -13,6 +13,7 @@ use crate::config::ProxyConfig;
 use crate::policy::RegoRules;
 use crate::shutdown::Shutdown;
 use crate::volume::{self, CA_BUNDLE_FILE, Ready};
+use crate::watch::every;
 
 use super::ProxyError;
 use super::ca::CertificateAuthority;
@@ -196,9 +197,9 @@ impl Prepared {
             );
             shutdown.spawn(reloader.run(shutdown.clone()));
         }
-        if let (Some(routes), Some(path)) = (&self.inference, &config.inference_routes) {
+        if let (Some(routes), Some(_)) = (&self.inference, &config.inference_routes) {
             let interval = config.common.policy_poll_interval.min(ROUTES_POLL_INTERVAL);
-            let reload = routes.clone().run_file_reloader(path.clone(), interval, shutdown.clone());
+            let reload = routes.clone().run_file_reloader(interval, shutdown.clone());
             shutdown.spawn(reload);
         }
         if config.provider_env_file.is_some() {
@@ -279,7 +280,7 @@ fn usable_tls_dir(dir: &Path) -> Result<(), ProxyError> {
 }
 
 /// Re-reads the provider env file every `interval` until shutdown; each new set of
-/// credentials is in force for the next request and rewrites `child-env.json`. A bad file
+/// credentials (once settled) is in force for the next request and rewrites `child-env.json`. A bad file
 /// keeps the last good credentials and is reported once (never with a value); a key the
 /// policy in force binds nowhere is reported (its requests get `credential_not_bound`).
 async fn reload_credentials(
@@ -289,11 +290,8 @@ async fn reload_credentials(
     interval: Duration,
     shutdown: Shutdown,
 ) {
-    loop {
-        tokio::select! {
-            () = shutdown.signalled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
+    let ticks = every(interval, shutdown);
+    while ticks.tick(secrets.settles_in()).await {
         match secrets.reload_if_changed() {
             Ok(false) => {}
             Ok(true) => {

@@ -40,7 +40,7 @@ pub async fn serve(listener: TcpListener, target: ForwardTarget, shutdown: Shutd
             };
             let _ = client.set_nodelay(true);
             let relayed = relay(client, upstream, target.idle_timeout, std::future::pending()).await;
-            tracing::debug!(client = %peer, gateway = %addr, sent = relayed.sent, received = relayed.received, outcome = relayed.outcome, "gateway forward closed");
+            tracing::debug!(client = %peer, gateway = %addr, sent = relayed.sent, received = relayed.received, outcome = relayed.outcome.as_str(), "gateway forward closed");
         });
     }
 }

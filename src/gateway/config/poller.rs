@@ -11,6 +11,7 @@ use crate::config::ValidationFailureMode;
 use crate::gateway::proto::PolicyStatus;
 use crate::gateway::{GatewayClient, GatewayError};
 use crate::shutdown::Shutdown;
+use crate::watch::every;
 
 /// What one poll decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,11 +141,8 @@ impl<S: PolicySink> ConfigPoller<S> {
     /// Polls every interval until shutdown. Failed polls are logged once per outage.
     pub async fn run(mut self, shutdown: Shutdown) {
         let mut failing = false;
-        loop {
-            tokio::select! {
-                () = shutdown.signalled() => return,
-                () = tokio::time::sleep(self.interval) => {}
-            }
+        let ticks = every(self.interval, shutdown);
+        while ticks.tick(None).await {
             match self.poll_once().await {
                 Ok(_) if failing => {
                     failing = false;

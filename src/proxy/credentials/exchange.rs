@@ -6,33 +6,32 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::binding::Destination;
 use super::scrub::{self, Scrubber};
 use super::substitute::{self, Resolver};
 use super::{CredentialError, Snapshot, body};
+use crate::proxy::answer::{self, Body};
 use crate::proxy::counted::Source;
-use crate::proxy::l7::deny::{self, Refused};
+use crate::proxy::l7::deny::Refused;
 use crate::proxy::l7::judge::Verdict;
-use crate::proxy::l7::session::{Body, audit_forward, audit_refusal};
+use crate::proxy::l7::session::{audit_forward, audit_refusal};
 
 /// The body stage of a judged request to `host:port` (see [`Injection::finish_request`]),
 /// then its audit event. `Ok`: forward the head with this body, and scrub the answer with
-/// the injection; `Err`: the refusal to answer (nothing goes upstream) and the request body,
-/// whatever of it was not read yet, to drain once the refusal is sent.
+/// the injection; `Err`: the answer refusing it (nothing goes upstream) and the request body,
+/// whatever of it was not read yet, to drain once the answer is sent.
 pub async fn finish(
     verdict: Verdict,
     parts: &mut Parts,
     incoming: Incoming,
     (host, port): (&str, u16),
     idle: Duration,
-) -> Result<(Injection, Source), (Response<Bytes>, Incoming)> {
+) -> Result<(Injection, Source), (Response<Body>, Incoming)> {
     let method = parts.method.as_str().to_owned();
     match verdict {
         Verdict::Forward { decision, mut credentials } => match credentials.finish_request(parts, incoming, idle).await
@@ -43,15 +42,15 @@ pub async fn finish(
             }
             Err((e, unread)) => {
                 let refused = Refused { host, port, method: &method, path: credentials.path() };
-                let response = deny::credential_refused(refused, &e);
-                audit_refusal(host, port, &method, credentials.path(), Some(&decision), &response);
-                Err((response, unread))
+                let refusal = e.refusal();
+                audit_refusal(host, port, &method, credentials.path(), Some(&decision), &refusal);
+                Err((refused.answer(&refusal), unread))
             }
         },
         // A judged refusal left the target as judged.
-        Verdict::Refuse { response, decision } => {
-            audit_refusal(host, port, &method, parts.uri.path(), decision.as_ref(), &response);
-            Err((response, incoming))
+        Verdict::Refuse { refusal, path, decision, .. } => {
+            audit_refusal(host, port, &method, parts.uri.path(), decision.as_ref(), &refusal);
+            Err((Refused { host, port, method: &method, path: &path }.answer(&refusal), incoming))
         }
     }
 }
@@ -148,7 +147,7 @@ impl Injection {
     pub fn response(&self, response: Response<Incoming>) -> Result<Response<Body>, String> {
         match self.scrubber() {
             Some(scrubber) => scrub::answer(&scrubber, response, !self.keys.is_empty(), self.bodiless),
-            None => Ok(response.map(BodyExt::boxed)),
+            None => Ok(response.map(answer::boxed)),
         }
     }
 

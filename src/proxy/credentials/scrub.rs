@@ -14,11 +14,10 @@ use aho_corasick::{AhoCorasick, Input, MatchKind};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::proxy::l7::session::Body as AnswerBody;
+use crate::proxy::answer::{self, Body as AnswerBody};
 use hyper::ext::ReasonPhrase;
 
 /// Patterns (values) and what replaces each (placeholders).
@@ -148,11 +147,11 @@ pub fn answer(
     scrubber.reason(response.extensions_mut());
     let status = response.status();
     if bodiless || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(response.map(BodyExt::boxed));
+        return Ok(response.map(answer::boxed));
     }
     response.headers_mut().remove(header::CONTENT_LENGTH);
     let scrubber = scrubber.clone();
-    Ok(response.map(|body| Scrubbed::new(body, scrubber).boxed()))
+    Ok(response.map(|body| answer::boxed(Scrubbed::new(body, scrubber))))
 }
 
 /// The first coding of `headers` that is a compression: a `Content-Encoding` other than

@@ -71,12 +71,19 @@ fn debug_output_never_shows_a_value() {
     assert!(!debug.contains("hunter2") && debug.contains("redacted"), "{debug}");
 }
 
+/// `store` with changes of its file counting at once (no settle time).
+fn unsettled(mut store: SecretStore) -> SecretStore {
+    let file = store.file.take().map(|f| f.into_inner().unwrap().with_settle(Duration::ZERO));
+    store.file = file.map(std::sync::Mutex::new);
+    store
+}
+
 #[test]
 fn file_store_loads_and_reloads_on_change_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provider.env");
     std::fs::write(&path, "[p]\nAPI_KEY=first\n").unwrap();
-    let store = SecretStore::from_file(&path).unwrap();
+    let store = unsettled(SecretStore::from_file(&path).unwrap());
     assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "first");
     assert!(!store.reload_if_changed().unwrap(), "unchanged file");
     let old = store.snapshot();
@@ -95,7 +102,7 @@ fn a_bad_reload_keeps_the_last_good_file_and_is_reported_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("provider.env");
     std::fs::write(&path, "[p]\nAPI_KEY=good\n").unwrap();
-    let store = SecretStore::from_file(&path).unwrap();
+    let store = unsettled(SecretStore::from_file(&path).unwrap());
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&path, "[p]\nAPI_KEY=bad\r\n").unwrap();
     let e = store.reload_if_changed().unwrap_err().to_string();
@@ -108,6 +115,26 @@ fn a_bad_reload_keeps_the_last_good_file_and_is_reported_once() {
     std::fs::rename(&tmp, &path).unwrap();
     assert!(store.reload_if_changed().unwrap(), "an atomic replace is seen");
     assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "renamed");
+}
+
+#[test]
+fn a_half_written_env_file_is_not_picked_up_before_it_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provider.env");
+    std::fs::write(&path, "[p]\nAPI_KEY=first\n").unwrap();
+    let mut store = SecretStore::from_file(&path).unwrap();
+    let file = store.file.take().map(|f| f.into_inner().unwrap().with_settle(Duration::from_millis(300)));
+    store.file = file.map(std::sync::Mutex::new);
+    // A writer half way: the prefix is a valid file whose value is cut.
+    std::fs::write(&path, "[p]\nAPI_KEY=sec").unwrap();
+    assert!(!store.reload_if_changed().unwrap(), "a fresh change waits");
+    std::fs::write(&path, "[p]\nAPI_KEY=second-value\n").unwrap();
+    assert!(!store.reload_if_changed().unwrap(), "a change still changing waits");
+    assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "first");
+    assert!(store.settles_in().is_some());
+    std::thread::sleep(Duration::from_millis(350));
+    assert!(store.reload_if_changed().unwrap(), "a settled change applies");
+    assert_eq!(store.snapshot().get("API_KEY").unwrap().expose(), "second-value", "the cut value never applied");
 }
 
 #[test]
@@ -163,7 +190,8 @@ fn an_expired_value_is_refused_and_asks_for_a_refetch() {
     let notified = store.expired();
     let e = snapshot.resolve("OLD", &to).unwrap_err();
     assert!(matches!(&e, CredentialError::Expired { key } if key == "OLD"), "{e}");
-    assert_eq!((e.code(), e.status()), (EXPIRED_CODE, StatusCode::FORBIDDEN));
+    let refusal = e.refusal();
+    assert_eq!((refusal.error(), refusal.status()), ("credential_expired", http::StatusCode::FORBIDDEN));
     let waited = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

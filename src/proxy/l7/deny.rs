@@ -1,21 +1,14 @@
-//! The proxy's own answers to requests refused on an inspected connection, in the shape of
-//! every deny answer (design.md section 3): JSON `{"error","reason","host","port",
-//! "policy","method","path"}`, `X-OpenShell-Policy: deny` on 403s, then `Connection: close`.
+//! Why a request on an inspected connection (or to `inference.local`) is refused: each
+//! function names one [`Refusal`] and its reason; [`Refused`] is the request it answers,
+//! rendered like every deny answer ([`crate::proxy::answer`]).
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use serde_json::{Value, json};
+use http::Response;
 
 use super::head::HeadError;
 use super::path::PathError;
 use crate::policy::L7Decision;
-use crate::proxy::credentials::CredentialError;
-
-/// The header that marks an answer as the proxy's own denial.
-pub const POLICY_HEADER: &str = "x-openshell-policy";
-
-/// The longest request path echoed in a body (a refused path may be long or odd).
-const MAX_SHOWN_PATH: usize = 512;
+use crate::proxy::answer::{Body, Refusal};
 
 /// The paths `inference.local` serves, for its refusal message.
 const INFERENCE_PATHS: &str = "/v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings, GET /v1/models (OpenAI) and /v1/messages (Anthropic)";
@@ -33,94 +26,88 @@ pub struct Refused<'a> {
     pub path: &'a str,
 }
 
-/// 403 `policy_denied`: the L7 rules refused the request (enforced).
-pub fn policy_denied(request: Refused<'_>, decision: &L7Decision) -> Response<Bytes> {
-    let mut body = base("policy_denied", &decision.reason, request);
-    if let Some(policy) = &decision.policy {
-        body["policy"] = json!(policy);
+impl Refused<'_> {
+    /// The answer refusing this request.
+    pub fn answer(&self, refusal: &Refusal) -> Response<Body> {
+        refusal.response(self.host, self.port, Some((self.method, self.path)))
     }
-    answer(StatusCode::FORBIDDEN, body)
+
+    /// The answer, rendered as bytes.
+    pub fn render(&self, refusal: &Refusal) -> Response<Bytes> {
+        refusal.render(self.host, self.port, Some((self.method, self.path)))
+    }
+}
+
+/// 403 `policy_denied`: the L7 rules refused the request (enforced).
+pub fn policy_denied(decision: &L7Decision) -> Refusal {
+    Refusal::Policy { reason: decision.reason.clone(), policy: decision.policy.clone() }
 }
 
 /// 403 `policy_denied`: the request names another host than the one policy judged (a
 /// `Host` header or absolute URI differing from the CONNECT host, as in domain fronting).
-pub fn host_mismatch(request: Refused<'_>, named: &str) -> Response<Bytes> {
+pub fn host_mismatch(host: &str, port: u16, named: &str) -> Refusal {
     let reason = format!(
-        "the request names the host `{named}`, but this connection was allowed for `{}:{}`; open a connection to that host instead",
-        request.host, request.port
+        "the request names the host `{named}`, but this connection was allowed for `{host}:{port}`; open a connection to that host instead"
     );
-    answer(StatusCode::FORBIDDEN, base("policy_denied", &reason, request))
-}
-
-/// 403 `credential_unresolved` (a placeholder has no value, sits where it cannot be
-/// swapped, or is in plain HTTP), `credential_not_bound`, `credential_expired`; 413 or 400
-/// for a body that cannot be rewritten. The request is not forwarded. The reason names the
-/// key, never a value.
-pub fn credential_refused(request: Refused<'_>, error: &CredentialError) -> Response<Bytes> {
-    let (code, reason) = (error.code(), error.to_string());
-    let reason = reason.strip_prefix(code).and_then(|r| r.strip_prefix(": ")).unwrap_or(&reason);
-    answer(error.status(), base(code, reason, request))
+    Refusal::Policy { reason, policy: None }
 }
 
 /// 400 `bad_request`: the request target cannot be canonicalised (the error says why).
-pub fn bad_path(request: Refused<'_>, error: &PathError) -> Response<Bytes> {
-    answer(StatusCode::BAD_REQUEST, base("bad_request", &error.to_string(), request))
+pub fn bad_path(error: &PathError) -> Refusal {
+    Refusal::BadRequest(error.to_string())
 }
 
 /// 400 `bad_request`: the request head is ambiguous about its host, or asks for what is never
 /// relayed (`CONNECT`, an upgrade other than WebSocket); the error says which.
-pub fn bad_head(request: Refused<'_>, error: &HeadError) -> Response<Bytes> {
-    answer(StatusCode::BAD_REQUEST, base("bad_request", &error.to_string(), request))
+pub fn bad_head(error: &HeadError) -> Refusal {
+    Refusal::BadRequest(error.to_string())
 }
 
 /// 403 `policy_denied` from `inference.local` for a path it does not serve.
-pub fn inference_path_denied(request: Refused<'_>) -> Response<Bytes> {
+pub fn inference_path_denied() -> Refusal {
     let reason = format!("inference.local serves only {INFERENCE_PATHS}");
-    let mut body = base("policy_denied", &reason, request);
-    body["policy"] = json!("inference.local");
-    answer(StatusCode::FORBIDDEN, body)
+    Refusal::Policy { reason, policy: Some("inference.local".to_owned()) }
 }
 
 /// 400 `bad_request`: an inference request body that is not a JSON object.
-pub fn bad_inference_body(request: Refused<'_>) -> Response<Bytes> {
-    let reason = "the body of an inference request must be a JSON object";
-    answer(StatusCode::BAD_REQUEST, base("bad_request", reason, request))
+pub fn bad_inference_body() -> Refusal {
+    Refusal::BadRequest("the body of an inference request must be a JSON object".to_owned())
 }
 
 /// 503 `no_inference_route`: no route serves this API family (or its base URL is unusable).
-pub fn no_inference_route(request: Refused<'_>, family: &str) -> Response<Bytes> {
+pub fn no_inference_route(family: &str) -> Refusal {
     let reason = format!(
         "no usable inference route serves the {family} API; configure one at the gateway or in OPENSHELL_INFERENCE_ROUTES"
     );
-    answer(StatusCode::SERVICE_UNAVAILABLE, base("no_inference_route", &reason, request))
+    Refusal::NoInferenceRoute(reason)
 }
 
 /// 503 `no_inference_route`: the chosen route's API key cannot be sent (never shown).
-pub fn unusable_route_key(request: Refused<'_>, route: &str) -> Response<Bytes> {
+pub fn unusable_route_key(route: &str) -> Refusal {
     let reason = format!("the API key of inference route `{route}` is not a valid header value; fix it at its source");
-    answer(StatusCode::SERVICE_UNAVAILABLE, base("no_inference_route", &reason, request))
+    Refusal::NoInferenceRoute(reason)
 }
 
 /// 413 `payload_too_large`: a request body over `limit` bytes.
-pub fn body_too_large(request: Refused<'_>, limit: u64) -> Response<Bytes> {
+pub fn body_too_large(limit: u64) -> Refusal {
     let reason = format!("the request body is larger than the {limit} bytes accepted");
-    answer(StatusCode::PAYLOAD_TOO_LARGE, base("payload_too_large", &reason, request))
+    Refusal::PayloadTooLarge(reason)
 }
 
 /// 502 `upstream_unreachable`: the upstream's certificate did not verify, so nothing was
 /// sent (never a silently unverified connection). `detail` is the TLS error.
-pub fn upstream_tls_failed(request: Refused<'_>, detail: &str) -> Response<Bytes> {
+pub fn upstream_tls_failed(request: Refused<'_>, detail: &str) -> Refusal {
     let reason = format!(
         "the TLS certificate of {} did not verify ({detail}); add its CA to OPENSHELL_UPSTREAM_CA_FILE if it is a private CA",
         request.host
     );
-    answer(StatusCode::BAD_GATEWAY, base("upstream_unreachable", &reason, request))
+    Refusal::Unreachable(reason)
 }
 
 /// 502 `upstream_unreachable`: the upstream could not be reached or broke the exchange.
-pub fn upstream_unreachable(request: Refused<'_>, detail: &str) -> Response<Bytes> {
+pub fn upstream_unreachable(request: Refused<'_>, detail: &str) -> Refusal {
     let reason = format!("{}:{} could not be reached: {detail}", request.host, request.port);
-    answer(StatusCode::BAD_GATEWAY, base("upstream_unreachable", &reason, request))
+    Refusal::Unreachable(reason)
 }
 
 /// What a 504 says the upstream did not do, and the setting that bounds it: the answer head.
@@ -135,43 +122,9 @@ pub const HANDSHAKE_IN_TIME: &str =
 
 /// 504 `upstream_timeout`: the upstream did not `what` (connect, answer) within the bound
 /// `what` names.
-pub fn upstream_timeout(request: Refused<'_>, what: &str) -> Response<Bytes> {
+pub fn upstream_timeout(request: Refused<'_>, what: &str) -> Refusal {
     let reason = format!("{}:{} did not {what}", request.host, request.port);
-    answer(StatusCode::GATEWAY_TIMEOUT, base("upstream_timeout", &reason, request))
-}
-
-fn base(error: &str, reason: &str, r: Refused<'_>) -> Value {
-    json!({
-        "error": error,
-        "reason": reason,
-        "host": r.host,
-        "port": r.port,
-        "method": r.method,
-        "path": shown(r.path),
-    })
-}
-
-/// `path` cut to [`MAX_SHOWN_PATH`] bytes on a character boundary, marked when cut.
-fn shown(path: &str) -> String {
-    if path.len() <= MAX_SHOWN_PATH {
-        return path.to_owned();
-    }
-    let end = (0..=MAX_SHOWN_PATH).rev().find(|&i| path.is_char_boundary(i)).unwrap_or(0);
-    format!("{}...", &path[..end])
-}
-
-fn answer(status: StatusCode, body: Value) -> Response<Bytes> {
-    let mut text = body.to_string();
-    text.push('\n');
-    let mut response = Response::new(Bytes::from(text));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    if status == StatusCode::FORBIDDEN {
-        headers.insert(POLICY_HEADER, HeaderValue::from_static("deny"));
-    }
-    response
+    Refusal::Timeout(reason)
 }
 
 #[cfg(test)]

@@ -2,13 +2,13 @@
 //! must be the judged one, and the upstream gets it as the only `Host`), no `Connection`
 //! list naming `Host`, no `CONNECT`, and upgrades only for `websocket` to websocket endpoints.
 
-use bytes::Bytes;
+use http::Method;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::Authority;
-use http::{Method, Response};
 
-use super::deny::{self, Refused};
+use super::deny;
+use crate::proxy::answer::Refusal;
 use crate::{Exit, ExitStatus};
 
 /// Why a request head is refused with 400 `bad_request`.
@@ -78,11 +78,11 @@ pub enum HeadRefusal {
 }
 
 impl HeadRefusal {
-    /// The JSON answer.
-    pub fn response(&self, request: Refused<'_>) -> Response<Bytes> {
+    /// The refusal of a request on the connection allowed for `host:port`.
+    pub fn refusal(&self, host: &str, port: u16) -> Refusal {
         match self {
-            HeadRefusal::Bad(e) => deny::bad_head(request, e),
-            HeadRefusal::OtherHost(named) => deny::host_mismatch(request, named),
+            HeadRefusal::Bad(e) => deny::bad_head(e),
+            HeadRefusal::OtherHost(named) => deny::host_mismatch(host, port, named),
         }
     }
 }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Method, Response, Uri};
+use http::{Method, Uri};
 
-use super::deny::{self, Refused};
+use super::deny;
 use crate::gateway::inference::{InferenceBundle, Route};
+use crate::proxy::answer::Refusal;
 use crate::proxy::credentials::Scrubber;
 
 mod session;
@@ -124,29 +125,27 @@ pub struct Prepared {
 /// Shapes one complete request (head with a canonical path, and body) for its route, or the
 /// answer to give instead: 403 for a path not served or no route, 413 for a body over
 /// [`MAX_BODY`], 400 for a body that is not a JSON object.
-pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Result<Prepared, Box<Response<Bytes>>> {
-    let method = parts.method.as_str().to_owned();
+pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Result<Prepared, Refusal> {
     let path = parts.uri.path().to_owned();
-    let refused = Refused { host: INFERENCE_HOST, port: 443, method: &method, path: &path };
     let Some(shape) = Shape::of(&parts.method, &path) else {
-        return Err(Box::new(deny::inference_path_denied(refused)));
+        return Err(deny::inference_path_denied());
     };
     if body.len() as u64 > MAX_BODY {
-        return Err(Box::new(deny::body_too_large(refused, MAX_BODY)));
+        return Err(deny::body_too_large(MAX_BODY));
     }
     let mut json = match shape {
         Shape::Models => None,
         _ => match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(v @ serde_json::Value::Object(_)) => Some(v),
-            _ => return Err(Box::new(deny::bad_inference_body(refused))),
+            _ => return Err(deny::bad_inference_body()),
         },
     };
     let requested = json.as_ref().and_then(|j| j["model"].as_str());
     let Some(route) = select(bundle, shape, requested) else {
-        return Err(Box::new(deny::no_inference_route(refused, shape.family())));
+        return Err(deny::no_inference_route(shape.family()));
     };
-    let uri = upstream_uri(route, shape, &path, parts.uri.query())
-        .ok_or_else(|| Box::new(deny::no_inference_route(refused, shape.family())))?;
+    let uri =
+        upstream_uri(route, shape, &path, parts.uri.query()).ok_or_else(|| deny::no_inference_route(shape.family()))?;
     let vertex = vertex_anthropic(route, shape);
     let body = match json.as_mut() {
         Some(j) if vertex => {
@@ -172,7 +171,7 @@ pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Resul
         parts.headers.remove(*name);
     }
     if !set_auth(&mut parts, route, shape) {
-        return Err(Box::new(deny::unusable_route_key(refused, &route.name)));
+        return Err(deny::unusable_route_key(&route.name));
     }
     if let Some(authority) = uri.authority() {
         parts

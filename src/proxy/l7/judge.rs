@@ -2,17 +2,16 @@
 //! target, the L7 decision (enforced, or audited and forwarded), then the credential swap,
 //! which happens only for a request that is going to be sent. Logging is the caller's.
 
-use bytes::Bytes;
-use http::Response;
 use http::request::Parts;
 use http::uri::Uri;
 
-use super::deny::{self, Refused};
+use super::deny;
 use super::head;
 use super::path::{Canonical, EncodedSlash, PathError, canonicalize};
 use crate::policy::model::{Endpoint, Enforcement, Protocol};
 use crate::policy::request::query_readings;
 use crate::policy::{L7Decision, L7Request, PolicyEngine};
+use crate::proxy::answer::Refusal;
 use crate::proxy::credentials::{Destination, Injection, SecretStore};
 
 /// What to do with one request.
@@ -26,10 +25,15 @@ pub enum Verdict {
         /// The credentials swapped in (log their keys), the body stage and the answer's scrubbing.
         credentials: Injection,
     },
-    /// Answer `response` and close; nothing goes upstream.
+    /// Answer `refusal` and close; nothing goes upstream.
     Refuse {
-        /// The JSON answer (400 bad path, 403 policy or credentials).
-        response: Response<Bytes>,
+        /// Why (400 bad path, 403 policy or credentials).
+        refusal: Refusal,
+        /// The request's method.
+        method: String,
+        /// The path the answer names: as judged (canonical), or as received when it could
+        /// not be canonicalised.
+        path: String,
         /// The L7 decision when the rules were reached.
         decision: Option<L7Decision>,
     },
@@ -56,10 +60,9 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
         (None, Some(_)) => "/".to_owned(),
         (None, None) => parts.uri.to_string(),
     };
-    let refused = |path| Refused { host, port, method: &method, path };
     let websocket = every_inspected(engine, host, port, |e| e.protocol == Some(Protocol::Websocket));
     if let Err(refusal) = head::check(parts, host, port, websocket) {
-        return Verdict::Refuse { response: refusal.response(refused(&target)), decision: None };
+        return Verdict::Refuse { refusal: refusal.refusal(host, port), method, path: target, decision: None };
     }
     let overrides: Vec<&str> = METHOD_OVERRIDES
         .iter()
@@ -68,25 +71,22 @@ pub fn judge(engine: &PolicyEngine, host: &str, port: u16, secrets: &SecretStore
         .collect();
     let (canonical, decision) = match decide(engine, host, port, &method, &overrides, &target) {
         Ok(decided) => decided,
-        Err(e) => return Verdict::Refuse { response: deny::bad_path(refused(&target), &e), decision: None },
+        Err(e) => return Verdict::Refuse { refusal: deny::bad_path(&e), method, path: target, decision: None },
     };
     if !decision.allow && decision.enforcement == Enforcement::Enforce {
-        let response = deny::policy_denied(refused(&canonical.path), &decision);
-        return Verdict::Refuse { response, decision: Some(decision) };
+        let refusal = deny::policy_denied(&decision);
+        return Verdict::Refuse { refusal, method, path: canonical.path, decision: Some(decision) };
     }
     // Every byte comes from the URI already parsed, so this holds; refused rather than trusted.
     let Ok(uri) = Uri::try_from(canonical.target()) else {
-        let response = deny::bad_path(refused(&target), &PathError::NotOriginForm);
-        return Verdict::Refuse { response, decision: Some(decision) };
+        let refusal = deny::bad_path(&PathError::NotOriginForm);
+        return Verdict::Refuse { refusal, method, path: target, decision: Some(decision) };
     };
     parts.uri = uri;
     let to = Destination::new(engine, host, port, &canonical.path, cleartext);
     match secrets.substitute(parts, to, decision.allow) {
         Ok(credentials) => Verdict::Forward { decision, credentials },
-        Err(e) => {
-            let response = deny::credential_refused(refused(&canonical.path), &e);
-            Verdict::Refuse { response, decision: Some(decision) }
-        }
+        Err(e) => Verdict::Refuse { refusal: e.refusal(), method, path: canonical.path, decision: Some(decision) },
     }
 }
 

@@ -71,10 +71,13 @@ impl ExitStatus for RoutesError {
     }
 }
 
-/// Reads and validates the routes file into a bundle (revision [`FILE_REVISION`]).
-pub fn load_routes_file(path: &Path) -> Result<InferenceBundle, RoutesError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RoutesError::Read { path: path.to_owned(), source })?;
-    let routes = parse_routes(&text).map_err(|issues| RoutesError::Invalid { path: path.to_owned(), issues })?;
+/// Validates the contents of the routes file `path` into a bundle (revision [`FILE_REVISION`]).
+pub fn parse_routes_file(bytes: &[u8], path: &Path) -> Result<InferenceBundle, RoutesError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| RoutesError::Read {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    let routes = parse_routes(text).map_err(|issues| RoutesError::Invalid { path: path.to_owned(), issues })?;
     Ok(InferenceBundle { routes, revision: FILE_REVISION.to_owned(), generated_at_ms: 0 })
 }
 

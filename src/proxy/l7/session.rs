@@ -11,15 +11,11 @@
 
 mod closing;
 mod conn;
-mod headers;
 mod relay;
 mod upstream;
 
 pub(in crate::proxy::l7) use closing::{Tally, served_then_closed};
 pub(in crate::proxy::l7) use conn::{accept_client_tls, serve_requests};
-pub(in crate::proxy::l7) use headers::strip_hop_by_hop;
-
-use headers::wants_upgrade;
 use relay::relay_upgraded;
 
 use std::future::Future;
@@ -28,11 +24,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header;
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -42,16 +35,16 @@ use tokio::task::JoinHandle;
 use super::deny::{self, Refused};
 use super::judge::{Verdict, judge};
 use crate::policy::{L7Decision, PolicyEngine};
+use crate::proxy::answer::{Body, Refusal, empty};
+use crate::proxy::audit::Action;
 use crate::proxy::counted::Source;
 use crate::proxy::credentials::{Injection, SecretStore, finish};
-use crate::proxy::drain::then_drain;
+use crate::proxy::drain::drained;
+use crate::proxy::hop::{strip_hop_by_hop, wants_upgrade};
 use crate::shutdown::Shutdown;
 use crate::telemetry::AUDIT_TARGET;
 use crate::{Exit, ExitStatus};
 use upstream::{Upstream, UpstreamError};
-
-/// The body of every answer: a forwarded upstream body or the proxy's own JSON.
-pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Opens a TCP connection to the upstream's already validated (SSRF-checked) addresses.
 pub type Dial = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> + Send + Sync>;
@@ -196,7 +189,7 @@ impl State {
         let finished = finish(verdict, &mut parts, body, (host, port), self.session.idle_timeout).await;
         let (credentials, body) = match finished {
             Ok(forward) => forward,
-            Err((refusal, unread)) => return answer_then_drain(refusal, unread),
+            Err((answer, unread)) => return drained(answer, unread),
         };
         // The judge refused every upgrade but a WebSocket one to a websocket endpoint.
         let upgrade = wants_upgrade(&parts.headers);
@@ -206,22 +199,22 @@ impl State {
         let (method, path) = (parts.method.to_string(), credentials.path().to_owned());
         let refused = Refused { host, port, method: &method, path: &path };
         let failed = |e: UpstreamError| {
-            let response = e.response(refused);
-            upstream_failed("l7", refused, &response);
-            response
+            let refusal = e.refusal(refused);
+            upstream_failed("l7", refused, &refusal);
+            refused.answer(&refusal)
         };
         let sender = match self.upstream.connection().await {
             Ok(sender) => sender,
             Err(e) => {
                 return match body {
-                    Source::Incoming(unread) => answer_then_drain(failed(e), unread),
-                    Source::Whole(_) => failed(e).map(full),
+                    Source::Incoming(unread) => drained(failed(e), unread),
+                    Source::Whole(_) => failed(e),
                 };
             }
         };
         let mut response = match self.upstream.send(sender, Request::from_parts(parts, body)).await {
             Ok(response) => response,
-            Err(e) => return failed(e).map(full),
+            Err(e) => return failed(e),
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let switched_to_websocket = response
@@ -232,11 +225,11 @@ impl State {
                 Some(client_upgrade) if switched_to_websocket => client_upgrade,
                 Some(_) => {
                     let detail = "it answered 101 switching to another protocol than websocket";
-                    return deny::upstream_unreachable(refused, detail).map(full);
+                    return refused.answer(&deny::upstream_unreachable(refused, detail));
                 }
                 None => {
                     let detail = "it answered 101 to a request that did not ask to upgrade";
-                    return deny::upstream_unreachable(refused, detail).map(full);
+                    return refused.answer(&deny::upstream_unreachable(refused, detail));
                 }
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -249,12 +242,12 @@ impl State {
             });
             *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(relay);
             credentials.scrub_head(&mut response);
-            return response.map(|_| full(Bytes::new()));
+            return response.map(|_| empty());
         }
         // Encodings are checked before `Connection` can name their headers away.
-        let mut response = credentials.response(response).unwrap_or_else(|detail| {
-            deny::upstream_unreachable(Refused { host, port, method: &method, path: &path }, &detail).map(full)
-        });
+        let mut response = credentials
+            .response(response)
+            .unwrap_or_else(|detail| refused.answer(&deny::upstream_unreachable(refused, &detail)));
         strip_hop_by_hop(response.headers_mut(), false);
         response
     }
@@ -265,13 +258,15 @@ impl State {
 pub(crate) fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &Verdict) {
     match verdict {
         Verdict::Forward { decision, credentials } => audit_forward(host, port, method, decision, credentials),
-        Verdict::Refuse { decision, response } => audit_refusal(host, port, method, path, decision.as_ref(), response),
+        Verdict::Refuse { decision, refusal, .. } => {
+            audit_refusal(host, port, method, path, decision.as_ref(), refusal)
+        }
     }
 }
 
 /// The audit event of a forwarded request (`audit` for an audited would-be denial).
 pub(crate) fn audit_forward(host: &str, port: u16, method: &str, decision: &L7Decision, credentials: &Injection) {
-    let action = if decision.allow { "allow" } else { "audit" };
+    let action = if decision.allow { Action::Allow } else { Action::Audit };
     let keys = credentials.keys().join(",");
     decision_event(host, port, method, credentials.path(), action, Some(decision), &keys, &decision.reason);
 }
@@ -283,11 +278,9 @@ pub(crate) fn audit_refusal(
     method: &str,
     path: &str,
     decision: Option<&L7Decision>,
-    response: &Response<Bytes>,
+    refusal: &Refusal,
 ) {
-    let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
-    let reason = body["reason"].as_str().unwrap_or_default();
-    decision_event(host, port, method, path, "deny", decision, "", reason);
+    decision_event(host, port, method, path, Action::Deny, decision, "", refusal.reason());
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -296,32 +289,21 @@ fn decision_event(
     port: u16,
     method: &str,
     path: &str,
-    action: &str,
+    action: Action,
     decision: Option<&L7Decision>,
     credentials: &str,
     reason: &str,
 ) {
     let policy = decision.and_then(|d| d.policy.as_deref());
     let rule = decision.and_then(|d| d.rule.as_deref());
-    tracing::info!(target: AUDIT_TARGET, action, kind = "l7", host, port, policy, rule, reason, method, path, credentials, "l7 decision");
+    tracing::info!(target: AUDIT_TARGET, action = action.as_str(), kind = "l7", host, port, policy, rule, reason, method, path, credentials, "l7 decision");
 }
 
 /// An audit `error` event (warn level) for a request the upstream failed: no answer head
 /// in time (504) or a broken exchange (502). Names host, method and path, never the query.
 /// `kind` is `l7` or `inference`, as in the request's decision event.
-pub(in crate::proxy::l7) fn upstream_failed(kind: &str, request: Refused<'_>, response: &Response<Bytes>) {
-    let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
-    let (error, reason) = (body["error"].as_str().unwrap_or_default(), body["reason"].as_str().unwrap_or_default());
+pub(in crate::proxy::l7) fn upstream_failed(kind: &str, request: Refused<'_>, refusal: &Refusal) {
+    let (error, reason) = (refusal.error(), refusal.reason());
     let Refused { host, port, method, path } = request;
-    tracing::warn!(target: AUDIT_TARGET, action = "error", kind, host, port, method, path, error, reason, "upstream exchange failed");
-}
-
-/// A body from bytes.
-pub(super) fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
-/// The proxy's own `answer` to a request it does not forward; `body` is drained after it.
-pub(super) fn answer_then_drain(answer: Response<Bytes>, body: Incoming) -> Response<Body> {
-    then_drain(answer.map(Full::new), body).map(|b| b.map_err(|never| match never {}).boxed())
+    tracing::warn!(target: AUDIT_TARGET, action = Action::Error.as_str(), kind, host, port, method, path, error, reason, "upstream exchange failed");
 }

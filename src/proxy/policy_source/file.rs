@@ -3,31 +3,23 @@
 //! (`OPENSHELL_POLICY_VALIDATION_FAILURE_MODE`).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{PolicyHandle, load_engine};
 use crate::config::ValidationFailureMode;
 use crate::policy::RegoRules;
 use crate::shutdown::Shutdown;
+use crate::watch::{Change, WatchedFile, every};
 
-/// How long new contents of the policy file must stay unchanged before they apply: a
-/// writer that is half way through (not writing to a temporary file and renaming) can
-/// leave a prefix that is itself a valid, different policy, for example an endpoint cut
-/// before its `protocol`, which would turn an inspected endpoint into a plain tunnel.
-pub const SETTLE: Duration = Duration::from_secs(1);
-
-/// Polls a local policy file and installs each valid new version once it has settled.
+/// Polls a local policy file and installs each valid new version once it has settled
+/// ([`crate::watch::SETTLE`]).
 #[derive(Debug)]
 pub struct FileReloader {
-    path: PathBuf,
+    file: WatchedFile,
     rules: RegoRules,
     handle: PolicyHandle,
     interval: Duration,
     mode: ValidationFailureMode,
-    settle: Duration,
-    last: Option<Vec<u8>>,
-    /// Changed contents not yet applied, and when they were first read.
-    pending: Option<(Vec<u8>, Instant)>,
 }
 
 impl FileReloader {
@@ -40,65 +32,41 @@ impl FileReloader {
         interval: Duration,
         mode: ValidationFailureMode,
     ) -> Self {
-        let last = std::fs::read(&path).ok();
-        FileReloader { path, rules, handle, interval, mode, settle: SETTLE, last, pending: None }
+        FileReloader { file: WatchedFile::new(&path), rules, handle, interval, mode }
     }
 
-    /// Checks the file once: changed contents that have read the same for [`SETTLE`]
-    /// become the next generation when valid; invalid ones are logged with every error
-    /// and rejected with the failure mode (`fail_closed` quarantines). A file that cannot
-    /// be read keeps the policy in force. Returns whether a new generation was installed.
+    /// Checks the file once: changed contents that have settled become the next
+    /// generation when valid; invalid ones are logged with every error and rejected with
+    /// the failure mode (`fail_closed` quarantines). A file that cannot be read keeps the
+    /// policy in force. Returns whether a new generation was installed.
     pub fn check_once(&mut self) -> bool {
-        let contents = match std::fs::read(&self.path) {
-            Ok(c) => c,
-            Err(e) => {
-                self.pending = None;
-                if self.last.take().is_some() {
-                    tracing::error!(path = %self.path.display(), error = %e, "cannot read the policy file; keeping the last good policy");
-                }
-                return false;
-            }
-        };
-        if self.last.as_deref() == Some(contents.as_slice()) {
-            self.pending = None;
-            return false;
-        }
-        let first_read = match &self.pending {
-            Some((pending, at)) if *pending == contents => *at,
-            _ => {
-                let now = Instant::now();
-                self.pending = Some((contents.clone(), now));
-                now
-            }
-        };
-        if first_read.elapsed() < self.settle {
-            tracing::debug!(path = %self.path.display(), "the policy file changed; applying it once it stays unchanged");
-            return false;
-        }
-        self.pending = None;
-        self.last = Some(contents);
-        match load_engine(&self.path, &self.rules, self.handle.next_generation()) {
-            Ok(engine) => {
-                self.handle.install(engine);
-                true
-            }
-            Err(e) => {
-                tracing::error!(path = %self.path.display(), "{e}");
-                self.handle.reject(&e.summary(), self.mode);
+        let change = self.file.check();
+        let path = self.file.path();
+        match change {
+            Change::Same | Change::Settling => false,
+            Change::Unreadable(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the policy file; keeping the last good policy");
                 false
             }
+            Change::New(_) => match load_engine(path, &self.rules, self.handle.next_generation()) {
+                Ok(engine) => {
+                    self.handle.install(engine);
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "{e}");
+                    self.handle.reject(&e.summary(), self.mode);
+                    false
+                }
+            },
         }
     }
 
-    /// Checks every interval until shutdown; while a change settles, every [`SETTLE`]
-    /// at most, so a change applies within one interval plus the settle time.
+    /// Checks every interval until shutdown; while a change settles, once it has, so a
+    /// change applies within one interval plus the settle time.
     pub async fn run(mut self, shutdown: Shutdown) {
-        loop {
-            let pause = if self.pending.is_some() { self.interval.min(self.settle) } else { self.interval };
-            tokio::select! {
-                _ = shutdown.signalled() => return,
-                _ = tokio::time::sleep(pause) => {}
-            }
+        let ticks = every(self.interval, shutdown);
+        while ticks.tick(self.file.settles_in()).await {
             self.check_once();
         }
     }
@@ -122,7 +90,7 @@ mod tests {
         let rules = RegoRules::builtin();
         let handle = PolicyHandle::new(load_engine(&path, &rules, 1).unwrap());
         let mut reloader = FileReloader::new(path.clone(), rules, handle.clone(), Duration::from_secs(1), RETAIN);
-        reloader.settle = Duration::ZERO;
+        reloader.file = reloader.file.with_settle(Duration::ZERO);
         assert!(!reloader.check_once(), "unchanged contents are not reloaded");
 
         std::fs::write(&path, "version: 1\nnetwork_policies: [oops\n").unwrap();
@@ -148,7 +116,7 @@ mod tests {
         let rules = RegoRules::builtin();
         let handle = PolicyHandle::new(load_engine(&path, &rules, 1).unwrap());
         let mut reloader = FileReloader::new(path.clone(), rules, handle.clone(), Duration::from_secs(1), RETAIN);
-        reloader.settle = Duration::from_millis(200);
+        reloader.file = reloader.file.with_settle(Duration::from_millis(200));
         // A writer half way: the prefix alone is valid YAML and a valid policy.
         std::fs::write(&path, "version: 1\n").unwrap();
         assert!(!reloader.check_once(), "a fresh change waits");
@@ -169,7 +137,7 @@ mod tests {
         let handle = PolicyHandle::new(load_engine(&path, &rules, 1).unwrap());
         let fail_closed = ValidationFailureMode::FailClosed;
         let mut reloader = FileReloader::new(path.clone(), rules, handle.clone(), Duration::from_secs(1), fail_closed);
-        reloader.settle = Duration::ZERO;
+        reloader.file = reloader.file.with_settle(Duration::ZERO);
 
         std::fs::write(&path, "version: 1\nnetwork_policies:\n  p: {endpoints: [{host: \"*\", port: 443}]}\n").unwrap();
         assert!(!reloader.check_once());

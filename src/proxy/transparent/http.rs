@@ -14,9 +14,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::policy::host::normalize_destination;
-use crate::proxy::absolute::{self, Kept, drained};
+use crate::proxy::absolute::{self, Kept};
 use crate::proxy::answer::{Body, Refusal};
 use crate::proxy::audit::{self, Subject};
+use crate::proxy::drain::drained;
 use crate::proxy::server::Ctx;
 use crate::shutdown::Shutdown;
 

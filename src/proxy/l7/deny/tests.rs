@@ -1,7 +1,10 @@
+use http::{StatusCode, header};
 use serde_json::Value;
 
 use super::*;
 use crate::policy::model::Enforcement;
+use crate::proxy::answer::{MAX_SHOWN_PATH, POLICY_HEADER};
+use crate::proxy::credentials::CredentialError;
 use crate::proxy::l7::path::{EncodedSlash, canonicalize};
 
 const REQUEST: Refused<'static> = Refused { host: "api.github.com", port: 443, method: "DELETE", path: "/repos/x" };
@@ -24,7 +27,7 @@ fn policy_denial_names_policy_method_and_path() {
         reason: "access read-only allows GET, HEAD and OPTIONS".into(),
         enforcement: Enforcement::Enforce,
     };
-    let r = policy_denied(REQUEST, &decision);
+    let r = REQUEST.render(&policy_denied(&decision));
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(r.headers()[POLICY_HEADER], "deny");
     assert_json_close(&r);
@@ -38,13 +41,13 @@ fn policy_denial_names_policy_method_and_path() {
     );
 
     let no_policy = L7Decision { policy: None, ..decision };
-    assert!(body(&policy_denied(REQUEST, &no_policy)).get("policy").is_none());
+    assert!(body(&REQUEST.render(&policy_denied(&no_policy))).get("policy").is_none());
 }
 
 #[test]
 fn credential_refusals_name_the_key_only() {
     let e = CredentialError::Unresolved { key: "GITHUB_TOKEN".into() };
-    let r = credential_refused(REQUEST, &e);
+    let r = REQUEST.render(&e.refusal());
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(r.headers()[POLICY_HEADER], "deny");
     assert_json_close(&r);
@@ -53,16 +56,16 @@ fn credential_refusals_name_the_key_only() {
     let reason = b["reason"].as_str().unwrap();
     assert!(reason.contains("`GITHUB_TOKEN`") && !reason.starts_with("credential_unresolved"), "{reason}");
     let misplaced = CredentialError::Misplaced { place: "header cookie".into() };
-    assert!(body(&credential_refused(REQUEST, &misplaced))["reason"].as_str().unwrap().contains("header cookie"));
+    assert!(body(&REQUEST.render(&misplaced.refusal()))["reason"].as_str().unwrap().contains("header cookie"));
     let hint = "the gateway binds it to api.github.com:443 only".to_owned();
     let e = CredentialError::NotBound { key: "GITHUB_TOKEN".into(), host: "pypi.org".into(), port: 443, hint };
-    let r = credential_refused(REQUEST, &e);
+    let r = REQUEST.render(&e.refusal());
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let b = body(&r);
     assert_eq!(b["error"], "credential_not_bound");
     let reason = b["reason"].as_str().unwrap();
     assert!(reason.starts_with("`GITHUB_TOKEN` may not be sent to pypi.org:443: the gateway binds"), "{reason}");
-    let r = credential_refused(REQUEST, &CredentialError::BodyTooLarge { limit: 262_144 });
+    let r = REQUEST.render(&CredentialError::BodyTooLarge { limit: 262_144 }.refusal());
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body(&r)["error"], "payload_too_large");
 }
@@ -70,7 +73,7 @@ fn credential_refusals_name_the_key_only() {
 #[test]
 fn a_refused_path_is_400_with_the_reason() {
     let e = canonicalize("/a%2Fb", EncodedSlash::Refuse).unwrap_err();
-    let r = bad_path(Refused { path: "/a%2Fb", ..REQUEST }, &e);
+    let r = Refused { path: "/a%2Fb", ..REQUEST }.render(&bad_path(&e));
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.headers().get(POLICY_HEADER).is_none());
     assert_json_close(&r);
@@ -82,7 +85,7 @@ fn a_refused_path_is_400_with_the_reason() {
 #[test]
 fn long_paths_are_cut_on_a_character_boundary() {
     let long = format!("/{}", "é".repeat(400));
-    let b = body(&bad_path(Refused { path: &long, ..REQUEST }, &PathError::TooLong { len: long.len() }));
+    let b = body(&Refused { path: &long, ..REQUEST }.render(&bad_path(&PathError::TooLong { len: long.len() })));
     let shown = b["path"].as_str().unwrap();
     assert!(shown.len() <= MAX_SHOWN_PATH + 3 && shown.ends_with("...") && long.starts_with(&shown[..shown.len() - 3]));
 }
@@ -90,18 +93,18 @@ fn long_paths_are_cut_on_a_character_boundary() {
 #[test]
 fn inference_and_upstream_answers() {
     let req = Refused { host: "inference.local", port: 443, method: "POST", path: "/v1/files" };
-    let r = inference_path_denied(req);
+    let r = req.render(&inference_path_denied());
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let b = body(&r);
     assert_eq!((b["error"].as_str(), b["policy"].as_str()), (Some("policy_denied"), Some("inference.local")));
     assert!(b["reason"].as_str().unwrap().contains("/v1/chat/completions"));
 
-    let r = body_too_large(req, 10 * 1024 * 1024);
+    let r = req.render(&body_too_large(10 * 1024 * 1024));
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body(&r)["error"], "payload_too_large");
     assert!(body(&r)["reason"].as_str().unwrap().contains("10485760"));
 
-    let r = upstream_tls_failed(REQUEST, "invalid peer certificate: UnknownIssuer");
+    let r = REQUEST.render(&upstream_tls_failed(REQUEST, "invalid peer certificate: UnknownIssuer"));
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     assert_json_close(&r);
     let reason = body(&r)["reason"].as_str().unwrap().to_owned();

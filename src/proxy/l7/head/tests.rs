@@ -1,5 +1,7 @@
 use http::Request;
 
+use super::super::deny::Refused;
+
 use super::*;
 
 const HOST: &str = "api.example.com";
@@ -125,12 +127,12 @@ fn only_a_websocket_get_to_a_websocket_endpoint_may_upgrade() {
 #[test]
 fn refusals_answer_400_or_403_json() {
     let request = Refused { host: HOST, port: 443, method: "GET", path: "/x" };
-    let response = HeadRefusal::Bad(HeadError::Connect).response(request);
+    let response = request.render(&HeadRefusal::Bad(HeadError::Connect).refusal(HOST, 443));
     assert_eq!(response.status(), http::StatusCode::BAD_REQUEST);
     let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
     assert_eq!((body["error"].as_str(), body["host"].as_str()), (Some("bad_request"), Some(HOST)));
     assert!(body["reason"].as_str().unwrap().contains("CONNECT"));
-    let response = HeadRefusal::OtherHost("evil.example".into()).response(request);
+    let response = request.render(&HeadRefusal::OtherHost("evil.example".into()).refusal(HOST, 443));
     assert_eq!(response.status(), http::StatusCode::FORBIDDEN);
 }
 

@@ -20,13 +20,14 @@ use tokio_rustls::TlsConnector;
 
 use super::{INFERENCE_HOST, MAX_BODY, Prepared, Shape, prepare};
 use crate::gateway::inference::InferenceBundle;
+use crate::proxy::answer::{self, Body, Refusal};
+use crate::proxy::audit::Action;
 use crate::proxy::credentials::scrub_answer;
+use crate::proxy::drain::drained;
+use crate::proxy::hop::strip_hop_by_hop;
 use crate::proxy::l7::deny::{self, CONNECT_IN_TIME, HANDSHAKE_IN_TIME, ROUTE_ANSWER_IN_TIME, Refused};
 use crate::proxy::l7::path::{EncodedSlash, PathError, canonicalize};
-use crate::proxy::l7::session::{
-    Body, SessionError, accept_client_tls, answer_then_drain, full, serve_requests, served_then_closed,
-    strip_hop_by_hop, upstream_failed,
-};
+use crate::proxy::l7::session::{SessionError, accept_client_tls, serve_requests, served_then_closed, upstream_failed};
 use crate::shutdown::Shutdown;
 use crate::telemetry::AUDIT_TARGET;
 
@@ -83,44 +84,43 @@ async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Respo
     let method = parts.method.as_str().to_owned();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
     let refused = |path| Refused { host: INFERENCE_HOST, port: 443, method: &method, path };
-    let logged = |response: Response<Bytes>, path: &str| {
-        let reason: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
-        let reason = reason["reason"].as_str().unwrap_or_default();
-        tracing::info!(target: AUDIT_TARGET, action = "deny", kind = "inference", method, path, reason, "inference request refused");
-        response
+    let refuse = |refusal: Refusal, path: &str| {
+        let reason = refusal.reason();
+        tracing::info!(target: AUDIT_TARGET, action = Action::Deny.as_str(), kind = "inference", method, path, reason, "inference request refused");
+        Refused { host: INFERENCE_HOST, port: 443, method: &method, path }.answer(&refusal)
     };
     let canonical = match canonicalize(&target, EncodedSlash::Refuse) {
         Ok(c) => c,
-        Err(e) => return answer_then_drain(logged(deny::bad_path(refused(&target), &e), &target), body),
+        Err(e) => return drained(refuse(deny::bad_path(&e), &target), body),
     };
     let path = canonical.path.clone();
     if Shape::of(&parts.method, &path).is_none() {
-        return answer_then_drain(logged(deny::inference_path_denied(refused(&path)), &path), body);
+        return drained(refuse(deny::inference_path_denied(), &path), body);
     }
     let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let too_large = || logged(deny::body_too_large(refused(&path), MAX_BODY), &path);
+    let too_large = || refuse(deny::body_too_large(MAX_BODY), &path);
     if declared.is_some_and(|n| n > MAX_BODY) {
-        return answer_then_drain(too_large(), body);
+        return drained(too_large(), body);
     }
     // Read through `&mut`: past the limit, the rest of the body is still there to drain.
     let bytes = match Limited::new(&mut body, MAX_BODY as usize).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return answer_then_drain(too_large(), body),
+        Err(_) => return drained(too_large(), body),
     };
     let Ok(uri) = canonical.target().parse() else {
-        return logged(deny::bad_path(refused(&target), &PathError::NotOriginForm), &path).map(full);
+        return refuse(deny::bad_path(&PathError::NotOriginForm), &path);
     };
     parts.uri = uri;
     let prepared = match prepare(&(session.routes)(), parts, bytes) {
         Ok(prepared) => prepared,
-        Err(response) => return logged(*response, &path).map(full),
+        Err(refusal) => return refuse(refusal, &path),
     };
     let (route, scrubber) = (prepared.route.clone(), prepared.scrubber.clone());
-    tracing::info!(target: AUDIT_TARGET, action = "allow", kind = "inference", route, method, path, "inference request routed");
+    tracing::info!(target: AUDIT_TARGET, action = Action::Allow.as_str(), kind = "inference", route, method, path, "inference request routed");
     // Encodings are checked before `Connection` can name their headers away.
     let answer = send(session, prepared).await.and_then(|response| match &scrubber {
         Some(scrubber) => scrub_answer(scrubber, response, true, false).map_err(SendError::Failed),
-        None => Ok(response.map(BodyExt::boxed)),
+        None => Ok(response.map(answer::boxed)),
     });
     match answer {
         Ok(mut response) => {
@@ -129,12 +129,12 @@ async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Respo
         }
         Err(e) => {
             let upstream = refused(&path);
-            let response = match e {
+            let refusal = match e {
                 SendError::Timeout(what) => deny::upstream_timeout(upstream, what),
                 SendError::Failed(detail) => deny::upstream_unreachable(upstream, &detail),
             };
-            upstream_failed("inference", upstream, &response);
-            response.map(full)
+            upstream_failed("inference", upstream, &refusal);
+            upstream.answer(&refusal)
         }
     }
 }

@@ -44,8 +44,9 @@ fn json_body(v: Value) -> Bytes {
     Bytes::from(v.to_string())
 }
 
-fn refused(result: Result<Prepared, Box<Response<Bytes>>>) -> (http::StatusCode, Value) {
-    let r = result.expect_err("refused");
+/// Status and body of a refusal from `prepare`, rendered as the answer to `POST /v1/files`.
+fn refused(result: Result<Prepared, Refusal>) -> (http::StatusCode, Value) {
+    let r = result.expect_err("refused").render(INFERENCE_HOST, 443, Some(("POST", "/v1/files")));
     (r.status(), serde_json::from_slice(r.body()).unwrap())
 }
 

@@ -1,37 +1,35 @@
 //! The inference routes in force: replaced as a whole (requests keep the bundle they took),
 //! by the local file's reloader here or by a gateway poller through [`RoutesHandle::install`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use super::{RoutesError, load_routes_file};
+use super::{RoutesError, parse_routes_file};
 use crate::gateway::inference::InferenceBundle;
 use crate::shutdown::Shutdown;
-
-/// The file identity the reloader compares: modification time, length, inode.
-type Stamp = Option<(Option<SystemTime>, u64, u64)>;
+use crate::watch::{Change, WatchedFile, every};
 
 /// The current routes bundle.
 #[derive(Debug)]
 pub struct RoutesHandle {
     current: RwLock<Arc<InferenceBundle>>,
-    /// The routes file as it was when last read.
-    read: Mutex<Stamp>,
+    /// The routes file, when the routes come from one.
+    file: Option<Mutex<WatchedFile>>,
 }
 
 impl RoutesHandle {
     /// A handle holding `bundle`.
     pub fn new(bundle: InferenceBundle) -> Self {
-        RoutesHandle { current: RwLock::new(Arc::new(bundle)), read: Mutex::new(None) }
+        RoutesHandle { current: RwLock::new(Arc::new(bundle)), file: None }
     }
 
-    /// Reads the routes file ([`load_routes_file`]), remembering its identity for the reloader.
+    /// Reads the routes file ([`parse_routes_file`]) and watches it for the reloader.
     pub fn from_file(path: &Path) -> Result<Self, RoutesError> {
-        let before = stamp(path);
-        let handle = RoutesHandle::new(load_routes_file(path)?);
-        *handle.read.lock().unwrap_or_else(PoisonError::into_inner) = before;
-        Ok(handle)
+        let (file, bytes) =
+            WatchedFile::open(path).map_err(|source| RoutesError::Read { path: path.to_owned(), source })?;
+        let bundle = parse_routes_file(&bytes, path)?;
+        Ok(RoutesHandle { current: RwLock::new(Arc::new(bundle)), file: Some(Mutex::new(file)) })
     }
 
     /// The routes in force now.
@@ -44,35 +42,42 @@ impl RoutesHandle {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(bundle);
     }
 
-    /// Re-reads the routes file every `interval` when its modification time or length
-    /// changed, until shutdown. A bad file keeps the routes in force and is reported once
-    /// (the error names the file and YAML path, never an API key).
-    pub async fn run_file_reloader(self: Arc<Self>, path: PathBuf, interval: Duration, shutdown: Shutdown) {
-        loop {
-            tokio::select! {
-                () = shutdown.signalled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-            let now = stamp(&path);
-            {
-                let mut last = self.read.lock().unwrap_or_else(PoisonError::into_inner);
-                if *last == now {
-                    continue;
-                }
-                *last = now;
-            }
-            match load_routes_file(&path) {
-                Ok(bundle) => {
-                    tracing::info!(path = %path.display(), routes = bundle.routes.len(), "inference routes reloaded");
-                    self.install(bundle);
-                }
+    /// Re-reads the routes file: new contents that have settled ([`crate::watch::SETTLE`])
+    /// are parsed, and `Ok(true)` means they are in force. A bad (or missing) file keeps the
+    /// routes in force and is reported once. No file: `Ok(false)`.
+    pub fn reload_if_changed(&self) -> Result<bool, RoutesError> {
+        let Some(file) = &self.file else { return Ok(false) };
+        let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = file.path().to_owned();
+        let bytes = match file.check() {
+            Change::Same | Change::Settling => return Ok(false),
+            Change::Unreadable(source) => return Err(RoutesError::Read { path, source }),
+            Change::New(bytes) => bytes,
+        };
+        drop(file);
+        self.install(parse_routes_file(&bytes, &path)?);
+        Ok(true)
+    }
+
+    /// Re-reads the routes file every `interval` until shutdown ([`Self::reload_if_changed`];
+    /// the error names the file and YAML path, never an API key).
+    pub async fn run_file_reloader(self: Arc<Self>, interval: Duration, shutdown: Shutdown) {
+        let ticks = every(interval, shutdown);
+        while ticks.tick(self.settles_in()).await {
+            match self.reload_if_changed() {
+                Ok(false) => {}
+                Ok(true) => tracing::info!(routes = self.current().routes.len(), "inference routes reloaded"),
                 Err(e) => tracing::warn!("kept the previous inference routes: {e}"),
             }
         }
     }
+
+    /// How long until a change of the routes file has settled (`None` when none is waiting).
+    fn settles_in(&self) -> Option<Duration> {
+        let file = self.file.as_ref()?;
+        file.lock().unwrap_or_else(PoisonError::into_inner).settles_in()
+    }
 }
 
-fn stamp(path: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.modified().ok(), m.len(), m.ino()))
-}
+#[cfg(test)]
+mod tests;

@@ -52,13 +52,13 @@ fn a_file_loads_as_a_bundle_and_problems_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.yaml");
     std::fs::write(&path, GOOD).unwrap();
-    let bundle = load_routes_file(&path).unwrap();
+    let bundle = RoutesHandle::from_file(&path).unwrap().current();
     assert_eq!((bundle.routes.len(), bundle.revision.as_str()), (3, FILE_REVISION));
     std::fs::write(&path, "routes:\n  - name: x\n").unwrap();
-    let e = load_routes_file(&path).unwrap_err();
+    let e = RoutesHandle::from_file(&path).unwrap_err();
     assert!(e.to_string().contains("routes.yaml") && e.to_string().contains("routes[0].base_url"), "{e}");
     assert_eq!(e.exit_status(), Exit::Usage);
-    let e = load_routes_file(&dir.path().join("missing.yaml")).unwrap_err();
+    let e = RoutesHandle::from_file(&dir.path().join("missing.yaml")).unwrap_err();
     assert!(e.to_string().contains("missing.yaml") && e.to_string().contains("OPENSHELL_INFERENCE_ROUTES"));
 }
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::SessionError;
-use crate::proxy::audit::{self, Subject};
+use crate::proxy::audit::{self, Outcome, Subject};
 use crate::shutdown::Shutdown;
 
 /// What one connection carried: bytes read from and written to the client, and requests.
@@ -48,11 +48,11 @@ where
     let tally = Arc::new(Tally::default());
     let result = serve(Metered { inner: raw, tally: tally.clone() }, tally.clone()).await;
     let outcome = match &result {
-        Ok(()) if shutdown.is_triggered() => "shutdown",
-        Ok(()) => "eof",
-        Err(SessionError::HandshakeTimeout { .. }) => "idle",
-        Err(SessionError::Http { source, .. }) if source.is_timeout() => "idle",
-        Err(_) => "error",
+        Ok(()) if shutdown.is_triggered() => Outcome::Shutdown,
+        Ok(()) => Outcome::Eof,
+        Err(SessionError::HandshakeTimeout { .. }) => Outcome::Idle,
+        Err(SessionError::Http { source, .. }) if source.is_timeout() => Outcome::Idle,
+        Err(_) => Outcome::Error,
     };
     let subject = Subject { kind: "connect", host, port, request: None };
     let bytes = (tally.from_client.load(Ordering::Relaxed), tally.to_client.load(Ordering::Relaxed));

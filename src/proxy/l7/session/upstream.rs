@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response, header};
 use hyper::body::Incoming;
@@ -19,6 +18,7 @@ use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 
 use super::Dial;
+use crate::proxy::answer::Refusal;
 use crate::proxy::counted::{Counted, Source, answer_within};
 use crate::proxy::l7::deny::{self, ANSWER_IN_TIME, CONNECT_IN_TIME, HANDSHAKE_IN_TIME, Refused};
 
@@ -34,8 +34,8 @@ pub(super) enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The JSON answer for the client.
-    pub(super) fn response(&self, request: Refused<'_>) -> Response<Bytes> {
+    /// The refusal answering the client's `request`.
+    pub(super) fn refusal(&self, request: Refused<'_>) -> Refusal {
         match self {
             UpstreamError::Timeout(what) => deny::upstream_timeout(request, what),
             UpstreamError::Tls(detail) => deny::upstream_tls_failed(request, detail),

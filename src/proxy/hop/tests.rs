@@ -64,3 +64,20 @@ fn a_websocket_upgrade_keeps_upgrade_websocket_and_connection() {
     assert_eq!(h["sec-websocket-key"], "k");
     assert!(h.get("keep-alive").is_none());
 }
+
+#[test]
+fn hop_by_hop_and_proxy_headers_are_stripped() {
+    let mut h = headers(&[
+        ("connection", "keep-alive, x-secret-hop"),
+        ("x-secret-hop", "1"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-authorization", "Basic abc"),
+        ("proxy-connection", "keep-alive"),
+        ("proxy-anything", "x"),
+        ("transfer-encoding", "chunked"),
+        ("trailer", "x-checksum"),
+        ("accept", "*/*"),
+    ]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+}
