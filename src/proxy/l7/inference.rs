@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{Method, Response, Uri};
 
 use super::deny::{self, Refused};
-use crate::gateway::inference::{InferenceBundle, Route};
+use super::routes::{InferenceBundle, Route};
 use crate::proxy::credentials::Scrubber;
 
 mod session;

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use super::{RoutesError, load_routes_file};
-use crate::gateway::inference::InferenceBundle;
+use super::{InferenceBundle, RoutesError, load_routes_file};
 use crate::shutdown::Shutdown;
 
 /// The file identity the reloader compares: modification time, length, inode.
