@@ -9,6 +9,7 @@ use http::uri::Authority;
 use http::{Method, Response};
 
 use super::deny::{self, Refused};
+use crate::policy::host::unbracketed;
 use crate::{Exit, ExitStatus};
 
 /// Why a request head is refused with 400 `bad_request`.
@@ -238,7 +239,7 @@ fn named(text: &str, field: &'static str, default_port: u16) -> Result<Named, He
 
 /// `host` lower-cased, without `[]` or a trailing dot.
 fn bare(host: &str) -> String {
-    host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase()
+    unbracketed(host).trim_end_matches('.').to_ascii_lowercase()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::policy::host::normalize_destination;
 use crate::proxy::absolute::{self, Kept, drained};
 use crate::proxy::answer::{Body, Refusal};
 use crate::proxy::audit::{self, Subject};
-use crate::proxy::server::Ctx;
+use crate::proxy::ctx::Ctx;
 use crate::shutdown::Shutdown;
 
 /// The smallest read buffer hyper accepts.
