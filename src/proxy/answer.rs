@@ -1,5 +1,5 @@
 //! The proxy's own answers: 403 JSON for policy and SSRF denials, 400, 502, 503, 504,
-//! each closing the connection (design.md section 3, "Deny answers").
+//! each closing the connection (docs/architecture.md, "Per connection").
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};

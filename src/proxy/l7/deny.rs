@@ -1,6 +1,6 @@
 //! The proxy's own answers to requests refused on an inspected connection, in the shape of
-//! every deny answer (design.md section 3): JSON `{"error","reason","host","port",
-//! "policy","method","path"}`, `X-OpenShell-Policy: deny` on 403s, then `Connection: close`.
+//! every deny answer (docs/architecture.md, "Per connection"): JSON `{"error","reason",
+//! "host","port","policy","method","path"}`, `X-OpenShell-Policy: deny` on 403s, then `Connection: close`.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
