@@ -1,5 +1,5 @@
-//! Agent mode: the agent supervisor (design.md section 4). Waits for the proxy, loads the
-//! policy, prepares the child sandbox, serves SSH on the Unix socket (and optionally TCP),
+//! Agent mode: the agent supervisor (docs/architecture.md, "Agent mode"). Waits for the
+//! proxy, loads the policy, prepares the child sandbox, serves SSH on the Unix socket (and optionally TCP),
 //! and runs the workload, whose exit status becomes the supervisor's.
 
 pub mod child;

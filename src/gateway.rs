@@ -1,5 +1,8 @@
-//! The OpenShell gateway's gRPC interface (gateway-contract.md): client, policy and
-//! credential sources, log shipping, and the supervisor session with its relays.
+//! The OpenShell gateway's gRPC interface (docs/architecture.md, "The gateway"): client,
+//! policy and credential sources, log shipping, and the supervisor session with its
+//! relays. An adapter: its messages are converted into the policy's and the proxy's own
+//! types (`policy::Policy`, `proxy::credentials::ProviderEnvironment`,
+//! `proxy::l7::routes::InferenceBundle`), which local files fill without it.
 //!
 //! Wiring, proxy mode (the contract's startup order): [`logs::queue`] before
 //! `telemetry::init_with`; in the runtime [`GatewayClient::new`] and

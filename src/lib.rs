@@ -1,7 +1,7 @@
 //! `openshell-sandbox`: the sandbox supervisor of the OpenShell proxy-sidecar topology.
 //! One binary, two roles: the egress proxy sidecar (`proxy`) and the agent supervisor
 //! (`agent`). This root wires the command line to the modes and maps errors to the exit
-//! codes of design.md section 5.
+//! codes ([`Exit`]; docs/architecture.md, "Exit codes").
 
 #![deny(unsafe_code)]
 
@@ -9,6 +9,7 @@ pub mod agent;
 pub mod agent_net;
 pub mod cli;
 pub mod config;
+mod exit;
 pub mod gateway;
 mod health;
 pub mod policy;
@@ -21,50 +22,11 @@ pub mod telemetry;
 pub mod volume;
 pub mod watch;
 
+pub use exit::{Exit, ExitStatus};
+
 use cli::{AgentArgs, Cli, Command, Mode, ModeCommand, ProxyArgs};
 use config::layers::LogLayer;
 use config::{AgentConfig, CommonConfig, ConfigError, FileConfig, ProxyConfig};
-
-/// Process exit statuses (design.md section 5, plus 1 for "denied" / "unhealthy", and the
-/// workload's own status in agent mode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// Success.
-    Success,
-    /// A negative answer that is not an error: `policy eval` denied, `healthcheck` unhealthy.
-    No,
-    /// Usage or configuration error.
-    Usage,
-    /// Invalid policy.
-    InvalidPolicy,
-    /// A required service is unreachable (gateway, proxy not ready).
-    Unavailable,
-    /// Internal error.
-    Internal,
-    /// Agent mode: the workload's exit status (128 + n when a signal ended it).
-    Workload(u8),
-}
-
-impl Exit {
-    /// The numeric status.
-    pub fn code(self) -> u8 {
-        match self {
-            Exit::Success => 0,
-            Exit::No => 1,
-            Exit::Usage => 64,
-            Exit::InvalidPolicy => 65,
-            Exit::Unavailable => 69,
-            Exit::Internal => 70,
-            Exit::Workload(code) => code,
-        }
-    }
-}
-
-/// Errors that know their exit status.
-pub trait ExitStatus {
-    /// The status the process exits with when this error ends it.
-    fn exit_status(&self) -> Exit;
-}
 
 /// Everything that can end the process with an error.
 #[derive(Debug, thiserror::Error)]

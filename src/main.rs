@@ -1,4 +1,4 @@
-//! Entry point: parse the command line, run, and exit with the status design.md gives.
+//! Entry point: parse the command line, run, and exit with the status docs/architecture.md gives.
 
 #![forbid(unsafe_code)]
 

@@ -1,6 +1,7 @@
-//! Proxy mode: the egress proxy sidecar (design.md section 3). Loads the policy (local
-//! file, else the gateway: `gateway_source`) and the CA, binds the proxy listener (and the gateway forward when there is a gateway),
-//! writes the shared TLS dir with `.ready` last, and serves until SIGTERM/SIGINT.
+//! Proxy mode: the egress proxy sidecar (docs/architecture.md, "Proxy mode"). Loads the
+//! policy (local file, else the gateway: `gateway_source`) and the CA, binds the proxy
+//! listener (and the gateway forward when there is a gateway), writes the shared TLS dir
+//! with `.ready` last, and serves until SIGTERM/SIGINT.
 
 pub mod absolute;
 pub mod accept;
@@ -10,6 +11,7 @@ pub mod ca;
 pub mod connect;
 pub mod counted;
 pub mod credentials;
+pub mod ctx;
 pub mod dns;
 pub mod drain;
 pub mod gateway_source;

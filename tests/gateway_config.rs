@@ -16,15 +16,18 @@ use openshell_sandbox::config::ValidationFailureMode;
 use openshell_sandbox::gateway::GatewayClient;
 use openshell_sandbox::gateway::backoff::{Backoff, RetrySchedule};
 use openshell_sandbox::gateway::config::{ConfigPoller, PolicySink, PollOutcome, SandboxConfig, fetch_with_retries};
-use openshell_sandbox::gateway::inference::{InferenceBundle, InferencePoller};
+use openshell_sandbox::gateway::inference::InferencePoller;
 use openshell_sandbox::gateway::proto::inference::{GetInferenceBundleResponse, ResolvedRoute};
 use openshell_sandbox::gateway::proto::sandbox::{NetworkEndpoint, NetworkPolicyRule, SandboxPolicy};
 use openshell_sandbox::gateway::proto::{
     GetSandboxProviderEnvironmentResponse, PolicyStatus, ReportPolicyStatusRequest, StaticCredentialBinding,
     StaticCredentialEndpoint,
 };
-use openshell_sandbox::gateway::provider::{BindingEndpoint, ProviderEnvironment, ProviderPoller};
-use openshell_sandbox::proxy::credentials::{CredentialError, Destination, SecretStore, placeholder};
+use openshell_sandbox::gateway::provider::ProviderPoller;
+use openshell_sandbox::proxy::credentials::{
+    BindingEndpoint, CredentialError, Destination, ProviderEnvironment, SecretStore, placeholder,
+};
+use openshell_sandbox::proxy::l7::routes::InferenceBundle;
 use openshell_sandbox::shutdown::Shutdown;
 use tonic::Code;
 

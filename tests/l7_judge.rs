@@ -7,9 +7,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::{Request, StatusCode};
 use openshell_sandbox::config::Secret;
-use openshell_sandbox::gateway::provider::{BindingEndpoint, ProviderEnvironment};
 use openshell_sandbox::policy::{self, PolicyEngine, RegoRules};
-use openshell_sandbox::proxy::credentials::{SecretStore, placeholder};
+use openshell_sandbox::proxy::credentials::{BindingEndpoint, ProviderEnvironment, SecretStore, placeholder};
 use openshell_sandbox::proxy::l7::judge::{Verdict, judge};
 
 const HOST: &str = "api.example.com";

@@ -12,8 +12,9 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use openshell_sandbox::config::Secret;
-use openshell_sandbox::gateway::provider::{BindingEndpoint, ProviderEnvironment};
-use openshell_sandbox::proxy::credentials::{Destination, PLACEHOLDER_PREFIX, SecretStore, placeholder};
+use openshell_sandbox::proxy::credentials::{
+    BindingEndpoint, Destination, PLACEHOLDER_PREFIX, ProviderEnvironment, SecretStore, placeholder,
+};
 
 /// Keys, none a prefix of another, and values no input is likely to hold by chance.
 const SECRETS: [(&str, &str); 4] =

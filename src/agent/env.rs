@@ -1,5 +1,5 @@
-//! The child environment (design.md section 4, step 3): built from nothing for every child,
-//! from the child's identity, the proxy and CA variables of the supervisor's own
+//! The child environment (docs/architecture.md, "Agent mode", step 5): built from nothing
+//! for every child, from the child's identity, the proxy and CA variables of the supervisor's own
 //! environment, and the placeholders of `child-env.json` (re-read when it changes).
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
-//! The workload (design.md section 4, step 6): the command after `--`, started like every
-//! other child, in a session of its own: on a pty of its own when the supervisor has a
+//! The workload (docs/architecture.md, "Agent mode", step 7): the command after `--`,
+//! started like every other child, in a session of its own: on a pty of its own when the supervisor has a
 //! terminal (see [`super::terminal`]), else with the supervisor's stdio. SIGTERM and SIGINT
 //! are passed on to its process group; its exit status becomes the supervisor's (128 + n
 //! when signal n ended it).

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::layers::GatewayLayer;
 use super::{ConfigError, Secret};
+use crate::policy::host::unbracketed;
 
 /// The environment variable holding the sandbox JWT (the only place besides a file).
 pub const TOKEN_ENV: &str = "OPENSHELL_SANDBOX_TOKEN";
@@ -39,7 +40,7 @@ impl GatewayEndpoint {
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
             return Err(format!("`{url}` has a path; give only scheme, host and port"));
         }
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = unbracketed(host).to_owned();
         Ok(GatewayEndpoint {
             url: url.to_owned(),
             tls,

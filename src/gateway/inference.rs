@@ -1,61 +1,19 @@
-//! Inference routes for `inference.local`: `GetInferenceBundle`, polled every 5 s. A
-//! bundle with a new `revision` is installed (the gateway stamps `generated_at_ms` on
-//! every answer, so that says nothing); a failed poll keeps the last good bundle. API keys
-//! are secrets: never logged.
+//! Inference routes for `inference.local`: `GetInferenceBundle`, polled every 5 s, each
+//! answer converted into the proxy's [`InferenceBundle`]. A bundle with a new `revision`
+//! is installed (the gateway stamps `generated_at_ms` on every answer, so that says
+//! nothing); a failed poll keeps the last good bundle. API keys are secrets: never logged.
 
 use std::time::Duration;
 
 use super::proto::inference::{GetInferenceBundleRequest, ResolvedRoute};
 use super::{GatewayClient, GatewayError, Method, Sink};
 use crate::config::Secret;
+use crate::proxy::l7::routes::{InferenceBundle, Route};
 use crate::shutdown::Shutdown;
 use crate::watch::every;
 
 /// The contract's poll interval.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
-
-/// The routes the gateway resolved for this sandbox.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct InferenceBundle {
-    /// The routes, in the gateway's order.
-    pub routes: Vec<Route>,
-    /// The gateway's revision of the bundle.
-    pub revision: String,
-    /// When the gateway answered (ms since the Unix epoch); not a sign of change.
-    pub generated_at_ms: i64,
-}
-
-impl InferenceBundle {
-    /// Whether `other` is the bundle this one is: the same revision (and, for a gateway
-    /// that sends none, the same routes).
-    pub fn same_as(&self, other: &InferenceBundle) -> bool {
-        self.revision == other.revision && (!self.revision.is_empty() || self.routes == other.routes)
-    }
-}
-
-/// One inference route.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Route {
-    /// Route name (what callers ask for).
-    pub name: String,
-    /// Upstream base URL.
-    pub base_url: String,
-    /// API shapes the route accepts (like `openai`, `anthropic`).
-    pub protocols: Vec<String>,
-    /// The upstream API key.
-    pub api_key: Secret,
-    /// The model sent upstream.
-    pub model_id: String,
-    /// The provider's type.
-    pub provider_type: String,
-    /// Upstream request timeout; `None` when the gateway leaves it unset (0).
-    pub timeout: Option<Duration>,
-    /// The model id goes in the URL path (Vertex AI style); see
-    /// [`crate::proxy::l7::inference::upstream_uri`].
-    pub model_in_path: bool,
-    /// Replaces the request's path (with `model_in_path`: the suffix after the model id).
-    pub request_path_override: Option<String>,
-}
 
 impl From<ResolvedRoute> for Route {
     fn from(r: ResolvedRoute) -> Self {

@@ -16,9 +16,12 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 
 use super::logs::request_stream;
-use super::proto::{RelayFrame, RelayInit, RelayOpen, RelayOpenResult, SupervisorMessage, relay_frame, relay_open};
-use super::session::{relay_close, relay_open_result};
+use super::proto::{
+    RelayClose, RelayFrame, RelayInit, RelayOpen, RelayOpenResult, SupervisorMessage, relay_frame, relay_open,
+    supervisor_message,
+};
 use super::{GatewayClient, Method};
+use crate::policy::host::unbracketed;
 
 /// The largest `data` frame sent.
 pub const MAX_FRAME: usize = 16 * 1024;
@@ -91,7 +94,7 @@ async fn dial(cx: &RelayContext, open: &RelayOpen) -> Result<Box<dyn Local>, Str
 pub(crate) fn loopback_target(host: &str, port: u32) -> Result<SocketAddr, String> {
     let refuse = |why: &str| format!("TCP relay target {host}:{port} refused: {why}");
     let port = u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| refuse("the port must be 1 to 65535"))?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let bare = unbracketed(host);
     let ip = if bare.eq_ignore_ascii_case("localhost") {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
@@ -107,6 +110,17 @@ pub(crate) fn loopback_target(host: &str, port: u32) -> Result<SocketAddr, Strin
 
 fn frame(payload: relay_frame::Payload) -> RelayFrame {
     RelayFrame { payload: Some(payload) }
+}
+
+/// The session message that closes a relay that failed after it was opened.
+fn relay_close(channel_id: String, reason: String) -> SupervisorMessage {
+    let close = RelayClose { channel_id, reason };
+    SupervisorMessage { payload: Some(supervisor_message::Payload::RelayClose(close)) }
+}
+
+/// The session message that answers a `relay_open`.
+fn relay_open_result(result: RelayOpenResult) -> SupervisorMessage {
+    SupervisorMessage { payload: Some(supervisor_message::Payload::RelayOpenResult(result)) }
 }
 
 /// Opens the `RelayStream` and copies both ways until both directions ended.

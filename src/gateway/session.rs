@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::logs::request_stream;
 use super::proto::{
-    GatewayMessage, RelayClose, RelayOpen, RelayOpenResult, SupervisorHeartbeat, SupervisorHello, SupervisorMessage,
+    GatewayMessage, RelayOpen, RelayOpenResult, SupervisorHeartbeat, SupervisorHello, SupervisorMessage,
     gateway_message, supervisor_message,
 };
 use super::relay::{self, RelayContext};
@@ -236,14 +236,4 @@ impl Supervisor {
 
 fn message(payload: supervisor_message::Payload) -> SupervisorMessage {
     SupervisorMessage { payload: Some(payload) }
-}
-
-/// Sends `relay_close` for a relay that failed after it was opened.
-pub(crate) fn relay_close(channel_id: String, reason: String) -> SupervisorMessage {
-    message(supervisor_message::Payload::RelayClose(RelayClose { channel_id, reason }))
-}
-
-/// Wraps a `relay_open_result`.
-pub(crate) fn relay_open_result(result: RelayOpenResult) -> SupervisorMessage {
-    message(supervisor_message::Payload::RelayOpenResult(result))
 }

@@ -1,6 +1,7 @@
-//! Which destination addresses the proxy may dial (the SSRF rules of design.md): some
-//! ranges are never reachable, private ranges only for endpoints that name the host
-//! exactly or list the range in `allowed_ips`, everything else is public. An IPv6 address
+//! Which destination addresses the proxy may dial (the SSRF rules of docs/policy.md,
+//! "Endpoint: `allowed_ips`"): some ranges are never reachable, private ranges only for
+//! endpoints that name the host exactly or list the range in `allowed_ips`, everything
+//! else is public. An IPv6 address
 //! that carries an IPv4 address (mapped, compatible, SIIT, NAT64, 6to4, Teredo) is judged
 //! by the IPv4 address it carries.
 

@@ -18,7 +18,7 @@ use regorus::rvm::vm::RegoVM;
 
 pub use data::FlatEndpoint;
 
-use super::host::normalize_destination;
+use super::host::{DestinationHost, normalize_destination};
 use super::model::{Endpoint, Enforcement, Policy};
 use super::request;
 use super::{PolicyError, RegoRules};
@@ -183,10 +183,20 @@ impl PolicyEngine {
 
     /// The L4 decision for host:port, cached for this generation.
     pub fn network(&self, host: &str, port: u16) -> Arc<L4Decision> {
-        let Some(host) = normalize_destination(host) else {
-            return Arc::new(L4Decision::deny(format!("`{host}` is not a valid host name")));
-        };
-        let key = (host.into_boxed_str(), port);
+        match normalize_destination(host) {
+            Some(name) => self.cached_network(name.into_boxed_str(), port),
+            None => Arc::new(L4Decision::deny(format!("`{host}` is not a valid host name"))),
+        }
+    }
+
+    /// [`Self::network`] for a host already parsed where the target was read.
+    pub fn network_to(&self, host: &DestinationHost, port: u16) -> Arc<L4Decision> {
+        self.cached_network(host.name().into(), port)
+    }
+
+    /// The decision for a normalised host name, from this generation's cache when it is there.
+    fn cached_network(&self, name: Box<str>, port: u16) -> Arc<L4Decision> {
+        let key = (name, port);
         if let Some(hit) = self.cache.read().ok().and_then(|c| c.get(&key).cloned()) {
             return hit;
         }

@@ -2,10 +2,14 @@
 //! label or part of one, `**` is one or more leading labels). Patterns are checked and
 //! compiled here; the Rego rules match them with the regex and suffix computed here.
 
+mod destination;
+
 use std::fmt;
 use std::net::IpAddr;
 
 use serde::{Serialize, Serializer};
+
+pub use destination::{DestinationHost, unbracketed};
 
 /// A validated `host` value, lower case, without a trailing dot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,8 +34,7 @@ impl HostPattern {
         if trimmed.is_empty() {
             return Err("host is empty; give a DNS name, an IP address or a pattern like `*.example.com`".into());
         }
-        let unbracketed = trimmed.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(trimmed);
-        if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        if let Ok(ip) = unbracketed(trimmed).parse::<IpAddr>() {
             return Ok(HostPattern::Exact(ip.to_string()));
         }
         if !trimmed.is_ascii() {
@@ -150,8 +153,7 @@ impl Serialize for HostPattern {
 /// Normalises a destination host the way patterns are normalised: ASCII lower case, no
 /// trailing dot, IPv6 without brackets. `None` when it cannot be a host at all.
 pub fn normalize_destination(host: &str) -> Option<String> {
-    let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+    if let Ok(ip) = unbracketed(host).parse::<IpAddr>() {
         return Some(ip.to_string());
     }
     let lower = host.to_ascii_lowercase();

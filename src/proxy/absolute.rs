@@ -20,18 +20,18 @@ use hyper::client::conn::http1::{self as client, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use crate::policy::PolicyEngine;
-use crate::policy::host::normalize_destination;
+use crate::policy::host::DestinationHost;
 use crate::policy::model::Endpoint;
 
 use super::answer::{Body, INVALID_HOST, Refusal, USERINFO};
 use super::audit::{self, Subject};
 use super::counted::{Counted, OnEnd, answer_within};
 use super::credentials::SecretStore;
+use super::ctx::Ctx;
 use super::drain::drained;
 use super::hop::strip_hop_by_hop;
 use super::l7::judge::{Verdict, judge};
 use super::l7::session::audit as audit_l7;
-use super::server::Ctx;
 use super::upstream::{self, Target};
 
 /// How long a kept upstream connection may take to become ready for the next request.
@@ -54,25 +54,26 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
     let uri = req.uri().clone();
     let method = req.method().as_str().to_owned();
     let path = uri.path().to_owned();
-    let (host, port) = match target_of(&uri) {
+    let (destination, port) = match target_of(&uri) {
         Ok(hp) => hp,
         Err(refusal) => {
             let answer = refusal.response(uri.host().unwrap_or(""), uri.port_u16().unwrap_or(0), None);
             return drained(answer, req.into_body());
         }
     };
-    let subject = Subject { kind: "http", host: &host, port, request: Some((&method, &path)) };
+    let host = destination.shown();
+    let subject = Subject { kind: "http", host, port, request: Some((&method, &path)) };
     let engine = ctx.policy.current();
-    let decision = engine.network(&host, port);
+    let decision = engine.network_to(&destination, port);
     let rule = audit::rule(&engine, &decision);
     if !decision.allow {
         let refusal = Refusal::Policy { reason: decision.reason.clone(), policy: decision.policy.clone() };
         audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);
-        return drained(refusal.response(&host, port, subject.request), req.into_body());
+        return drained(refusal.response(host, port, subject.request), req.into_body());
     }
     let endpoints: Vec<&Endpoint> = engine.matched(&decision).collect();
     let (req, path) = if endpoints.iter().any(|e| e.inspects()) {
-        match inspect_http(req, &host, port, &engine, &ctx.secrets) {
+        match inspect_http(req, host, port, &engine, &ctx.secrets) {
             Ok(req) => {
                 let path = req.uri().path().to_owned();
                 (req, path)
@@ -82,20 +83,20 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
     } else {
         (req, path)
     };
-    let subject = Subject { kind: "http", host: &host, port, request: Some((&method, &path)) };
+    let subject = Subject { kind: "http", host, port, request: Some((&method, &path)) };
     let started = Instant::now();
-    let target = Target { host: &host, port, endpoints: &endpoints, allow_loopback: ctx.allow_loopback };
+    let target = Target { host: &destination, port, endpoints: &endpoints, allow_loopback: ctx.allow_loopback };
     let generation = engine.generation();
     let mut sender = match sender(&kept, &target, generation, &ctx).await {
         Ok(sender) => sender,
         Err(refusal) => {
             audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);
-            return drained(refusal.response(&host, port, subject.request), req.into_body());
+            return drained(refusal.response(host, port, subject.request), req.into_body());
         }
     };
     audit::allowed(&subject, decision.policy.as_deref(), rule, &decision.reason);
     let sent = Arc::new(AtomicU64::new(0));
-    let (parts, body) = to_upstream(req, &host, uri.port_u16()).into_parts();
+    let (parts, body) = to_upstream(req, host, uri.port_u16()).into_parts();
     let (body, body_sent) = Counted::request(body, sent.clone(), ctx.limits.idle_timeout);
     let exchange = sender.send_request(Request::from_parts(parts, body));
     let refusal = match answer_within(exchange, body_sent, ctx.limits.response_timeout).await {
@@ -105,10 +106,10 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
         }
         Ok(Ok(mut response)) => {
             *kept.0.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some(KeptConnection { host: host.clone(), port, generation, sender });
+                Some(KeptConnection { host: host.to_owned(), port, generation, sender });
             strip_hop_by_hop(response.headers_mut(), false);
             let status = response.status().as_u16();
-            let (host, method, path) = (host.clone(), method.clone(), path.clone());
+            let (host, method, path) = (host.to_owned(), method.clone(), path.clone());
             let on_end: OnEnd = Box::new(move |received, outcome| {
                 let subject = Subject { kind: "http", host: &host, port, request: Some((&method, &path)) };
                 let bytes = (sent.load(Ordering::Relaxed), received);
@@ -124,19 +125,19 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
         )),
     };
     audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);
-    refusal.response(&host, port, subject.request)
+    refusal.response(host, port, subject.request)
 }
 
 /// Host and port of an absolute-form `http://` request; anything else is a 400.
-fn target_of(uri: &Uri) -> Result<(String, u16), Refusal> {
+fn target_of(uri: &Uri) -> Result<(DestinationHost, u16), Refusal> {
     match (uri.scheme_str(), uri.host()) {
         (Some("http"), _) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
             Err(Refusal::BadRequest(format!("{uri}: {USERINFO}")))
         }
-        (Some("http"), Some(host)) if normalize_destination(host).is_some() => {
-            Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), uri.port_u16().unwrap_or(80)))
-        }
-        (Some("http"), _) => Err(Refusal::BadRequest(format!("{uri}: {INVALID_HOST}"))),
+        (Some("http"), host) => match host.and_then(DestinationHost::parse) {
+            Some(host) => Ok((host, uri.port_u16().unwrap_or(80))),
+            None => Err(Refusal::BadRequest(format!("{uri}: {INVALID_HOST}"))),
+        },
         (Some("https"), _) => Err(Refusal::BadRequest(format!(
             "{uri}: https:// URLs go through the proxy with CONNECT (curl -x does this); the proxy does not send plain requests over TLS for the client"
         ))),
@@ -178,7 +179,7 @@ fn inspect_http(
 async fn sender(kept: &Kept, target: &Target<'_>, generation: u64, ctx: &Ctx) -> Result<SendRequest<Counted>, Refusal> {
     let previous = kept.0.lock().unwrap_or_else(PoisonError::into_inner).take();
     if let Some(KeptConnection { host, port, generation: checked_under, mut sender }) = previous
-        && host == target.host
+        && host == target.host.shown()
         && port == target.port
         && checked_under == generation
         && matches!(tokio::time::timeout(REUSE_WAIT, sender.ready()).await, Ok(Ok(())))
@@ -189,8 +190,8 @@ async fn sender(kept: &Kept, target: &Target<'_>, generation: u64, ctx: &Ctx) ->
     let handshake = client::Builder::new().handshake::<_, Counted>(TokioIo::new(stream));
     let (sender, connection) = tokio::time::timeout(ctx.limits.connect_timeout, handshake)
         .await
-        .map_err(|_| Refusal::Timeout(format!("{}:{}: HTTP handshake timed out", target.host, target.port)))?
-        .map_err(|e| Refusal::Unreachable(format!("{}:{}: {e}", target.host, target.port)))?;
+        .map_err(|_| Refusal::Timeout(format!("{}:{}: HTTP handshake timed out", target.host.shown(), target.port)))?
+        .map_err(|e| Refusal::Unreachable(format!("{}:{}: {e}", target.host.shown(), target.port)))?;
     ctx.shutdown.spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -225,7 +226,7 @@ mod tests {
 
     #[test]
     fn only_absolute_http_is_forwarded() {
-        let t = |s: &str| target_of(&s.parse().unwrap());
+        let t = |s: &str| target_of(&s.parse().unwrap()).map(|(host, port)| (host.shown().to_owned(), port));
         assert_eq!(t("http://example.com/x").unwrap(), ("example.com".into(), 80));
         assert_eq!(t("http://example.com:8080/").unwrap(), ("example.com".into(), 8080));
         assert_eq!(t("http://[::1]:8080/").unwrap(), ("::1".into(), 8080));

@@ -1,6 +1,6 @@
 //! The proxy's own answers: one typed [`Refusal`] (its `error` code and status, reason and
 //! deciding policy) rendered once for every path, as JSON with `Connection: close` and, on a
-//! 403, `X-OpenShell-Policy: deny` (design.md section 3, "Deny answers").
+//! 403, `X-OpenShell-Policy: deny` (docs/architecture.md, "Per connection").
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};

@@ -1,6 +1,6 @@
 //! Audit events: one per policy decision, one when an allowed connection or request
 //! closes, and one when the policy is quarantined or recovers, under the
-//! `openshell::audit` target (design.md section 3, "Audit").
+//! `openshell::audit` target (docs/architecture.md, "Per connection").
 
 use std::time::Duration;
 

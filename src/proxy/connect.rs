@@ -15,17 +15,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::policy::host::normalize_destination;
+use crate::policy::host::{DestinationHost, unbracketed};
 use crate::policy::model::Endpoint;
 use crate::policy::{L4Decision, PolicyEngine};
 use crate::shutdown::Shutdown;
 
 use super::answer::{Body, INVALID_HOST, Refusal, USERINFO, empty};
 use super::audit::{self, Outcome, Subject};
+use super::ctx::Ctx;
 use super::l7::inference::{INFERENCE_HOST, InferenceSession, serve_inference_tls};
 use super::l7::session::{Dial, Inspected, SessionError, serve_tls};
 use super::relay::relay;
-use super::server::Ctx;
 use super::upstream::{self, Target};
 
 /// The policy name audit lines and answers give `inference.local`.
@@ -38,25 +38,26 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
         return refusal.response("", 0, None);
     };
     // `[::1]` is named `::1` in answers, audit and dialing, as in the absolute form.
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let asked = unbracketed(authority.host());
     if authority.as_str().contains('@') {
         let refusal = Refusal::BadRequest(format!("CONNECT `{authority}`: {USERINFO}"));
-        return refusal.response(host, authority.port_u16().unwrap_or(0), None);
+        return refusal.response(asked, authority.port_u16().unwrap_or(0), None);
     }
-    if normalize_destination(host).is_none() {
+    let Some(destination) = DestinationHost::parse(authority.host()) else {
         let refusal = Refusal::BadRequest(format!("CONNECT `{authority}`: {}", INVALID_HOST));
-        return refusal.response(host, authority.port_u16().unwrap_or(0), None);
-    }
+        return refusal.response(asked, authority.port_u16().unwrap_or(0), None);
+    };
+    let host = destination.shown();
     let Some(port) = authority.port_u16() else {
         let refusal = Refusal::BadRequest(format!("CONNECT {authority} has no port; write CONNECT {host}:443"));
         return refusal.response(host, 0, None);
     };
-    if port == 443 && host.trim_end_matches('.').eq_ignore_ascii_case(INFERENCE_HOST) {
+    if port == 443 && destination.name() == INFERENCE_HOST {
         return inference(req, &ctx, permit);
     }
     let subject = Subject { kind: "connect", host, port, request: None };
     let engine = ctx.policy.current();
-    let decision = engine.network(host, port);
+    let decision = engine.network_to(&destination, port);
     let rule = audit::rule(&engine, &decision);
     if !decision.allow {
         let refusal = Refusal::Policy { reason: decision.reason.clone(), policy: decision.policy.clone() };
@@ -64,10 +65,10 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
         return refusal.response(host, port, None);
     }
     let endpoints: Vec<&Endpoint> = engine.matched(&decision).collect();
+    let target = Target { host: &destination, port, endpoints: &endpoints, allow_loopback: ctx.allow_loopback };
     if endpoints.iter().any(|e| e.intercepts_tls()) {
-        return intercept_tls(req, &subject, &engine, &decision, &endpoints, &ctx, permit).await;
+        return intercept_tls(req, &subject, &engine, &decision, &target, &ctx, permit).await;
     }
-    let target = Target { host, port, endpoints: &endpoints, allow_loopback: ctx.allow_loopback };
     let stream = match upstream::open(&target, ctx.limits.connect_timeout).await {
         Ok(stream) => stream,
         Err(refusal) => {
@@ -124,13 +125,13 @@ async fn intercept_tls(
     subject: &Subject<'_>,
     engine: &PolicyEngine,
     decision: &L4Decision,
-    endpoints: &[&Endpoint],
+    target: &Target<'_>,
     ctx: &Arc<Ctx>,
     permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let (host, port) = (subject.host, subject.port);
     let rule = audit::rule(engine, decision);
-    let (server_config, session) = match inspection(host, port, endpoints, ctx).await {
+    let (server_config, session) = match inspection(target, ctx).await {
         Ok(prepared) => prepared,
         Err(refusal) => {
             audit::denied(subject, &refusal, decision.policy.as_deref(), rule);
@@ -144,17 +145,15 @@ async fn intercept_tls(
     })
 }
 
-/// What an intercepted connection to `host:port` needs: the upstream's addresses resolved
+/// What an intercepted connection to `target` needs: the upstream's addresses resolved
 /// and SSRF-checked (dialed later, only those), and the client-side TLS configuration with
-/// a leaf for the client's SNI, else for `host`.
+/// a leaf for the client's SNI, else for the target's host.
 pub(super) async fn inspection(
-    host: &str,
-    port: u16,
-    endpoints: &[&Endpoint],
+    target: &Target<'_>,
     ctx: &Ctx,
 ) -> Result<(Arc<rustls::ServerConfig>, Inspected), Refusal> {
-    let target = Target { host, port, endpoints, allow_loopback: ctx.allow_loopback };
-    let addrs = upstream::resolve(&target, ctx.limits.connect_timeout).await?;
+    let (host, port) = (target.host.shown(), target.port);
+    let addrs = upstream::resolve(target, ctx.limits.connect_timeout).await?;
     let server_config = ctx.leaves.sni_server_config(host).map_err(|e| {
         Refusal::BadRequest(format!("cannot intercept TLS for {host}: {e}; CONNECT to a DNS name or IP address"))
     })?;

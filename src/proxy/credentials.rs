@@ -7,6 +7,7 @@
 mod binding;
 mod body;
 mod env_file;
+mod environment;
 mod exchange;
 mod find;
 mod scrub;
@@ -19,7 +20,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::gateway::provider::ProviderEnvironment;
 use crate::policy::Policy;
 use crate::proxy::answer::Refusal;
 use crate::volume::ChildEnv;
@@ -29,6 +29,7 @@ use crate::{Exit, ExitStatus};
 pub use binding::Destination;
 pub use body::BODY_LIMIT;
 pub use env_file::{Entry, parse_env_file};
+pub use environment::{BindingEndpoint, ProviderEnvironment};
 pub use exchange::{Injection, finish};
 pub use scrub::{Scrubbed, Scrubber, answer as scrub_answer};
 pub use snapshot::Snapshot;

@@ -1,28 +1,30 @@
-//! Proxy mode with a gateway (gateway-contract.md, "Order at startup"): opens the log
-//! stream, fetches the policy, the provider environment and the inference bundle before
-//! any listener exists, and after `.ready` spawns the pollers that keep them current.
-//! A local file (policy, provider env, inference routes) wins over the gateway's value.
+//! Proxy mode with a gateway (docs/architecture.md, "Proxy mode", startup step 2): opens
+//! the log stream, fetches the policy, the provider environment and the inference bundle
+//! before any listener exists, and after `.ready` spawns the pollers that keep them
+//! current. A local file (policy, provider env, inference routes) wins over the gateway's
+//! value. The only part of the proxy that uses the gateway module.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ProxyConfig;
+use crate::config::ValidationFailureMode;
 use crate::gateway::backoff::RetrySchedule;
-use crate::gateway::config::{ConfigPoller, SandboxConfig, fetch_with_retries, report_status};
-use crate::gateway::inference::{InferenceBundle, InferencePoller};
+use crate::gateway::config::{ConfigPoller, PolicySink, SandboxConfig, fetch_with_retries, report_status};
+use crate::gateway::inference::InferencePoller;
 use crate::gateway::logs::{LogQueue, LogShipper};
 use crate::gateway::proto::PolicyStatus;
-use crate::gateway::provider::{ProviderEnvironment, ProviderPoller};
+use crate::gateway::provider::ProviderPoller;
 use crate::gateway::{GatewayClient, GatewayError};
 use crate::policy::{PolicyEngine, RegoRules};
 use crate::shutdown::Shutdown;
 use crate::volume;
 
 use super::ProxyError;
-use super::credentials::SecretStore;
-use super::l7::routes::RoutesHandle;
-use super::policy_source::{GatewayPolicy, PolicyHandle};
+use super::credentials::{ProviderEnvironment, SecretStore};
+use super::l7::routes::{InferenceBundle, RoutesHandle};
+use super::policy_source::PolicyHandle;
 
 /// How long startup waits for the log stream to open before going on without it.
 pub const LOG_STREAM_WAIT: Duration = Duration::from_secs(3);
@@ -215,6 +217,30 @@ impl GatewayStart {
             let poller = InferencePoller::new(self.client.clone(), sink).starting_from(bundle);
             shutdown.spawn(poller.run(shutdown.clone()));
         }
+    }
+}
+
+/// The [`PolicySink`] a gateway `ConfigPoller` installs through: each valid policy is
+/// compiled with `rules` as the next generation; a policy that does not validate or
+/// compile is rejected with the gateway's failure mode.
+#[derive(Debug)]
+struct GatewayPolicy {
+    /// The holder to install into.
+    handle: PolicyHandle,
+    /// The Rego rules to compile with.
+    rules: RegoRules,
+}
+
+impl PolicySink for GatewayPolicy {
+    fn install(&self, config: SandboxConfig) -> Result<(), String> {
+        let engine =
+            PolicyEngine::new(config.policy, &self.rules, self.handle.next_generation()).map_err(|e| e.summary())?;
+        self.handle.install(engine);
+        Ok(())
+    }
+
+    fn reject(&self, error: &str, mode: ValidationFailureMode) {
+        self.handle.reject(error, mode);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Where the proxy's policy comes from: one holder of the current engine generation that
 //! every connection reads and that a source (the local file's [`FileReloader`], the
-//! gateway's poller through [`GatewayPolicy`]) installs into or quarantines.
+//! gateway's poller through `gateway_source::GatewayPolicy`) installs into or quarantines.
 //!
 //! A quarantine is a generation like any other: an engine that denies everything with
 //! the validation failure as the reason. Connections decided under an earlier generation
@@ -18,7 +18,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::ValidationFailureMode;
-use crate::gateway::config::{PolicySink, SandboxConfig};
 use crate::policy::{self, PolicyEngine, PolicyError, RegoRules};
 use crate::shutdown::Shutdown;
 
@@ -142,30 +141,6 @@ pub fn load_engine(path: &Path, rules: &RegoRules, generation: u64) -> Result<Po
     let policy = policy::load_file(path)?;
     policy::log_warnings(&policy);
     PolicyEngine::new(policy, rules, generation)
-}
-
-/// The [`PolicySink`] a gateway `ConfigPoller` installs through: each valid policy is
-/// compiled with `rules` as the next generation; a policy that does not validate or
-/// compile is rejected with the gateway's failure mode.
-#[derive(Debug)]
-pub struct GatewayPolicy {
-    /// The holder to install into.
-    pub handle: PolicyHandle,
-    /// The Rego rules to compile with.
-    pub rules: RegoRules,
-}
-
-impl PolicySink for GatewayPolicy {
-    fn install(&self, config: SandboxConfig) -> Result<(), String> {
-        let engine =
-            PolicyEngine::new(config.policy, &self.rules, self.handle.next_generation()).map_err(|e| e.summary())?;
-        self.handle.install(engine);
-        Ok(())
-    }
-
-    fn reject(&self, error: &str, mode: ValidationFailureMode) {
-        self.handle.reject(error, mode);
-    }
 }
 
 #[cfg(test)]

@@ -16,45 +16,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::ProxyLimits;
 use crate::shutdown::Shutdown;
 
 use super::absolute::{self, Kept};
 use super::accept::AcceptBackoff;
 use super::answer;
-use super::ca::CertificateAuthority;
 use super::connect;
-use super::credentials::SecretStore;
-use super::l7::routes::RoutesHandle;
-use super::policy_source::PolicyHandle;
-use super::tls::LeafIssuer;
+use super::ctx::Ctx;
 
 /// The smallest read buffer hyper accepts.
 const HYPER_MIN_BUF: usize = 8192;
 /// How long the 503 answer may take to write and the client to finish sending.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
-
-/// What every connection of the proxy listener shares.
-pub struct Ctx {
-    /// The current policy generation.
-    pub policy: PolicyHandle,
-    /// Limits and timeouts.
-    pub limits: ProxyLimits,
-    /// `--allow-loopback-upstreams`.
-    pub allow_loopback: bool,
-    /// The CA, for TLS interception.
-    pub ca: Arc<CertificateAuthority>,
-    /// Leaf certificates for intercepted hosts, signed by the CA.
-    pub leaves: Arc<LeafIssuer>,
-    /// Provider credentials swapped into inspected requests.
-    pub secrets: Arc<SecretStore>,
-    /// Verified upstream TLS (system roots plus `OPENSHELL_UPSTREAM_CA_FILE`).
-    pub upstream_tls: Arc<rustls::ClientConfig>,
-    /// The `inference.local` routes, when configured.
-    pub inference: Option<Arc<RoutesHandle>>,
-    /// Stop accepting and drain.
-    pub shutdown: Shutdown,
-}
 
 /// Accepts on `listener` until shutdown. Warns once when it listens beyond loopback with
 /// no client allow-list: then anything that reaches the port may use the sandbox's

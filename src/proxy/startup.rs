@@ -1,6 +1,7 @@
-//! The startup sequence of design.md section 3: policy, provider credentials, CA (and the
-//! leaf issuer and upstream TLS trust built from it), inference routes, listeners, the
-//! shared TLS dir with `child-env.json` and then `.ready` last; serving until shutdown, the drain.
+//! The startup sequence of docs/architecture.md, "Proxy mode": policy, provider
+//! credentials, CA (and the leaf issuer and upstream TLS trust built from it), inference
+//! routes, listeners, the shared TLS dir with `child-env.json` and then `.ready` last;
+//! serving until shutdown, the drain.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -18,11 +19,12 @@ use crate::watch::every;
 use super::ProxyError;
 use super::ca::CertificateAuthority;
 use super::credentials::SecretStore;
+use super::ctx::Ctx;
 use super::dns::{PolicyDns, SyntheticMap, serve_tcp, serve_udp};
 use super::gateway_source::GatewayStart;
 use super::l7::routes::RoutesHandle;
 use super::policy_source::{FileReloader, PolicyHandle, load_engine};
-use super::server::{self, Ctx};
+use super::server;
 use super::tcp_forward::{self, ForwardTarget};
 use super::tls::{LeafIssuer, upstream_client_config};
 use super::transparent::{Transparent, serve_ports};
@@ -32,7 +34,7 @@ use crate::route;
 const SYSTEM_BUNDLES: &[&str] =
     &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
 
-/// The longest wait between checks of the local inference routes file (design.md: 5 s);
+/// The longest wait between checks of the local inference routes file (the gateway's bundle poll: 5 s);
 /// a shorter policy poll interval applies to it too.
 const ROUTES_POLL_INTERVAL: Duration = Duration::from_secs(5);
 

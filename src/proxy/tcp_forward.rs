@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::policy::host::unbracketed;
 use crate::shutdown::Shutdown;
 
 use super::accept::AcceptBackoff;
@@ -49,7 +50,7 @@ pub async fn serve(listener: TcpListener, target: ForwardTarget, shutdown: Shutd
 pub async fn connect(target: &ForwardTarget) -> Option<(TcpStream, SocketAddr)> {
     let timeout = target.connect_timeout;
     for host in &target.hosts {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let bare = unbracketed(host);
         let addrs: Vec<SocketAddr> = match tokio::time::timeout(timeout, tokio::net::lookup_host((bare, target.port)))
             .await
         {

@@ -22,11 +22,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::answer::Refusal;
 use super::audit::{self, Subject};
 use super::connect::{inspection, serve_session, tunnel};
+use super::ctx::Ctx;
 use super::dns::PolicyDns;
 use super::l7::session::serve_tls;
-use super::server::Ctx;
 use super::upstream::{self, Target};
-use crate::policy::host::normalize_destination;
+use crate::policy::host::{DestinationHost, normalize_destination};
 use crate::policy::model::Endpoint;
 
 /// What the transparent listeners share.
@@ -85,9 +85,11 @@ impl Transparent {
             audit::denied(&subject, &Refusal::Policy { reason, policy: None }, None, None);
             return reset(stream);
         };
+        // The policy DNS hands out only valid, normalised names.
+        let Some(destination) = DestinationHost::parse(&name) else { return reset(stream) };
         let ctx = &self.ctx;
         let engine = ctx.policy.current();
-        let decision = engine.network(&name, port);
+        let decision = engine.network_to(&destination, port);
         let subject = Subject { kind: "transparent", host: &name, port, request: None };
         let (policy, rule) = (decision.policy.as_deref(), audit::rule(&engine, &decision));
         if !decision.allow {
@@ -99,7 +101,9 @@ impl Transparent {
         let generation = engine.generation();
         let inspected = endpoints.iter().any(|e| e.inspects());
         if !inspected && endpoints.iter().any(|e| e.is_raw_tcp()) {
-            let Some(upstream) = self.open(&subject, &endpoints, policy, rule).await else { return reset(stream) };
+            let Some(upstream) = self.open(&subject, &destination, &endpoints, policy, rule).await else {
+                return reset(stream);
+            };
             audit::allowed(&subject, policy, rule, &decision.reason);
             return tunnel(stream, upstream, ctx, "transparent", &name, port, generation).await;
         }
@@ -117,7 +121,9 @@ impl Transparent {
                     return;
                 }
                 if endpoints.iter().any(|e| e.intercepts_tls()) {
-                    let (server_config, session) = match inspection(&name, port, &endpoints, ctx).await {
+                    let target =
+                        Target { host: &destination, port, endpoints: &endpoints, allow_loopback: ctx.allow_loopback };
+                    let (server_config, session) = match inspection(&target, ctx).await {
                         Ok(prepared) => prepared,
                         Err(refusal) => return audit::denied(&subject, &refusal, policy, rule),
                     };
@@ -125,7 +131,7 @@ impl Transparent {
                     let serve = move |io, shutdown| serve_tls(io, server_config, session, shutdown);
                     return serve_session(io, ctx, &name, port, Some(generation), serve).await;
                 }
-                let Some(upstream) = self.open(&subject, &endpoints, policy, rule).await else { return };
+                let Some(upstream) = self.open(&subject, &destination, &endpoints, policy, rule).await else { return };
                 audit::allowed(&subject, policy, rule, &decision.reason);
                 tunnel(io, upstream, ctx, "transparent", &name, port, generation).await;
             }
@@ -154,12 +160,13 @@ impl Transparent {
     async fn open(
         &self,
         subject: &Subject<'_>,
+        destination: &DestinationHost,
         endpoints: &[&Endpoint],
         policy: Option<&str>,
         rule: Option<&str>,
     ) -> Option<TcpStream> {
         let ctx = &self.ctx;
-        let target = Target { host: subject.host, port: subject.port, endpoints, allow_loopback: ctx.allow_loopback };
+        let target = Target { host: destination, port: subject.port, endpoints, allow_loopback: ctx.allow_loopback };
         match upstream::open(&target, ctx.limits.connect_timeout).await {
             Ok(stream) => Some(stream),
             Err(refusal) => {

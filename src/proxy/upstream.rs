@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::policy::address::{AddressClass, carried_ipv4, classify};
-use crate::policy::host::normalize_destination;
+use crate::policy::host::DestinationHost;
 use crate::policy::model::Endpoint;
 
 use super::answer::Refusal;
@@ -16,8 +16,8 @@ use super::answer::Refusal;
 /// What the SSRF check needs to know about the allowed destination.
 #[derive(Clone, Copy, Debug)]
 pub struct Target<'a> {
-    /// The host as asked (name or IP literal, brackets allowed).
-    pub host: &'a str,
+    /// The host as asked, parsed where the target was read.
+    pub host: &'a DestinationHost,
     /// Destination port.
     pub port: u16,
     /// Every endpoint the policy decision matched.
@@ -30,8 +30,7 @@ pub struct Target<'a> {
 /// The name resolved is the one the policy matched: lower case, without a trailing dot
 /// (`LocalHost.` resolves as `localhost`, which /etc/hosts knows).
 pub async fn resolve(target: &Target<'_>, timeout: Duration) -> Result<Vec<SocketAddr>, Refusal> {
-    let normalized = normalize_destination(target.host);
-    let host = normalized.as_deref().unwrap_or_else(|| target.host.trim_start_matches('[').trim_end_matches(']'));
+    let host = target.host.name();
     let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host((host, target.port)));
     let addrs: Vec<SocketAddr> = match lookup.await {
         Err(_) => return Err(Refusal::Timeout(format!("resolving {host} took longer than {timeout:?}"))),
@@ -47,12 +46,12 @@ pub async fn resolve(target: &Target<'_>, timeout: Duration) -> Result<Vec<Socke
     Ok(addrs)
 }
 
-/// The SSRF rule for one resolved address (design.md section 3, "SSRF").
+/// The SSRF rule for one resolved address (docs/policy.md, "Endpoint: `allowed_ips`").
 /// An IPv6 address carrying an IPv4 one is judged by it; `allowed_ips` (IPv4 ranges only
 /// for those) admits only the IPv4-mapped form, which `to_canonical` has made IPv4.
 pub fn check(target: &Target<'_>, ip: IpAddr) -> Result<(), String> {
     let ip = ip.to_canonical();
-    let host = target.host;
+    let host = target.host.shown();
     let carried = if let IpAddr::V6(v6) = ip { carried_ipv4(v6) } else { None };
     let shown = carried.map_or_else(|| ip.to_string(), |c| format!("{ip} ({}, carrying {})", c.form, c.ipv4));
     match classify(ip) {
@@ -63,8 +62,7 @@ pub fn check(target: &Target<'_>, ip: IpAddr) -> Result<(), String> {
             Err(format!("{host} resolves to {shown}, a {what} address; the proxy never connects to {what} addresses"))
         }
         AddressClass::Private(what) => {
-            let normalized = normalize_destination(host).unwrap_or_default();
-            let named = target.endpoints.iter().any(|e| e.host.is_exact() && e.host.as_str() == normalized);
+            let named = target.endpoints.iter().any(|e| e.host.is_exact() && e.host.as_str() == target.host.name());
             let listed = target.endpoints.iter().any(|e| e.allowed_ips.iter().any(|net| net.contains(&ip)));
             if named || listed {
                 Ok(())
@@ -80,7 +78,7 @@ pub fn check(target: &Target<'_>, ip: IpAddr) -> Result<(), String> {
 /// Resolves, checks and connects: the one way the proxy reaches an upstream.
 pub async fn open(target: &Target<'_>, timeout: Duration) -> Result<TcpStream, Refusal> {
     let addrs = resolve(target, timeout).await?;
-    dial(target.host, &addrs, timeout).await
+    dial(target.host.shown(), &addrs, timeout).await
 }
 
 /// Connects to the first address that accepts, each attempt within `timeout`.
@@ -123,7 +121,8 @@ mod tests {
 
     fn verdict(host: &str, ep: &Endpoint, ip: &str, allow_loopback: bool) -> Result<(), String> {
         let endpoints = [ep];
-        check(&Target { host, port: 80, endpoints: &endpoints, allow_loopback }, ip.parse().unwrap())
+        let host = DestinationHost::parse(host).unwrap();
+        check(&Target { host: &host, port: 80, endpoints: &endpoints, allow_loopback }, ip.parse().unwrap())
     }
 
     #[test]

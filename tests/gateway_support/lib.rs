@@ -1,9 +1,9 @@
 //! A test gateway: a small tonic server implementing every method of the contract
-//! (gateway-contract.md) on 127.0.0.1:0. It records every call in order (method,
-//! sandbox id, bearer token, payload), serves a policy, provider environment and
+//! (docs/architecture.md, "The gateway") on 127.0.0.1:0. It records every call in order
+//! (method, sandbox id, bearer token, payload), serves a policy, provider environment and
 //! inference bundle that tests change while it runs, can answer UNAVAILABLE to the
 //! first N calls of a method, opens relays on demand, and can be stopped and restarted
-//! on the same port. It is a stand-in: the contract's facts are gateway-contract.md's.
+//! on the same port. It is a stand-in: the contract's facts are docs/architecture.md's.
 //!
 //! Included from tests as `#[path = "gateway_support/lib.rs"] mod gateway_support;`.
 

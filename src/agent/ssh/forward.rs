@@ -8,6 +8,7 @@ use russh::server::Msg;
 use russh::{Channel, ChannelOpenFailure};
 use tokio::net::TcpStream;
 
+use crate::policy::host::unbracketed;
 use crate::telemetry::AUDIT_TARGET;
 
 /// Bound on connecting to the loopback destination.
@@ -16,7 +17,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The loopback address `host:port` names, or `None` when it is anything else.
 pub fn loopback(host: &str, port: u32) -> Option<SocketAddr> {
     let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = unbracketed(host);
     let ip =
         if host.eq_ignore_ascii_case("localhost") { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { host.parse().ok()? };
     let ip = match ip {

@@ -5,12 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::gateway::provider::BindingEndpoint;
 use crate::policy::PolicyEngine;
 use crate::policy::host::{HostPattern, normalize_destination};
 use crate::policy::model::PathScope;
 
-use super::CredentialError;
+use super::{BindingEndpoint, CredentialError};
 
 /// Where one request goes, as the binding check needs it.
 #[derive(Clone, Debug)]

@@ -11,9 +11,8 @@ use tokio::sync::Notify;
 use super::binding::{Bindings, BoundEndpoint, Destination};
 use super::env_file::Entry;
 use super::scrub::Scrubber;
-use super::{CredentialError, is_key, placeholder};
+use super::{CredentialError, ProviderEnvironment, is_key, placeholder};
 use crate::config::Secret;
-use crate::gateway::provider::ProviderEnvironment;
 
 /// One consistent set of credentials.
 #[derive(Debug, Default)]

@@ -175,8 +175,7 @@ fn env_file_keys_the_policy_does_not_bind_are_named_with_the_fix() {
 
 #[test]
 fn an_expired_value_is_refused_and_asks_for_a_refetch() {
-    let bound =
-        vec![crate::gateway::provider::BindingEndpoint { host: "h.example".into(), port: 443, path: String::new() }];
+    let bound = vec![super::BindingEndpoint { host: "h.example".into(), port: 443, path: String::new() }];
     let mut env = provider(&[("OLD", "old-value"), ("NEW", "new-value"), ("NEVER", "n")], &[]);
     env.bindings = ["OLD", "NEW", "NEVER"].iter().map(|k| (k.to_string(), bound.clone())).collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;

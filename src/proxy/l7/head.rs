@@ -8,6 +8,7 @@ use http::request::Parts;
 use http::uri::Authority;
 
 use super::deny;
+use crate::policy::host::unbracketed;
 use crate::proxy::answer::Refusal;
 use crate::{Exit, ExitStatus};
 
@@ -238,7 +239,7 @@ fn named(text: &str, field: &'static str, default_port: u16) -> Result<Named, He
 
 /// `host` lower-cased, without `[]` or a trailing dot.
 fn bare(host: &str) -> String {
-    host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase()
+    unbracketed(host).trim_end_matches('.').to_ascii_lowercase()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{Method, Uri};
 
 use super::deny;
-use crate::gateway::inference::{InferenceBundle, Route};
+use super::routes::{InferenceBundle, Route};
 use crate::proxy::answer::Refusal;
 use crate::proxy::credentials::Scrubber;
 

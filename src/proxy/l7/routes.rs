@@ -15,8 +15,10 @@
 //!     request_path_override: ":predict"   # optional: replaces the request's path (see inference::upstream_uri)
 //! ```
 
+mod bundle;
 mod handle;
 
+pub use bundle::{InferenceBundle, Route};
 pub use handle::RoutesHandle;
 
 use std::path::{Path, PathBuf};
@@ -25,7 +27,6 @@ use marked_yaml::Node;
 use marked_yaml::types::MarkedMappingNode;
 
 use crate::config::Secret;
-use crate::gateway::inference::{InferenceBundle, Route};
 use crate::policy::Issue;
 use crate::{Exit, ExitStatus};
 

@@ -22,6 +22,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::{ALPN_HTTP1, TlsError, provider};
+use crate::policy::host::unbracketed;
 
 /// How long a leaf is valid (from one hour before issue).
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -188,9 +189,7 @@ fn require_ca(der: &[u8]) -> Result<(), TlsError> {
 
 /// Lower case, without a trailing dot or IPv6 brackets.
 fn normalize(host: &str) -> String {
-    let host = host.trim_end_matches('.');
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    host.to_ascii_lowercase()
+    unbracketed(host.trim_end_matches('.')).to_ascii_lowercase()
 }
 
 /// Picks the leaf by SNI, else the fallback (CONNECT) host's.

@@ -17,8 +17,8 @@ use crate::policy::host::normalize_destination;
 use crate::proxy::absolute::{self, Kept};
 use crate::proxy::answer::{Body, Refusal};
 use crate::proxy::audit::{self, Subject};
+use crate::proxy::ctx::Ctx;
 use crate::proxy::drain::drained;
-use crate::proxy::server::Ctx;
 use crate::shutdown::Shutdown;
 
 /// The smallest read buffer hyper accepts.

@@ -5,10 +5,9 @@ use base64::engine::general_purpose::STANDARD;
 use http::Request;
 
 use super::super::binding::Destination;
-use super::super::{CredentialError, PLACEHOLDER_PREFIX, Snapshot, placeholder};
+use super::super::{BindingEndpoint, CredentialError, PLACEHOLDER_PREFIX, ProviderEnvironment, Snapshot, placeholder};
 use super::Resolver;
 use crate::config::Secret;
-use crate::gateway::provider::{BindingEndpoint, ProviderEnvironment};
 
 /// Every key bound to `h.example:443`, any path.
 pub(in crate::proxy::credentials) fn snapshot(pairs: &[(&str, &str)]) -> Snapshot {

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{INFERENCE_HOST, MAX_BODY, Prepared, Shape, prepare};
-use crate::gateway::inference::InferenceBundle;
+use crate::policy::host::unbracketed;
 use crate::proxy::answer::{self, Body, Refusal};
 use crate::proxy::audit::Action;
 use crate::proxy::credentials::scrub_answer;
@@ -27,6 +27,7 @@ use crate::proxy::drain::drained;
 use crate::proxy::hop::strip_hop_by_hop;
 use crate::proxy::l7::deny::{self, CONNECT_IN_TIME, HANDSHAKE_IN_TIME, ROUTE_ANSWER_IN_TIME, Refused};
 use crate::proxy::l7::path::{EncodedSlash, PathError, canonicalize};
+use crate::proxy::l7::routes::InferenceBundle;
 use crate::proxy::l7::session::{SessionError, accept_client_tls, serve_requests, served_then_closed, upstream_failed};
 use crate::shutdown::Shutdown;
 use crate::telemetry::AUDIT_TARGET;
@@ -165,13 +166,13 @@ async fn send(session: &InferenceSession, prepared: Prepared) -> Result<Response
     parts.version = http::Version::HTTP_11;
     let request = Request::from_parts(parts, Full::new(body));
     let bound = |what| move |_| SendError::Timeout(what);
-    let tcp = tokio::time::timeout(session.connect_timeout, TcpStream::connect((host.trim_matches(['[', ']']), port)))
+    let tcp = tokio::time::timeout(session.connect_timeout, TcpStream::connect((unbracketed(&host), port)))
         .await
         .map_err(bound(CONNECT_IN_TIME))?
         .map_err(|e| SendError::Failed(format!("cannot connect to {host}:{port}: {e}")))?;
     let answer = timeout.unwrap_or(session.response_timeout);
     if https {
-        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+        let name = ServerName::try_from(unbracketed(&host).to_owned())
             .map_err(|_| SendError::Failed(format!("`{host}` is not a TLS server name")))?;
         let tls = tokio::time::timeout(
             session.connect_timeout,

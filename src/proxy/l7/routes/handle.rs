@@ -5,8 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use super::{RoutesError, parse_routes_file};
-use crate::gateway::inference::InferenceBundle;
+use super::{InferenceBundle, RoutesError, parse_routes_file};
 use crate::shutdown::Shutdown;
 use crate::watch::{Change, WatchedFile, every};
 
