@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
+use super::audit::Action;
 use super::policy_source::PolicyHandle;
 use crate::telemetry::AUDIT_TARGET;
 
@@ -73,7 +74,7 @@ impl PolicyDns {
         }
         denied.put(name.to_owned(), now);
         let reason = "no network policy allows this name; answered NXDOMAIN";
-        tracing::info!(target: AUDIT_TARGET, action = "deny", kind = "dns", host = name, reason, "refused");
+        tracing::info!(target: AUDIT_TARGET, action = Action::Deny.as_str(), kind = "dns", host = name, reason, "refused");
     }
 }
 
