@@ -2,8 +2,7 @@
 //! reach its children: the workload, SSH exec with and without a pty, nested or sandboxed,
 //! list exactly 0, 1, 2 and the listing's own directory handle in /proc/self/fd.
 
-#[path = "agent_support/lib.rs"]
-mod agent_support;
+use crate::support::agent as agent_support;
 
 use std::os::fd::OwnedFd;
 use std::process::Command;

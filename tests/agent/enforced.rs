@@ -2,8 +2,7 @@
 //! as the policy's numeric user (no passwd entry: HOME `/`, SHELL `/bin/sh`), with an empty
 //! capability bounding set; the pty is theirs; sftp (as `nobody`) writes files it owns.
 
-#[path = "agent_support/lib.rs"]
-mod agent_support;
+use crate::support::agent as agent_support;
 
 use std::os::unix::fs::MetadataExt;
 

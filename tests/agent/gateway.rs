@@ -2,11 +2,8 @@
 //! `GetSandboxConfig` from the test gateway with the sandbox token, then serves SSH; a
 //! gateway that sends no policy stops it with exit 65.
 
-#[path = "agent_support/lib.rs"]
-mod agent_support;
-#[path = "gateway_support/lib.rs"]
-#[allow(dead_code, unused_imports)]
-mod gateway_support;
+use crate::support::agent as agent_support;
+use crate::support::gateway as gateway_support;
 
 use std::process::Command;
 use std::time::Duration;

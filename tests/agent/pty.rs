@@ -2,11 +2,8 @@
 //! test owns (as a user's terminal), so resizing that pty makes ssh send `window-change`,
 //! and the remote shell's `stty size`, `tty` and `TERM` show what the server did.
 
-#[path = "agent_support/lib.rs"]
-mod agent_support;
-
-#[path = "agent_support/terminal.rs"]
-mod terminal;
+use crate::support::agent as agent_support;
+use crate::support::agent::terminal;
 
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,7 @@
 //! policy source (exit 64), the workload's exit status becoming the supervisor's, SIGTERM
 //! passed on to the workload, and a clean stop on SIGTERM without a workload.
 
-#[path = "agent_support/lib.rs"]
-mod agent_support;
+use crate::support::agent as agent_support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -15,10 +15,8 @@ use openshell_sandbox::policy::Policy;
 use openshell_sandbox::policy::model::{Compatibility, FilesystemPolicy, LandlockPolicy, ProcessPolicy};
 use openshell_sandbox::sandbox::ChildSandbox;
 
-#[path = "agent_support/lib.rs"]
-mod agent_support;
-#[path = "agent_support/terminal.rs"]
-mod terminal;
+use crate::support::agent as agent_support;
+use crate::support::agent::terminal;
 
 use agent_support::{inherit_fd, only_stdio};
 use terminal::Terminal;
@@ -273,7 +271,7 @@ fn children_get_stdio_and_no_inherited_descriptor_enforced_or_not() {
     }
 }
 
-const INJECT: &str = include_str!("agent_support/inject.py");
+const INJECT: &str = include_str!("../support/agent/inject.py");
 
 /// Runs the injection script under `sandbox` as the session leader of a pty the test holds
 /// (its controlling terminal and stdin); returns its results and how many bytes it left

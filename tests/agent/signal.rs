@@ -2,8 +2,7 @@
 //! Unix socket signals a running exec child (its trap decides the exit status) and kills
 //! another one (the server answers with `exit-signal` KILL).
 
-#[path = "agent_support/lib.rs"]
-mod agent_support;
+use crate::support::agent as agent_support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! statuses and signals, the child environment, git over SSH refused, sftp put and get,
 //! `direct-tcpip` to loopback only, and public-key auth on the TCP listener.
 
-#[path = "agent_support/lib.rs"]
-mod agent_support;
+use crate::support::agent as agent_support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -3,10 +3,8 @@
 //! exit status, SIGTERM, the terminal's modes put back), and nothing a child does with
 //! TIOCSTI or TIOCLINUX reaches the operator's terminal, from the workload or from SSH.
 
-#[path = "agent_support/lib.rs"]
-mod agent_support;
-#[path = "agent_support/terminal.rs"]
-mod terminal;
+use crate::support::agent as agent_support;
+use crate::support::agent::terminal;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +15,7 @@ use agent_support::{Fixture, inherit_fd, run, wait_exit};
 use nix::sys::termios::LocalFlags;
 use terminal::Terminal;
 
-const INJECT: &str = include_str!("agent_support/inject.py");
+const INJECT: &str = include_str!("../support/agent/inject.py");
 const UID: u32 = 54321;
 
 /// Waits (bounded) until the agent has put the terminal in raw mode.

@@ -4,8 +4,7 @@
 //! and 10.231.12.0/24 inside namespaces this test creates are ever dialled. One upstream
 //! port is intercepted (`protocol: rest`) to check the credential placeholder swap.
 
-#[path = "e2e_support/lib.rs"]
-mod e2e_support;
+use crate::support::e2e as e2e_support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -154,6 +153,7 @@ impl Drop for Topology {
 
 #[test]
 fn agent_reaches_upstream_only_through_the_proxy() {
+    let _one = e2e_support::one_at_a_time();
     if let Some(reason) = e2e_support::netns_unsupported() {
         eprintln!("SKIPPED agent_reaches_upstream_only_through_the_proxy: {reason}");
         return;

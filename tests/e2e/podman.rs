@@ -5,21 +5,15 @@
 //! volume), and the checks of issue 7 that the built modes allow. Addresses are
 //! two /24s of 10.231.0.0/16 inside a network namespace made for the run.
 //!
-//! The test gateway (tests/gateway_support/) runs on the bridge side; the proxy forwards
+//! The test gateway (tests/support/gateway.rs) runs on the bridge side; the proxy forwards
 //! the agent's gateway traffic from its :8081. Exec sessions go through the gateway relay
 //! (supervisor session, RelayStream, the agent's SSH server on its Unix socket) and, for
 //! the bulk of the checks, through the agent's loopback TCP SSH listener.
 
-#[path = "e2e_support/lib.rs"]
-mod e2e_support;
-#[path = "gateway_support/lib.rs"]
-#[allow(dead_code, unused_imports)]
-mod gateway_support;
-#[path = "e2e_podman/relay.rs"]
+use crate::support::e2e as e2e_support;
+use crate::support::gateway as gateway_support;
 mod relay;
-#[path = "e2e_podman/sandbox.rs"]
 mod sandbox;
-#[path = "e2e_podman/steps.rs"]
 mod steps;
 
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +58,7 @@ fn unsupported() -> Option<String> {
 
 #[test]
 fn sidecar_topology_on_podman() {
+    let _one = e2e_support::one_at_a_time();
     if let Some(reason) = unsupported() {
         eprintln!("SKIPPED sidecar_topology_on_podman: {reason}");
         return;

@@ -4,11 +4,8 @@
 //! RelayStream), a TCP relay to a non-loopback target is refused, and the workload's
 //! exit code reaches the gateway with the session's instance id, and its log lines too.
 
-#[path = "agent_support/lib.rs"]
-mod agent_support;
-#[path = "gateway_support/lib.rs"]
-#[allow(dead_code, unused_imports)]
-mod gateway_support;
+use crate::support::agent as agent_support;
+use crate::support::gateway as gateway_support;
 
 use std::process::Stdio;
 use std::time::Duration;

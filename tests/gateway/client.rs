@@ -3,9 +3,7 @@
 //! errors, and mTLS with test certificates (the CA as the only root, the server-name
 //! override, a certificate from another CA refused).
 
-#[allow(dead_code, unused_imports)]
-#[path = "gateway_support/lib.rs"]
-mod gateway_support;
+use crate::support::gateway as gateway_support;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -3,9 +3,7 @@
 //! good policy stays; a provider revision change yields the new environment; the
 //! inference bundle is polled and the last good one kept while the gateway fails.
 
-#[allow(dead_code, unused_imports)]
-#[path = "gateway_support/lib.rs"]
-mod gateway_support;
+use crate::support::gateway as gateway_support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

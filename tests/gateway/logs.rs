@@ -2,9 +2,7 @@
 //! of at most 50; with the gateway stopped, logging never blocks (100,000 events finish)
 //! and the dropped count is reported once the gateway is back.
 
-#[allow(dead_code, unused_imports)]
-#[path = "gateway_support/lib.rs"]
-mod gateway_support;
+use crate::support::gateway as gateway_support;
 
 use std::time::Duration;
 

@@ -7,12 +7,8 @@
 //! wants a client certificate named as the cause; in process: config retries on
 //! UNAVAILABLE and inference routes following the gateway's bundle.
 
-#[allow(dead_code, unused_imports)]
-#[path = "gateway_support/lib.rs"]
-mod gateway_support;
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
+use crate::support::gateway as gateway_support;
+use crate::support::proxy as proxy_support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -4,9 +4,7 @@
 //! as EOF both ways), TCP relays to loopback only, reconnects after a restart or a
 //! rejection, and ReportMainProcessExit retried until acknowledged.
 
-#[allow(dead_code, unused_imports)]
-#[path = "gateway_support/lib.rs"]
-mod gateway_support;
+use crate::support::gateway as gateway_support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

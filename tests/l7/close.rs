@@ -2,22 +2,10 @@
 //! exactly one per connection, with requests, bytes both ways as on the client's wire,
 //! duration, and how it ended (`eof`, `idle`, `shutdown`), captured as JSON lines.
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
-
-#[path = "l7_support/lib.rs"]
-mod l7_support;
-
-#[allow(dead_code)]
-#[path = "l7_support/session.rs"]
-mod rig;
-
-#[path = "l7_support/through.rs"]
-mod through;
-
-#[path = "l7_support/lifecycle.rs"]
-mod lifecycle;
+use crate::support::l7 as l7_support;
+use crate::support::l7::lifecycle;
+use crate::support::l7::session as rig;
+use crate::support::l7::through;
 
 use std::time::Duration;
 

@@ -5,8 +5,7 @@
 //! answers scrubbed of every secret (headers, bodies split across chunks, Basic echoes,
 //! compressed answers refused).
 
-#[path = "l7_support/lib.rs"]
-mod l7_support;
+use crate::support::l7 as l7_support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

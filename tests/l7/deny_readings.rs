@@ -5,19 +5,10 @@
 //! the upstream, the allowed neighbours of each shape go through, and `policy eval` on the
 //! same policy file gives the same answer for every shape.
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
-
-#[path = "l7_support/lib.rs"]
-mod l7_support;
-
-#[allow(dead_code)]
-#[path = "l7_support/session.rs"]
-mod rig;
-
-#[path = "l7_support/through.rs"]
-mod through;
+use crate::support::l7 as l7_support;
+use crate::support::l7::session as rig;
+use crate::support::l7::through;
+use crate::support::proxy as proxy_support;
 
 use std::time::Duration;
 

@@ -25,8 +25,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-#[path = "l7_support/lib.rs"]
-mod l7_support;
+use crate::support::l7 as l7_support;
 use l7_support::{Ca, ca, connect, https_server, write_pem};
 
 const HOST: &str = "api.test";

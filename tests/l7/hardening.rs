@@ -4,25 +4,11 @@
 //! own answers read whole over HTTP/2 whatever the request body. Each test asserts what the
 //! upstream received, and that the next ordinary request still works.
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
-
-#[path = "l7_support/lib.rs"]
-mod l7_support;
-
-#[allow(dead_code)]
-#[path = "l7_support/session.rs"]
-mod rig;
-
-#[path = "l7_support/through.rs"]
-mod through;
-
-#[path = "l7_support/recorder.rs"]
-mod recorder;
-
-#[path = "l7_support/hardened.rs"]
-mod hardened;
+use crate::support::l7::hardened;
+use crate::support::l7::recorder;
+use crate::support::l7::session as rig;
+use crate::support::l7::through;
+use crate::support::proxy as proxy_support;
 
 use std::time::Duration;
 

@@ -24,8 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio_rustls::TlsAcceptor;
 
-#[path = "l7_support/lib.rs"]
-mod l7_support;
+use crate::support::l7 as l7_support;
 use l7_support::{Ca, ca, connect, write_pem};
 
 type ClientBody = BoxBody<Bytes, Infallible>;

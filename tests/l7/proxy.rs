@@ -4,19 +4,10 @@
 //! credentials come from `OPENSHELL_PROVIDER_ENV_FILE`. Clients trust only the proxy's
 //! `ca.pem` (rustls) or `ca-bundle.pem` (the real `curl`).
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
-
-#[path = "l7_support/lib.rs"]
-mod l7_support;
-
-#[allow(dead_code)]
-#[path = "l7_support/session.rs"]
-mod rig;
-
-#[path = "l7_support/through.rs"]
-mod through;
+use crate::support::l7 as l7_support;
+use crate::support::l7::session as rig;
+use crate::support::l7::through;
+use crate::support::proxy as proxy_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -379,6 +370,7 @@ fn a_key_the_policy_binds_nowhere_stops_startup_saying_how_to_bind_it() {
 
 #[tokio::test]
 async fn connect_to_inference_local_without_routes_is_403() {
+    let _inference = l7_support::INFERENCE_LOCAL.lock().await;
     let proxy = TestProxy::start(&proxy_support::allow(&[("localhost", 443)]), |_| {}).await;
     let (_, head) = connect_raw(proxy.addr, "inference.local:443").await;
     assert!(head.starts_with("HTTP/1.1 403 "), "{head}");

@@ -2,19 +2,9 @@
 //! policy; the proxy terminates TLS with its CA and routes OpenAI-shaped requests to the
 //! route of `OPENSHELL_INFERENCE_ROUTES` with the route's key and model, streaming answers.
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
-
-#[path = "l7_support/lib.rs"]
-mod l7_support;
-
-#[allow(dead_code)]
-#[path = "l7_support/session.rs"]
-mod rig;
-
-#[path = "l7_support/through.rs"]
-mod through;
+use crate::support::l7::session as rig;
+use crate::support::l7::through;
+use crate::support::proxy as proxy_support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -117,6 +107,7 @@ fn chat(stream: bool) -> Request<ClientBody> {
 
 #[tokio::test]
 async fn a_chat_completion_is_routed_with_the_routes_key_and_model() {
+    let _inference = crate::support::l7::INFERENCE_LOCAL.lock().await;
     logs(); // starts the capture
     let (proxy, seen, _dir, _) = start().await;
     let mut c = inference_client(&proxy).await;
@@ -139,6 +130,7 @@ async fn a_chat_completion_is_routed_with_the_routes_key_and_model() {
 
 #[tokio::test]
 async fn a_streamed_answers_first_event_arrives_before_the_upstream_finishes() {
+    let _inference = crate::support::l7::INFERENCE_LOCAL.lock().await;
     let (proxy, seen, _dir, _) = start().await;
     let mut c = inference_client(&proxy).await;
     tokio::time::timeout(Duration::from_secs(5), c.ready()).await.unwrap().unwrap();
@@ -158,6 +150,7 @@ async fn a_streamed_answers_first_event_arrives_before_the_upstream_finishes() {
 
 #[tokio::test]
 async fn a_changed_routes_file_applies_to_the_next_request() {
+    let _inference = crate::support::l7::INFERENCE_LOCAL.lock().await;
     let (proxy, _seen, dir, addr) = start().await;
     let yaml = routes_yaml(addr, "newer-model-with-a-longer-name");
     let fresh = dir.path().join("routes.yaml.new");
@@ -178,6 +171,7 @@ async fn a_changed_routes_file_applies_to_the_next_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reads_the_whole_403_and_413_whatever_the_body_over_h2_and_http1() {
+    let _inference = crate::support::l7::INFERENCE_LOCAL.lock().await;
     let (proxy, seen, dir, _) = start().await;
     let curl = |data: String, version: &'static str, path: &'static str| {
         let (proxy, bundle) = (format!("http://{}", proxy.addr), proxy.tls_dir().join("ca-bundle.pem"));

@@ -16,12 +16,10 @@ use openshell_sandbox::shutdown::Shutdown;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[path = "l7_support/lib.rs"]
-mod l7_support;
+use crate::support::l7 as l7_support;
 use l7_support::ca;
 
-#[path = "l7_support/session.rs"]
-mod rig;
+use crate::support::l7::session as rig;
 use rig::*;
 
 #[tokio::test]

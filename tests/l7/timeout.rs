@@ -4,22 +4,11 @@
 //! with the idle timeout left large; a slow answer in time and an upload longer than the
 //! timeout pass; the upstream connection (or HTTP/2 stream) that did not answer is dropped.
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
-
-#[path = "l7_support/lib.rs"]
-mod l7_support;
-
-#[allow(dead_code)]
-#[path = "l7_support/session.rs"]
-mod rig;
-
-#[path = "l7_support/through.rs"]
-mod through;
-
-#[path = "l7_support/lifecycle.rs"]
-mod lifecycle;
+use crate::support::l7 as l7_support;
+use crate::support::l7::lifecycle;
+use crate::support::l7::session as rig;
+use crate::support::l7::through;
+use crate::support::proxy as proxy_support;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -137,7 +126,9 @@ async fn chat(proxy: &TestProxy) -> (StatusCode, Value, Duration) {
 
 #[tokio::test]
 async fn an_inference_route_that_never_answers_gets_a_504_and_the_routes_own_timeout_wins() {
-    audit_events();
+    let _inference = l7_support::INFERENCE_LOCAL.lock().await;
+    let is_close = |e: &Value| e["action"] == "close" && e["host"] == "inference.local";
+    let mark = settled_count(is_close).await;
     let (addr, seen) = silent_model_server().await;
     let dir = tempfile::tempdir().unwrap();
     let routes = |timeout: &str| {
@@ -171,7 +162,7 @@ async fn an_inference_route_that_never_answers_gets_a_504_and_the_routes_own_tim
     let (status, body, elapsed) = chat(&proxy).await;
     assert_timed_out_post(status, &body, elapsed, Duration::from_secs(2));
 
-    let closes = wait_for_events(|e| e["action"] == "close" && e["host"] == "inference.local").await;
+    let closes = events_after(mark, 2, is_close).await;
     assert_eq!(closes.len(), 2, "one close event per inference.local connection: {closes:#?}");
     assert!(closes.iter().all(|e| e["requests"] == 1 && e["kind"] == "connect"), "{closes:#?}");
 }

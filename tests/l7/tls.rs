@@ -12,8 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-#[path = "l7_support/lib.rs"]
-mod l7_support;
+use crate::support::l7 as l7_support;
 use l7_support::{Ca, ca, client_config};
 
 fn client_trusting(ca: &Ca) -> Arc<ClientConfig> {

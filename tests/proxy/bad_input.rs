@@ -5,9 +5,7 @@
 //! fresh request on a new connection is still served afterwards. The upstream records
 //! the exact bytes it receives, so what the proxy forwards is checked too.
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
+use crate::support::proxy as proxy_support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,10 +1,8 @@
 //! CONNECT through the in-process proxy on real sockets: an allowed tunnel to a local
 //! TLS server driven by the real `curl -x`, a denied host, the SSRF refusals and an
-//! unreachable upstream (inspected tunnels: tests/l7_proxy.rs).
+//! unreachable upstream (inspected tunnels: tests/l7/proxy.rs).
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
+use crate::support::proxy as proxy_support;
 
 use proxy_support::{TestProxy, TlsServer, allow, exchange, json_body, read_head};
 

@@ -3,9 +3,7 @@
 //! an empty answer; the address table survives a policy reload; clients outside the list
 //! get nothing; the transparent port listener resets connections to real addresses.
 
-#[path = "proxy_support/lib.rs"]
-#[allow(dead_code)]
-mod proxy_support;
+use crate::support::proxy as proxy_support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -7,9 +7,7 @@
 //! The tests of this file run one at a time (the burst measures the process's RSS).
 //! "The gateway gone while the proxy serves" belongs to the gateway issue's tests.
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
+use crate::support::proxy as proxy_support;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -3,9 +3,7 @@
 //! oversized head (431), a slowloris client cut at the header timeout, the connection
 //! cap (503), and the response timeout counted from the end of an upload.
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
+use crate::support::proxy as proxy_support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

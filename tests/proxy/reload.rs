@@ -4,22 +4,11 @@
 //! until a valid file loads) or keeps the last good policy under `retain_last_valid`; a
 //! client outside `allowed_clients` is closed at accept without an answer.
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
-
-#[path = "l7_support/lib.rs"]
-mod l7_support;
-
-#[allow(dead_code)]
-#[path = "l7_support/session.rs"]
-mod rig;
-
-#[path = "l7_support/through.rs"]
-mod through;
-
-#[path = "l7_support/lifecycle.rs"]
-mod lifecycle;
+use crate::support::l7 as l7_support;
+use crate::support::l7::lifecycle;
+use crate::support::l7::session as rig;
+use crate::support::l7::through;
+use crate::support::proxy as proxy_support;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -6,9 +6,7 @@
 //! each literal named exactly in the policy and `--allow-loopback-upstreams` set; a public
 //! address on `lo` is dialled, which shows a dial would have landed.
 
-#[allow(dead_code)]
-#[path = "proxy_support/lib.rs"]
-mod proxy_support;
+use crate::support::proxy as proxy_support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod terminal;
+
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,6 +105,14 @@ pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Held by each end-to-end test for its whole run, so the tests of the one `e2e` binary run
+/// one after the other (namespaces, addresses and the host's CPU to themselves), as they did
+/// as binaries of their own.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Named namespaces whose name is `{prefix}{pid}-...` with a dead pid: leftovers of a
 /// killed run. Live runs (another `cargo test` at the same time) are left alone.
 pub fn stale_names(names: impl IntoIterator<Item = String>, prefix: &str) -> Vec<String> {
@@ -184,7 +192,8 @@ impl UpstreamTls {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf_params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        let mut leaf_params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
         leaf_params.distinguished_name.push(DnType::CommonName, names[0]);
         let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
         let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();

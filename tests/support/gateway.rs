@@ -4,8 +4,6 @@
 //! inference bundle that tests change while it runs, can answer UNAVAILABLE to the
 //! first N calls of a method, opens relays on demand, and can be stopped and restarted
 //! on the same port. It is a stand-in: the contract's facts are gateway-contract.md's.
-//!
-//! Included from tests as `#[path = "gateway_support/lib.rs"] mod gateway_support;`.
 
 pub mod certs;
 mod relays;

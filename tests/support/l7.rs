@@ -1,9 +1,18 @@
 //! Shared pieces of the L7 tests: test CAs made by rcgen (shaped like the proxy's own CA)
 //! and TLS clients that trust only a given CA.
-//!
-//! Included from tests as `#[path = "l7_support/lib.rs"] mod l7_support;`.
 
 #![allow(dead_code)]
+
+pub mod hardened;
+pub mod lifecycle;
+pub mod recorder;
+pub mod session;
+pub mod through;
+
+/// Held by each test that opens `inference.local` through a real proxy: the close events of
+/// those connections all name `inference.local:443`, and a test that counts its own needs
+/// the binary's audit capture (one for every test of the binary) to itself.
+pub static INFERENCE_LOCAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

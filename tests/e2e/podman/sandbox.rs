@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::e2e_support::{self, Output, must, run};
+use crate::support::e2e::{self as e2e_support, Output, must, run};
 
 /// Every resource name of this test starts with this, then the pid of the run.
 pub const PREFIX: &str = "ose2p";

@@ -1,8 +1,6 @@
 //! A terminal the test owns, as a user's: a pty pair whose slave becomes a process's stdio
 //! and controlling terminal, a reader of everything the screen (master) shows, and a look
 //! at what is waiting in the terminal's input queue.
-//!
-//! Included from tests as `#[path = "agent_support/terminal.rs"] mod terminal;`.
 
 #![allow(dead_code)]
 

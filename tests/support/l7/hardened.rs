@@ -1,10 +1,7 @@
-//! The rig of the hardening tests (`l7_hardening`): the real proxy with `rest` and
+//! The rig of the hardening tests (`tests/l7/hardening.rs`): the real proxy with `rest` and
 //! `websocket` endpoints in front of recording upstreams (HTTP/1.1 by hand, HTTP/2 with
 //! hyper), raw HTTP/1.1 over an inspected tunnel, the real `curl`, and a minimal HTTP/2
 //! client by hand for what hyper will not send (extended CONNECT).
-//!
-//! Included after `proxy_support`, `l7_support`, `rig`, `through` and `recorder` as
-//! `#[path = "l7_support/hardened.rs"] mod hardened;`.
 
 #![allow(dead_code)]
 
@@ -23,10 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::l7_support::{Ca, ca, https_server, write_pem};
-use crate::proxy_support::{STEP, TestProxy};
-use crate::recorder::Recorder;
-use crate::through::{proxy_ca, tls_through, tls_through_alpn};
+use super::recorder::Recorder;
+use super::through::{proxy_ca, tls_through, tls_through_alpn};
+use super::{Ca, ca, https_server, write_pem};
+use crate::support::proxy::{STEP, TestProxy};
 
 /// What the HTTP/2 upstream saw of each request: version, `:authority`, every `host` value.
 pub type H2Seen = Arc<Mutex<Vec<Value>>>;
@@ -154,7 +151,7 @@ pub async fn read_response<IO: AsyncRead + Unpin>(io: &mut IO) -> RawResponse {
             head.push(byte[0]);
         }
         let head = String::from_utf8_lossy(&head).into_owned();
-        let length = crate::recorder::header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let length = super::recorder::header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut body = vec![0u8; length];
         let read = io.read_exact(&mut body).await.map_or(0, |_| length);
         RawResponse { head, body: String::from_utf8_lossy(&body[..read]).into_owned() }
@@ -210,8 +207,8 @@ pub async fn curl(rig: &Rig, args: &[&str], url: &str) -> (std::process::ExitSta
 
 /// Sends `request` on an HTTP/2 sender; the status and the whole body (bounded).
 pub async fn h2_exchange(
-    sender: &mut hyper::client::conn::http2::SendRequest<crate::rig::ClientBody>,
-    request: Request<crate::rig::ClientBody>,
+    sender: &mut hyper::client::conn::http2::SendRequest<super::session::ClientBody>,
+    request: Request<super::session::ClientBody>,
 ) -> Result<(http::StatusCode, Bytes), hyper::Error> {
     let exchange = async {
         sender.ready().await?;

@@ -1,10 +1,7 @@
-//! The rig of the inspected-connection life tests (`l7_timeout`, `l7_close`): HTTPS
+//! The rig of the inspected-connection life tests (`tests/l7/timeout.rs`, `close.rs`): HTTPS
 //! upstreams that answer slowly or never (HTTP/1.1 by hand, HTTP/2 with hyper), a model server
 //! that never answers, the real proxy with a short response timeout and a large idle one, and
 //! a capture of audit events as JSON lines like `OPENSHELL_LOG_FORMAT=json` writes them.
-//!
-//! Included after `proxy_support`, `l7_support` and `rig` as
-//! `#[path = "l7_support/lifecycle.rs"] mod lifecycle;`.
 
 #![allow(dead_code)]
 
@@ -24,9 +21,8 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::l7_support::{Ca, https_server, write_pem};
-use crate::proxy_support::TestProxy;
-use crate::rig::CaptureWriter;
+use super::{Ca, https_server, write_pem};
+use crate::support::proxy::TestProxy;
 
 /// The response timeout of these tests; the idle timeout stays at [`IDLE`].
 pub const ANSWER: Duration = Duration::from_secs(1);
@@ -40,21 +36,7 @@ pub const QUERY_VALUE: &str = "q-VALUE-5150";
 
 /// Every audit event of this test binary's run, as JSON (one global subscriber).
 pub fn audit_events() -> Vec<Value> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    let buffer = LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || CaptureWriter(writer.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
-        buffer
-    });
-    let logs = String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned();
+    let logs = crate::support::capture::json();
     assert!(!logs.contains(QUERY_VALUE), "a query value reached the logs:\n{logs}");
     logs.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -72,6 +54,35 @@ pub async fn wait_for_events(matching: impl Fn(&Value) -> bool) -> Vec<Value> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     audit_events().into_iter().filter(matching).collect()
+}
+
+/// How many `matching` audit events there are once none has come for 300 ms (bounded): a
+/// mark after which the events of a test that holds the capture to itself follow.
+pub async fn settled_count(matching: impl Fn(&Value) -> bool) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let count = || audit_events().iter().filter(|e| matching(e)).count();
+    let mut seen = count();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = count();
+        if now == seen || Instant::now() > deadline {
+            return now;
+        }
+        seen = now;
+    }
+}
+
+/// Waits (bounded) until at least `at_least` `matching` audit events follow the first `mark`,
+/// then a little longer, and returns all that follow it.
+pub async fn events_after(mark: usize, at_least: usize, matching: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = || audit_events().into_iter().filter(|e| matching(e)).skip(mark).collect::<Vec<_>>();
+    while after().len() < at_least {
+        assert!(Instant::now() < deadline, "fewer than {at_least} such audit events: {:#?}", after());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    after()
 }
 
 /// Waits (bounded) until `counter` reaches 1.

@@ -3,8 +3,6 @@
 //! see. It answers `/fake101*` (and any request with an `Upgrade` header) with a `101`,
 //! then echoes and records whatever follows; everything else gets `200` with the target as
 //! body. Plain TCP or TLS (a leaf for `localhost`, HTTP/1.1 only).
-//!
-//! Included after `l7_support` as `#[path = "l7_support/recorder.rs"] mod recorder;`.
 
 #![allow(dead_code)]
 
@@ -14,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::l7_support::{Ca, https_server};
+use super::{Ca, https_server};
 
 /// What the upstream received, in order: request heads as sent (`GET / HTTP/1.1\r\n...`) and,
 /// after a `101`, each chunk of bytes as `AFTER 101: ...`.

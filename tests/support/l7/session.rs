@@ -2,7 +2,7 @@
 //! sees, the proxy side serving each connection with `serve_tls`, HTTP/1.1 clients trusting
 //! only the sandbox CA, and a capture of every log line of the test run.
 
-use crate::l7_support::{Ca, connect, https_server, write_pem};
+use super::{Ca, connect, https_server, write_pem};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -231,24 +231,10 @@ pub async fn send(sender: &mut SendRequest<ClientBody>, req: Request<ClientBody>
     (status, serde_json::from_slice(&body).unwrap_or_else(|_| json!(String::from_utf8_lossy(&body))))
 }
 
-/// Every log line of every level of this test binary's run (one global subscriber: scoped
-/// subscribers miss events when tests on other threads share callsites).
-pub static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
-
-/// Everything logged so far in this test binary's run (capture starts at the first call).
+/// Everything logged so far in this test binary's run, as text (capture starts at the
+/// first call).
 pub fn logs() -> String {
-    let buffer = LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || CaptureWriter(writer.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
-        buffer
-    });
-    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+    crate::support::capture::text()
 }
 
 /// Starts the capture, and at the end checks that no secret was ever logged.
@@ -267,18 +253,6 @@ impl Drop for NoSecretLogged {
         if !std::thread::panicking() {
             assert!(!logs.contains(SECRET), "a secret reached the logs:\n{logs}");
         }
-    }
-}
-
-pub struct CaptureWriter(pub Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CaptureWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

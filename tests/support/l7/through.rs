@@ -1,8 +1,5 @@
 //! Clients of the real proxy for the L7 tests: `CONNECT` through it, then TLS trusting the
 //! proxy's own `ca.pem` from its shared TLS dir (or another CA), then HTTP/1.1.
-//!
-//! Included from tests as `#[path = "l7_support/through.rs"] mod through;`, after
-//! `l7_support` and `proxy_support`.
 
 #![allow(dead_code)]
 
@@ -24,9 +21,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::l7_support::{Ca, client_config};
-use crate::proxy_support::read_head;
-use crate::rig::ClientBody;
+use super::session::ClientBody;
+use super::{Ca, client_config};
+use crate::support::proxy::read_head;
 
 /// The proxy's CA as read from `ca.pem` in its shared TLS dir (no key: clients only).
 pub fn proxy_ca(tls_dir: &Path) -> Ca {
