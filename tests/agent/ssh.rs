@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use agent_support::{Fixture, PLACEHOLDER, PROXY, common_options, free_port, run};
+use agent_support::{Fixture, PLACEHOLDER, PROXY, common_options, run, ssh_tcp_port};
 
 #[test]
 fn exec_reports_exit_status_zero_three_and_a_signal() {
@@ -181,9 +181,9 @@ fn direct_tcpip_reaches_loopback_only() {
 fn remote_forwarding_is_refused() {
     let fixture = Fixture::new();
     let agent = fixture.start(|_| {});
-    let port = free_port();
-    let spec = format!("127.0.0.1:{port}:127.0.0.1:22");
-    let (code, _, err) = run(&mut agent.ssh(&["-o", "ExitOnForwardFailure=yes", "-R", &spec, "sandbox@agent", "true"]));
+    // Port 0: the server would pick one (`-R` with a port of its choosing).
+    let spec = "127.0.0.1:0:127.0.0.1:22";
+    let (code, _, err) = run(&mut agent.ssh(&["-o", "ExitOnForwardFailure=yes", "-R", spec, "sandbox@agent", "true"]));
     assert_eq!(code, 255, "{err}");
     assert!(err.contains("remote port forwarding failed"), "{err}");
 }
@@ -206,11 +206,12 @@ fn tcp_listener_accepts_authorized_keys_only() {
     let authorized = fixture.path().join("authorized_keys");
     std::fs::copy(good.with_extension("pub"), &authorized).unwrap();
     let host_key = fixture.path().join("keys/host_ed25519");
-    let port = free_port();
-    let agent = fixture.start(|cmd| {
-        cmd.arg("--ssh-listen").arg(format!("127.0.0.1:{port}")).arg("--authorized-keys").arg(&authorized);
+    let log = fixture.path().join("agent.log");
+    let agent = fixture.start_logging(std::fs::File::create(&log).unwrap(), |cmd| {
+        cmd.args(["--log-format", "json", "--ssh-listen", "127.0.0.1:0", "--authorized-keys"]).arg(&authorized);
         cmd.arg("--ssh-host-key").arg(&host_key);
     });
+    let port = ssh_tcp_port(&log);
     let mode = std::fs::metadata(&host_key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the created host key is private");
     let socket_mode = std::fs::metadata(&agent.socket).unwrap().permissions().mode() & 0o777;

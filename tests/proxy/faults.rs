@@ -339,14 +339,15 @@ async fn a_half_written_policy_file_is_not_applied_until_it_is_complete() {
     assert_eq!(status(p1).await, "200");
 }
 
-/// Runs the proxy binary with `extra` arguments, its stderr to `log`, and the soft and
-/// hard descriptor limit set to `nofile` when given.
-fn spawn_proxy(dir: &Path, listen: u16, extra: &[&str], nofile: Option<u64>) -> Child {
+/// Runs the proxy binary on 127.0.0.1 port 0 (`.ready` gives the bound address) with
+/// `extra` arguments, its stderr to `log`, and the soft and hard descriptor limit set to
+/// `nofile` when given.
+fn spawn_proxy(dir: &Path, extra: &[&str], nofile: Option<u64>) -> Child {
     let mut command = Command::new(BIN);
     command
         .arg("proxy")
         .args(["--policy", &dir.join("policy.yaml").display().to_string()])
-        .args(["--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--state-dir", &dir.join("state").display().to_string()])
         .args(["--shutdown-grace-secs", "1"])
         .args(extra)
@@ -364,10 +365,6 @@ fn spawn_proxy(dir: &Path, listen: u16, extra: &[&str], nofile: Option<u64>) -> 
         }
     }
     command.spawn().unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Waits (bounded) for the child to exit and returns its exit code.
@@ -397,7 +394,7 @@ async fn an_unusable_shared_tls_dir_at_startup_exits_naming_it_without_ready() {
     let under_a_file = dir.path().join("a-file/tls");
     for tls in [under_a_file.as_path(), Path::new("/proc/1")] {
         let tls_arg = tls.display().to_string();
-        let mut child = spawn_proxy(dir.path(), free_port(), &["--tls-dir", &tls_arg], None);
+        let mut child = spawn_proxy(dir.path(), &["--tls-dir", &tls_arg], None);
         let code = exit_code(&mut child);
         let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
         assert_eq!(code, Some(64), "{tls_arg}: {log}");
@@ -421,13 +418,12 @@ async fn descriptor_exhaustion_backs_off_recovers_and_does_not_flood_the_log() {
     let echo = EchoServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("policy.yaml"), allow(&[("127.0.0.1", echo.addr.port())])).unwrap();
-    let listen = free_port();
     let tls = dir.path().join("tls").display().to_string();
     let args = ["--tls-dir", tls.as_str(), "--allow-loopback-upstreams", "--log-format", "json"];
-    let mut child = spawn_proxy(dir.path(), listen, &args, Some(64));
+    let mut child = spawn_proxy(dir.path(), &args, Some(64));
     let ready = eventually(STEP, || dir.path().join("tls/.ready").exists()).await;
     assert!(ready, "{}", std::fs::read_to_string(dir.path().join("stderr.log")).unwrap());
-    let addr: SocketAddr = ([127, 0, 0, 1], listen).into();
+    let addr = openshell_sandbox::volume::read_ready(&dir.path().join("tls")).unwrap().proxy_listen;
     let get = format!("GET http://127.0.0.1:{}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", echo.addr.port());
     assert!(exchange(addr, get.as_bytes()).await.starts_with("HTTP/1.1 200 "));
 

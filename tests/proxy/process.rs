@@ -3,19 +3,15 @@
 //! the CA survives a restart; an invalid policy exits 65 listing every error; the
 //! gateway forward falls back through the fallback hosts, logging each address.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use openshell_sandbox::volume::{self, READY_FILE, Ready};
 
 const BIN: &str = env!("CARGO_BIN_EXE_openshell-sandbox");
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Proc {
     child: Child,
@@ -70,11 +66,13 @@ fn args(dir: &Path, listen: u16, extra: &[&str]) -> Vec<String> {
     args
 }
 
-fn spawn(dir: &Path, listen: u16, extra: &[&str]) -> Proc {
-    let stderr = dir.join(format!("stderr-{}.log", Instant::now().elapsed().as_nanos() ^ u128::from(listen)));
+/// Starts the proxy on 127.0.0.1 port 0: [`wait_ready`] gives the bound addresses.
+fn spawn(dir: &Path, extra: &[&str]) -> Proc {
+    static SPAWNED: AtomicUsize = AtomicUsize::new(0);
+    let stderr = dir.join(format!("stderr-{}.log", SPAWNED.fetch_add(1, Ordering::Relaxed)));
     let child = Command::new(BIN)
         .arg("proxy")
-        .args(args(dir, listen, extra))
+        .args(args(dir, 0, extra))
         .env_clear()
         .env("OPENSHELL_SANDBOX_TOKEN", "test-token")
         .stdout(Stdio::null())
@@ -133,14 +131,20 @@ fn gateway_args(port: u16, fallbacks: &str, forward: u16) -> Vec<String> {
 fn ready_after_both_listeners_then_gone_after_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     policy(dir.path());
-    let (listen, forward) = (free_port(), free_port());
-    let gateway = gateway_args(free_port(), "127.0.0.1", forward);
+    // The gateway's port: held, never answered (the forward is only bound here).
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway = gateway_args(held.local_addr().unwrap().port(), "127.0.0.1", 0);
     let gateway: Vec<&str> = gateway.iter().map(String::as_str).collect();
-    let mut proc = spawn(dir.path(), listen, &gateway);
+    let mut proc = spawn(dir.path(), &gateway);
     let ready = wait_ready(dir.path(), &mut proc);
     assert_eq!(ready.pid, proc.child.id());
-    assert_eq!(ready.proxy_listen, SocketAddr::from(([127, 0, 0, 1], listen)));
-    assert_eq!(ready.forward_listen, Some(SocketAddr::from(([127, 0, 0, 1], forward))));
+    // Both listeners asked for port 0: `.ready` holds the ports they are bound to.
+    let forward = ready.forward_listen.expect("the forward's address");
+    for bound in [ready.proxy_listen, forward] {
+        assert!(bound.ip() == IpAddr::from([127, 0, 0, 1]) && bound.port() != 0, "{ready:?}");
+    }
+    assert_ne!(ready.proxy_listen, forward);
+    let listen = ready.proxy_listen.port();
     // When .ready exists, both listeners already accept.
     std::net::TcpStream::connect(ready.proxy_listen).unwrap();
     std::net::TcpStream::connect(ready.forward_listen.unwrap()).unwrap();
@@ -162,9 +166,10 @@ fn no_ready_when_a_listener_cannot_bind() {
     policy(dir.path());
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let forward = taken.local_addr().unwrap().port();
-    let gateway = gateway_args(free_port(), "127.0.0.1", forward);
+    // The endpoint's port too: nothing is dialled before the bind fails.
+    let gateway = gateway_args(forward, "127.0.0.1", forward);
     let gateway: Vec<&str> = gateway.iter().map(String::as_str).collect();
-    let mut proc = spawn(dir.path(), free_port(), &gateway);
+    let mut proc = spawn(dir.path(), &gateway);
     let status = proc.wait();
     assert_eq!(status.code(), Some(64), "{}", proc.log());
     assert!(proc.log().contains("OPENSHELL_FORWARD_LISTEN"), "{}", proc.log());
@@ -175,13 +180,13 @@ fn no_ready_when_a_listener_cannot_bind() {
 fn the_ca_is_reused_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     policy(dir.path());
-    let mut first = spawn(dir.path(), free_port(), &[]);
+    let mut first = spawn(dir.path(), &[]);
     let before = wait_ready(dir.path(), &mut first).ca_sha256;
     assert_eq!(first.terminate().code(), Some(0));
     let key = dir.path().join("state/ca-key.pem");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
-    let mut second = spawn(dir.path(), free_port(), &[]);
+    let mut second = spawn(dir.path(), &[]);
     let after = wait_ready(dir.path(), &mut second).ca_sha256;
     assert_eq!(before, after);
     assert_eq!(second.terminate().code(), Some(0));
@@ -195,7 +200,7 @@ fn an_invalid_policy_exits_65_listing_every_error() {
         "version: 1\nnetwork_policies:\n  a:\n    endpoints:\n      - host: \"*\"\n        port: 443\n      - host: ok.example.com\n        port: 443\n        bogus_key: 1\n",
     )
     .unwrap();
-    let mut proc = spawn(dir.path(), free_port(), &[]);
+    let mut proc = spawn(dir.path(), &[]);
     let status = proc.wait();
     let log = proc.log();
     assert_eq!(status.code(), Some(65), "{log}");
@@ -219,16 +224,15 @@ fn the_gateway_forward_falls_back_and_logs_each_address() {
     });
     let dir = tempfile::tempdir().unwrap();
     policy(dir.path());
-    let forward = free_port();
     // The endpoint's host does not resolve, nor the first fallback; 127.0.0.2 refuses
     // (the gateway listens on 127.0.0.1 only); 127.0.0.1 answers.
-    let mut gateway = gateway_args(port, "also-missing.invalid,127.0.0.2,127.0.0.1", forward);
+    let mut gateway = gateway_args(port, "also-missing.invalid,127.0.0.2,127.0.0.1", 0);
     // Bounds each lookup of the .invalid names should a resolver be slow to say no.
     gateway.extend(["--connect-timeout-secs".to_owned(), "2".to_owned()]);
     let gateway: Vec<&str> = gateway.iter().map(String::as_str).collect();
-    let mut proc = spawn(dir.path(), free_port(), &gateway);
-    wait_ready(dir.path(), &mut proc);
-    let mut client = std::net::TcpStream::connect(("127.0.0.1", forward)).unwrap();
+    let mut proc = spawn(dir.path(), &gateway);
+    let forward = wait_ready(dir.path(), &mut proc).forward_listen.expect("the forward's address");
+    let mut client = std::net::TcpStream::connect(forward).unwrap();
     client.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     client.write_all(b"ping").unwrap();
     let mut answer = [0u8; 4];
@@ -266,11 +270,10 @@ fn audit_events_are_json_lines_with_decision_and_bytes() {
         format!("version: 1\nnetwork_policies:\n  local:\n    endpoints:\n      - host: 127.0.0.1\n        port: {up_port}\n"),
     )
     .unwrap();
-    let listen = free_port();
-    let mut proc = spawn(dir.path(), listen, &["--allow-loopback-upstreams", "--log-format", "json"]);
-    wait_ready(dir.path(), &mut proc);
+    let mut proc = spawn(dir.path(), &["--allow-loopback-upstreams", "--log-format", "json"]);
+    let listen = wait_ready(dir.path(), &mut proc).proxy_listen;
     let send = |request: String| {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
+        let mut stream = std::net::TcpStream::connect(listen).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         stream.write_all(request.as_bytes()).unwrap();
         let mut answer = String::new();

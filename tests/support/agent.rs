@@ -6,7 +6,6 @@
 
 pub mod terminal;
 
-use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -189,9 +188,22 @@ pub fn only_stdio(listing: &str) -> Vec<(u32, String)> {
     fds
 }
 
-/// A free TCP port on loopback (bound and released: the agent binds it again).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// The port the agent's SSH TCP listener is bound to (`--ssh-listen 127.0.0.1:0`), read
+/// from the `serving SSH` line of its JSON log in `log` (bounded wait).
+pub fn ssh_tcp_port(log: &Path) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let bound = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|e| {
+            let tcp = e["tcp"].as_str().filter(|_| e["message"] == "serving SSH")?;
+            tcp.strip_prefix("Some(")?.strip_suffix(')')?.parse::<std::net::SocketAddr>().ok()
+        });
+        if let Some(addr) = bound {
+            return addr.port();
+        }
+        assert!(Instant::now() < deadline, "no `serving SSH` line with the TCP address: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A running `agent --nested`; SIGTERM and a bounded wait when dropped.
