@@ -12,7 +12,7 @@
 # binary cargo already built (a path in the build context, default
 # target/release/openshell-sandbox; .dockerignore keeps only that file of target/):
 #   cargo build --release && podman build --format docker --target prebuilt -t openshell-sandbox .
-# The end-to-end test (tests/e2e_podman.rs) builds `prebuilt` with the binary `cargo test`
+# The end-to-end test (tests/e2e/podman.rs) builds `prebuilt` with the binary `cargo test`
 # just built, so CI does not compile the crate a second time. What it tests is what users
 # run: the base, roots, policies, HEALTHCHECK and ENTRYPOINT all come from `runtime-base`.
 # (Targets, not a `FROM ${BINARY}` stage switch: podman 4.3 skips the stage such a switch

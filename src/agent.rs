@@ -145,7 +145,8 @@ async fn supervise(config: AgentConfig, logs: Option<LogQueue>) -> Result<Exit, 
         }
         None => None,
     };
-    tracing::info!(socket = %config.ssh_socket.display(), tcp = ?config.ssh_listen, "serving SSH");
+    let tcp_bound = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    tracing::info!(socket = %config.ssh_socket.display(), tcp = ?tcp_bound, "serving SSH");
     let server_task = tokio::spawn(server.serve(unix, tcp, shutdown.clone()));
     let session = client.as_ref().map(|c| gateway::spawn_supervisor(c, &config.ssh_socket, &shutdown));
 
