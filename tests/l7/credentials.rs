@@ -20,7 +20,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use l7_support::{Ca, ca, connect, https_server, write_pem};
+use l7_support::{Ca, ca, connect, https_service, write_pem};
 use openshell_sandbox::config::Secret;
 use openshell_sandbox::policy::{self, PolicyEngine, RegoRules};
 use openshell_sandbox::proxy::credentials::{BindingEndpoint, ProviderEnvironment, SecretStore, placeholder};
@@ -112,26 +112,7 @@ fn encoded(headers: &[(&str, &str)], body: String) -> Response<BoxBody<Bytes, In
 /// The upstream, speaking the protocols of `alpn`.
 async fn upstream(ca: &Ca, alpn: &[&[u8]]) -> (SocketAddr, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
-    let state = seen.clone();
-    let addr = https_server(
-        ca,
-        HOST,
-        alpn,
-        || {},
-        move |tls| {
-            let state = state.clone();
-            async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handler(state, req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            }
-        },
-    )
-    .await;
+    let addr = https_service(ca, HOST, alpn, seen.clone(), handler).await;
     (addr, seen)
 }
 

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::support::l7 as l7_support;
-use l7_support::{Ca, ca, connect, https_server, write_pem};
+use l7_support::{Ca, ca, connect, https_service, write_pem};
 
 const HOST: &str = "api.test";
 const SECRET: &str = "grpc-SECRET-777";
@@ -65,26 +65,7 @@ async fn handler(seen: Arc<Seen>, req: Request<Incoming>) -> Response<BoxBody<By
 async fn upstream(ca: &Ca, h2: bool) -> (SocketAddr, Arc<Seen>) {
     let alpn: &[&[u8]] = if h2 { &[b"h2", b"http/1.1"] } else { &[] };
     let seen = Arc::new(Seen::default());
-    let state = seen.clone();
-    let addr = https_server(
-        ca,
-        HOST,
-        alpn,
-        || {},
-        move |tls| {
-            let state = state.clone();
-            async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handler(state, req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            }
-        },
-    )
-    .await;
+    let addr = https_service(ca, HOST, alpn, seen.clone(), handler).await;
     (addr, seen)
 }
 

@@ -109,3 +109,41 @@ where
     });
     addr
 }
+
+/// An HTTPS upstream for `host` (HTTP/2 too when `alpn` offers it) that answers every
+/// request with `handler(state, request)`.
+pub async fn https_service<S, H, Fut>(
+    ca: &Ca,
+    host: &str,
+    alpn: &[&[u8]],
+    state: Arc<S>,
+    handler: H,
+) -> std::net::SocketAddr
+where
+    S: Send + Sync + 'static,
+    H: Fn(Arc<S>, http::Request<hyper::body::Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<ServedBody>> + Send + 'static,
+{
+    https_server(
+        ca,
+        host,
+        alpn,
+        || {},
+        move |tls| {
+            let state = state.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = handler(state.clone(), req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            }
+        },
+    )
+    .await
+}
+
+/// What an [`https_service`] handler answers with.
+pub type ServedBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
