@@ -3,7 +3,7 @@
 //! routes, listeners, the shared TLS dir with `child-env.json` and then `.ready` last;
 //! serving until shutdown, the drain.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,17 +83,36 @@ impl Listeners {
             None => None,
         };
         let dns = match &config.dns {
-            Some(dns) => {
-                let address = dns.listen;
-                let fail = |source| ProxyError::Bind { address, setting: "OPENSHELL_DNS_LISTEN", source };
-                let udp = UdpSocket::bind(address).await.map_err(fail)?;
-                // A DNS port of 0 (tests) gives TCP the port UDP got.
-                let tcp_address = udp.local_addr().map_err(fail)?;
-                Some((udp, bind(tcp_address, "OPENSHELL_DNS_LISTEN").await?))
-            }
+            Some(dns) => Some(bind_dns(dns.listen).await?),
             None => None,
         };
         Ok(Listeners { proxy, forward, dns })
+    }
+}
+
+/// How many ports a DNS address with port 0 tries before giving up: the port UDP is
+/// given may already be taken for TCP by another socket.
+const DNS_PORT_ZERO_ATTEMPTS: usize = 16;
+
+/// Binds UDP and TCP on one address. With port 0 (tests), TCP takes the port UDP got,
+/// and another port is tried when that one is taken for TCP.
+async fn bind_dns(address: SocketAddr) -> Result<(UdpSocket, TcpListener), ProxyError> {
+    let fail = |source| ProxyError::Bind { address, setting: "OPENSHELL_DNS_LISTEN", source };
+    let mut attempt = 1;
+    loop {
+        let udp = UdpSocket::bind(address).await.map_err(fail)?;
+        let both = udp.local_addr().map_err(fail)?;
+        match TcpListener::bind(both).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if address.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < DNS_PORT_ZERO_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            Err(source) => return Err(ProxyError::Bind { address: both, setting: "OPENSHELL_DNS_LISTEN", source }),
+        }
     }
 }
 
