@@ -109,6 +109,7 @@ async fn start_proxy(
         common: CommonConfig {
             log_format: LogFormat::Text,
             log_level: "warn".into(),
+            ocsf_file: None,
             tls_dir: dir.join("tls"),
             policy_file: Some(policy),
             policy_rules: None,
@@ -230,6 +231,65 @@ fn bench(c: &mut Criterion) {
     https_groups(c, &rt, proxy, secure, &via_proxy, &direct);
     let via_scrubbing = https::client_config(&https::proxy_ca_der(&scrub_dir.path().join("tls")));
     scrubbed_download(c, &rt, (proxy, &via_proxy), (scrubbing, &via_scrubbing), secure, &direct);
+    // Last: the OCSF output, once installed, stays for the rest of the process.
+    ocsf_groups(c, &rt, (proxy, web), secure, &via_proxy);
+}
+
+/// The keep-alive GETs again with every audit event written as an OCSF JSON line (to a
+/// writer that counts them), then the events per second the audit path sustained while
+/// serving them: compare with "keep-alive GET" and "HTTPS keep-alive GET" of the same run.
+fn ocsf_groups(
+    c: &mut Criterion,
+    rt: &Runtime,
+    (proxy, web): (SocketAddr, SocketAddr),
+    secure: SocketAddr,
+    via_proxy: &Arc<ClientConfig>,
+) {
+    use openshell_sandbox::telemetry::ocsf;
+    let lines = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let identity = ocsf::Identity::new("proxy", Some("bench".into()), None);
+    ocsf::install(identity, vec![ocsf::Output::Writer(Box::new(CountLines(lines.clone())))]).unwrap();
+
+    let mut group = c.benchmark_group("keep-alive GET with OCSF JSON lines");
+    group.throughput(Throughput::Elements(1));
+    let (host, absolute) = (web.to_string(), format!("http://{web}/"));
+    let mut proxied = rt.block_on(client(proxy));
+    group.bench_function("absolute-form through the proxy", |b| {
+        b.iter(|| rt.block_on(get(&mut proxied, &absolute, &host)))
+    });
+    let mut inspected = rt.block_on(https::client(via_proxy, secure, Some(proxy)));
+    group.bench_function("HTTPS inspected through the proxy", |b| {
+        b.iter(|| rt.block_on(https::fetch(&mut inspected, "/")))
+    });
+    group.finish();
+
+    let (requests, started) = (20_000u64, std::time::Instant::now());
+    let before = lines.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..requests {
+        rt.block_on(get(&mut proxied, &absolute, &host));
+    }
+    let events = lines.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "OCSF audit path: {events} events for {requests} keep-alive GETs in {secs:.2} s: {:.0} events/s, {:.0} requests/s",
+        events as f64 / secs,
+        requests as f64 / secs
+    );
+}
+
+/// Counts the lines written to it.
+struct CountLines(Arc<std::sync::atomic::AtomicU64>);
+
+impl std::io::Write for CountLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let lines = buf.iter().filter(|b| **b == b'\n').count() as u64;
+        self.0.fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A 16 MiB inspected download with response scrubbing on (a provider secret is bound to

@@ -129,6 +129,8 @@ pub struct CommonConfig {
     pub log_format: LogFormat,
     /// Log filter directive. Default `info`.
     pub log_level: String,
+    /// File that audit events are appended to as OCSF JSON lines. Default none.
+    pub ocsf_file: Option<PathBuf>,
     /// Shared TLS volume. Default `/openshell-tls`.
     pub tls_dir: PathBuf,
     /// Local policy file; `None` means the gateway's policy.
@@ -146,6 +148,7 @@ impl CommonConfig {
         CommonConfig {
             log_format: log.log_format.or(file.log.log_format).unwrap_or_default(),
             log_level: log.log_level.clone().or_else(|| file.log.log_level.clone()).unwrap_or_else(|| "info".into()),
+            ocsf_file: log.ocsf_file.clone().or_else(|| file.log.ocsf_file.clone()),
             tls_dir: cli
                 .tls_dir
                 .clone()

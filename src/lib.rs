@@ -80,13 +80,14 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
             // The gateway's log layer exists from the first line; its queue is shipped
             // once the runtime runs (the log stream is the first call of the startup).
             let (layer, queue) = log_queue(config.gateway.as_ref());
-            telemetry::init_with(config.common.log_format, &config.common.log_level, layer)?;
+            telemetry::init_with(logging(&config.common, "proxy", &args.gateway, &file), layer)?;
             Ok(proxy::run(config, queue)?)
         }
         Command::Agent(args) => {
+            let gateway = args.gateway.clone();
             let config = agent_config(&cli.log, args, &file)?;
             let (layer, queue) = log_queue(config.gateway.as_ref());
-            telemetry::init_with(config.common.log_format, &config.common.log_level, layer)?;
+            telemetry::init_with(logging(&config.common, "agent", &gateway, &file), layer)?;
             Ok(agent::run(config, queue)?)
         }
         Command::Policy(cmd) => Ok(policy_cmd::run(cmd)?),
@@ -95,7 +96,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
             let format = cli.log.log_format.or(file.log.log_format).unwrap_or_default();
             let level =
                 cli.log.log_level.clone().or_else(|| file.log.log_level.clone()).unwrap_or_else(|| "info".into());
-            telemetry::init_with(format, &level, None)?;
+            telemetry::init(format, &level)?;
             Ok(agent_net::run(via)?)
         }
         Command::Healthcheck(select) => match mode_command(select.mode)? {
@@ -136,6 +137,27 @@ fn log_queue(
             (Some(layer), Some(queue))
         }
         None => (None, None),
+    }
+}
+
+/// What the mode's logging needs: format, filter, the OCSF file, and the sandbox's identity
+/// (id and name from the gateway settings, which name it even without an endpoint).
+fn logging<'a>(
+    common: &'a CommonConfig,
+    feature: &'static str,
+    gateway: &config::layers::GatewayLayer,
+    file: &FileConfig,
+) -> telemetry::Logging<'a> {
+    let given = |flag: &Option<String>, file: &Option<String>| {
+        flag.clone().or_else(|| file.clone()).filter(|s| !s.trim().is_empty())
+    };
+    let id = given(&gateway.sandbox_id, &file.gateway.sandbox_id);
+    let name = given(&gateway.sandbox_name, &file.gateway.sandbox_name);
+    telemetry::Logging {
+        format: common.log_format,
+        level: &common.log_level,
+        ocsf_file: common.ocsf_file.clone(),
+        identity: telemetry::ocsf::Identity::new(feature, id, name),
     }
 }
 

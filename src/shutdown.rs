@@ -43,13 +43,14 @@ impl Shutdown {
         self.token.is_cancelled()
     }
 
-    /// Spawns a task that the drain waits for.
+    /// Spawns a task that the drain waits for, in the audit scope (connection or session)
+    /// of the task that spawns it.
     pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.tracker.spawn(task)
+        self.tracker.spawn(crate::telemetry::ocsf::inherit(task))
     }
 
     /// Number of tracked tasks still running (connections, relays, pollers).

@@ -20,9 +20,11 @@ use russh::{MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
+use super::audit;
 use super::child::Launcher;
 use crate::config::AgentConfig;
 use crate::shutdown::Shutdown;
+use crate::telemetry::ocsf::{Scope, scoped};
 use crate::{Exit, ExitStatus};
 
 /// Where a system sftp-server may live.
@@ -124,7 +126,6 @@ impl SshServer {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        tracing::info!(%peer, "SSH connection on TCP");
                         // russh applies `Config::nodelay` only to sockets it accepts itself;
                         // with Nagle on, each handshake step waits for a delayed ACK.
                         if let Err(e) = stream.set_nodelay(true) {
@@ -132,7 +133,11 @@ impl SshServer {
                         }
                         let handler =
                             handler::Connection { shared: self.shared.clone(), tcp: true, shutdown: shutdown.clone() };
-                        shutdown.spawn(run(tcp_config.clone(), stream, handler, shutdown.clone()));
+                        let serve = run(tcp_config.clone(), stream, handler, shutdown.clone());
+                        shutdown.spawn(scoped(Scope::new(Some(peer)), async move {
+                            audit::ssh_opened(Some(peer));
+                            serve.await
+                        }));
                     }
                     Err(e) => accept_failed("TCP", e).await,
                 }
@@ -148,7 +153,11 @@ impl SshServer {
                     Ok((stream, _)) => {
                         let handler =
                             handler::Connection { shared: self.shared.clone(), tcp: false, shutdown: shutdown.clone() };
-                        shutdown.spawn(run(unix_config.clone(), stream, handler, shutdown.clone()));
+                        let serve = run(unix_config.clone(), stream, handler, shutdown.clone());
+                        shutdown.spawn(scoped(Scope::new(None), async move {
+                            audit::ssh_opened(None);
+                            serve.await
+                        }));
                     }
                     Err(e) => accept_failed("Unix socket", e).await,
                 }

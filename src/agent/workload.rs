@@ -4,12 +4,14 @@
 //! are passed on to its process group; its exit status becomes the supervisor's (128 + n
 //! when signal n ended it).
 
+use std::path::Path;
 use std::process::Stdio;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::audit;
 use super::child::{Launcher, Session};
 use super::terminal::Outer;
 use crate::{Exit, ExitStatus};
@@ -63,7 +65,7 @@ pub async fn run(launcher: &Launcher, argv: &[String]) -> Result<Exit, WorkloadE
         .map_err(|source| WorkloadError::Spawn { command: program.clone(), source })?;
     // It leads its own session, so its pid is also its process group.
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1).map(Pid::from_raw);
-    tracing::info!(pid = ?pid, command = %program, pty = relay.is_some(), "started the workload");
+    audit::launched("workload", Path::new(program), pid.map(|p| p.as_raw() as u32));
     if let Some(Err(e)) = relay.as_mut().map(|r| r.raw_mode()) {
         tracing::warn!("cannot put the terminal in raw mode, keys are line-buffered and echoed twice: {e}");
     }
@@ -81,8 +83,8 @@ pub async fn run(launcher: &Launcher, argv: &[String]) -> Result<Exit, WorkloadE
     if let Some(relay) = relay {
         relay.finish().await;
     }
+    audit::ended("workload", Path::new(program), pid.map(|p| p.as_raw() as u32), &status);
     let exit = exit_of(status);
-    tracing::info!(code = exit.code(), "the workload ended");
     Ok(exit)
 }
 

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Args, Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogLayer {
-    /// Log line format: `text` or `json` (one JSON object per line). Default: text.
+    /// Log line format: `text`, `json` (one JSON object per line) or `ocsf` (audit events as
+    /// OCSF 1.8.0 JSON lines, other lines as JSON). Default: text.
     #[arg(long, global = true, env = "OPENSHELL_LOG_FORMAT", value_name = "FORMAT")]
     #[serde(rename = "format", skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
@@ -23,6 +24,10 @@ pub struct LogLayer {
     #[arg(long, global = true, env = "OPENSHELL_LOG_LEVEL", value_name = "FILTER")]
     #[serde(rename = "level", skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// File that audit events are appended to as OCSF JSON lines, whatever the log format. Default: none.
+    #[arg(long, global = true, env = "OPENSHELL_OCSF_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsf_file: Option<PathBuf>,
 }
 
 /// Log line format.
@@ -34,6 +39,8 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// Audit events as OCSF 1.8.0 JSON lines (docs/audit.md); other lines as JSON.
+    Ocsf,
 }
 
 /// What a policy source does with a new policy that fails validation (the candidate is

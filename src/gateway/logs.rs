@@ -4,7 +4,8 @@
 //! to a bounded queue with `try_send`: logging never waits for the gateway; a full queue
 //! drops the line and counts it. [`LogShipper`] drains the queue into a client stream in
 //! batches of at most 50 lines or every 500 ms, reconnects with backoff when the gateway
-//! is gone, and reports the dropped count as a log line of its own once it can.
+//! is gone, and reports the dropped count as a log line of its own once it can. Audit
+//! events go with level `OCSF` and target `ocsf`, their message the OCSF shorthand.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -22,6 +23,7 @@ use super::backoff::Backoff;
 use super::proto::{PushSandboxLogsRequest, SandboxLogLine};
 use super::{GatewayClient, Method};
 use crate::shutdown::Shutdown;
+use crate::telemetry::AUDIT_TARGET;
 
 /// Lines held while the gateway is slow or gone. Default queue size.
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -78,10 +80,16 @@ impl<S: Subscriber> Layer<S> for LogLayer {
         }
         let mut visitor = Fields::default();
         event.record(&mut visitor);
+        // An audit event is an OCSF event: its message is the shorthand, and the gateway
+        // shows it under level `OCSF`, ranked by `ocsf.severity_id`, as OpenShell's own.
+        let (level, target) = match target {
+            AUDIT_TARGET => ("OCSF", "ocsf"),
+            _ => (meta.level().as_str(), target),
+        };
         let line = SandboxLogLine {
             sandbox_id: self.sandbox_id.to_string(),
             timestamp_ms: now_ms(),
-            level: meta.level().as_str().to_owned(),
+            level: level.to_owned(),
             target: target.to_owned(),
             message: visitor.message,
             source: "sandbox".to_owned(),

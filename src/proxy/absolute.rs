@@ -65,7 +65,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>, kept: Arc<Kept>) -> R
     let subject = Subject { kind: "http", host, port, request: Some((&method, &path)) };
     let engine = ctx.policy.current();
     let decision = engine.network_to(&destination, port);
-    let rule = audit::rule(&engine, &decision);
+    let rule = audit::rule_of(&engine, &decision);
     if !decision.allow {
         let refusal = Refusal::Policy { reason: decision.reason.clone(), policy: decision.policy.clone() };
         audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);

@@ -58,7 +58,7 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>, permit: Arc<Owned
     let subject = Subject { kind: "connect", host, port, request: None };
     let engine = ctx.policy.current();
     let decision = engine.network_to(&destination, port);
-    let rule = audit::rule(&engine, &decision);
+    let rule = audit::rule_of(&engine, &decision);
     if !decision.allow {
         let refusal = Refusal::Policy { reason: decision.reason.clone(), policy: decision.policy.clone() };
         audit::denied(&subject, &refusal, decision.policy.as_deref(), rule);
@@ -130,7 +130,7 @@ async fn intercept_tls(
     permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let (host, port) = (subject.host, subject.port);
-    let rule = audit::rule(engine, decision);
+    let rule = audit::rule_of(engine, decision);
     let (server_config, session) = match inspection(target, ctx).await {
         Ok(prepared) => prepared,
         Err(refusal) => {

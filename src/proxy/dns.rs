@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use super::audit::Action;
+use super::audit;
 use super::policy_source::PolicyHandle;
-use crate::telemetry::AUDIT_TARGET;
 
 /// A denied name is audited at most once in this window (a resolver asks A and AAAA, and
 /// retries): the first query is the event, repeats within it add nothing.
@@ -73,8 +72,7 @@ impl PolicyDns {
             return;
         }
         denied.put(name.to_owned(), now);
-        let reason = "no network policy allows this name; answered NXDOMAIN";
-        tracing::info!(target: AUDIT_TARGET, action = Action::Deny.as_str(), kind = "dns", host = name, reason, "refused");
+        audit::dns_refused(name);
     }
 }
 

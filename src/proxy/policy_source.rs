@@ -69,7 +69,7 @@ impl PolicyHandle {
     pub fn install(&self, engine: PolicyEngine) {
         let generation = engine.generation();
         let previous = self.current.send_replace(Arc::new(engine));
-        tracing::info!(generation, "policy generation installed");
+        audit::policy_loaded(generation);
         if previous.quarantine().is_some() {
             audit::policy_recovered(generation);
         }
@@ -82,11 +82,7 @@ impl PolicyHandle {
     pub fn reject(&self, error: &str, mode: ValidationFailureMode) {
         match mode {
             ValidationFailureMode::RetainLastValid => {
-                if self.current().quarantine().is_some() {
-                    tracing::warn!("the proxy stays quarantined: retain_last_valid has no valid policy to return to");
-                } else {
-                    tracing::warn!("the last valid policy stays in force (retain_last_valid)");
-                }
+                audit::policy_rejected(error, self.current().quarantine().is_some());
             }
             ValidationFailureMode::FailClosed => {
                 let reason = format!("policy quarantined until a valid policy loads: {error}");

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::shutdown::Shutdown;
+use crate::telemetry::ocsf::{Scope, scoped};
 
 use super::absolute::{self, Kept};
 use super::accept::AcceptBackoff;
@@ -52,7 +53,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, allowed_clients: Vec<Ip
         }
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                shutdown.spawn(connection(stream, peer, ctx.clone(), permit));
+                shutdown.spawn(scoped(Scope::new(Some(peer)), connection(stream, peer, ctx.clone(), permit)));
             }
             Err(_) => {
                 tracing::warn!(client = %peer, limit = ctx.limits.max_connections, "connection limit reached; answered 503");

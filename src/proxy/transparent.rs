@@ -28,6 +28,7 @@ use super::l7::session::serve_tls;
 use super::upstream::{self, Target};
 use crate::policy::host::{DestinationHost, normalize_destination};
 use crate::policy::model::Endpoint;
+use crate::telemetry::ocsf::{Scope, scoped};
 
 /// What the transparent listeners share.
 pub struct Transparent {
@@ -62,7 +63,8 @@ impl Transparent {
             return reset(stream);
         };
         let this = self.clone();
-        self.ctx.shutdown.spawn(async move { this.connection(stream, permit).await });
+        let scope = Scope::new(Some(peer));
+        self.ctx.shutdown.spawn(scoped(scope, async move { this.connection(stream, permit).await }));
     }
 
     async fn connection(&self, stream: TcpStream, _permit: OwnedSemaphorePermit) {
@@ -82,7 +84,7 @@ impl Transparent {
             );
             let shown = addr.to_string();
             let subject = Subject { kind: "transparent", host: &shown, port, request: None };
-            audit::denied(&subject, &Refusal::Policy { reason, policy: None }, None, None);
+            audit::bypass(&subject, "connection to an address the policy DNS did not hand out", &reason, None, None);
             return reset(stream);
         };
         // The policy DNS hands out only valid, normalised names.
@@ -91,7 +93,7 @@ impl Transparent {
         let engine = ctx.policy.current();
         let decision = engine.network_to(&destination, port);
         let subject = Subject { kind: "transparent", host: &name, port, request: None };
-        let (policy, rule) = (decision.policy.as_deref(), audit::rule(&engine, &decision));
+        let (policy, rule) = (decision.policy.as_deref(), audit::rule_of(&engine, &decision));
         if !decision.allow {
             let refusal = Refusal::Policy { reason: decision.reason.clone(), policy: decision.policy.clone() };
             audit::denied(&subject, &refusal, policy, rule);
@@ -117,7 +119,7 @@ impl Transparent {
                     let reason = format!(
                         "the TLS client asked for `{sni}`, but this connection goes to {name}, the name it resolved"
                     );
-                    audit::denied(&subject, &Refusal::Policy { reason, policy: None }, policy, rule);
+                    audit::bypass(&subject, "TLS name other than the name resolved", &reason, policy, rule);
                     return;
                 }
                 if endpoints.iter().any(|e| e.intercepts_tls()) {

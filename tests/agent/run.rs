@@ -67,7 +67,7 @@ fn the_wait_for_ready_is_announced_once_with_the_files_the_dir_and_the_limit() {
 
     // Ready at the first look: nothing to say.
     let (_, _, err) = run(fixture.agent_command().args(["--", "true"]));
-    assert!(!err.contains("waiting for the proxy") && err.contains("the workload ended"), "{err}");
+    assert!(!err.contains("waiting for the proxy") && err.contains("PROC:TERMINATE [INFO] true("), "{err}");
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub fn config(dir: &Path, policy: &str) -> ProxyConfig {
         common: CommonConfig {
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            ocsf_file: None,
             tls_dir: dir.join("tls"),
             policy_file: Some(policy_path),
             policy_rules: None,

@@ -8,8 +8,8 @@ use russh::server::Msg;
 use russh::{Channel, ChannelOpenFailure};
 use tokio::net::TcpStream;
 
+use crate::agent::audit;
 use crate::policy::host::unbracketed;
-use crate::telemetry::AUDIT_TARGET;
 
 /// Bound on connecting to the loopback destination.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,7 +30,8 @@ pub fn loopback(host: &str, port: u32) -> Option<SocketAddr> {
 /// Decides, connects and relays one `direct-tcpip` channel.
 pub async fn open(channel: Channel<Msg>, host: String, port: u32, reply: russh::server::ChannelOpenHandle) {
     let Some(addr) = loopback(&host, port) else {
-        tracing::warn!(target: AUDIT_TARGET, host = %host, port, "refused an SSH forward: only loopback destinations are allowed");
+        let to = u16::try_from(port).ok().map(|port| (host.as_str(), port));
+        audit::ssh_refused(to, "refused an SSH forward: only loopback destinations are allowed");
         reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
         return;
     };

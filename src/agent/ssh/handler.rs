@@ -9,8 +9,8 @@ use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Session};
 use russh::{Channel, ChannelId};
 
 use super::{Shared, forward, session};
+use crate::agent::audit;
 use crate::shutdown::Shutdown;
-use crate::telemetry::AUDIT_TARGET;
 
 /// One client connection.
 pub(super) struct Connection {
@@ -42,7 +42,7 @@ impl Handler for Connection {
     ) -> Result<Auth, Self::Error> {
         let auth = self.known_key(user, key.public_key);
         if auth == Auth::Accept {
-            tracing::info!(target: AUDIT_TARGET, user, "SSH public key accepted on TCP");
+            audit::ssh_key(user, true);
         }
         Ok(auth)
     }
@@ -119,7 +119,7 @@ impl Handler for Connection {
         if name == "sftp" && self.shared.sftp_server.is_some() {
             session.channel_success(channel)
         } else {
-            tracing::info!(subsystem = name, "refused an SSH subsystem");
+            audit::ssh_refused(None, &format!("refused the SSH subsystem `{}`", name.escape_debug()));
             session.channel_failure(channel)
         }
     }
@@ -142,12 +142,14 @@ impl Handler for Connection {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        tracing::warn!(target: AUDIT_TARGET, address, port = *port, "refused SSH remote forwarding");
+        let to = u16::try_from(*port).ok().map(|port| (address, port));
+        audit::ssh_refused(to, "refused SSH remote forwarding: the agent opens no listening ports");
         Ok(false)
     }
 
     async fn streamlocal_forward(&mut self, socket_path: &str, _session: &mut Session) -> Result<bool, Self::Error> {
-        tracing::warn!(target: AUDIT_TARGET, socket_path, "refused SSH remote socket forwarding");
+        let _ = socket_path;
+        audit::ssh_refused(None, "refused SSH remote socket forwarding: the agent opens no listening sockets");
         Ok(false)
     }
 }
@@ -157,7 +159,7 @@ impl Connection {
         if self.tcp && self.shared.authorized.iter().any(|k| k.key_data() == key.key_data()) {
             Auth::Accept
         } else {
-            tracing::info!(target: AUDIT_TARGET, user, "SSH public key refused");
+            audit::ssh_key(user, false);
             Auth::reject()
         }
     }

@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio::task::JoinSet;
 
 use super::Shared;
 use super::signals::{to_sig, to_signal};
+use crate::agent::audit;
 use crate::agent::child::Session;
 use crate::agent::pty::{self, Master, Size};
 
@@ -42,6 +44,9 @@ struct PtyRequest {
 /// A started child and the ends of its stdio.
 struct Running {
     child: Child,
+    /// `exec`, `shell` or `sftp`, and the program, for the audit events.
+    what: &'static str,
+    program: PathBuf,
     /// The child's pid, which is also its process group (it leads a new session).
     pid: Option<Pid>,
     input: Input,
@@ -63,6 +68,9 @@ pub(super) async fn serve(mut channel: Channel<Msg>, handle: Handle, shared: Arc
             status = wait(&mut running) => {
                 let Some(mut run) = running.take() else { continue };
                 drain(&mut run.pumps).await;
+                if let Ok(status) = &status {
+                    audit::ended(run.what, &run.program, run.pid.map(|p| p.as_raw() as u32), status);
+                }
                 report(&channel, &handle, id, status).await;
                 let _ = channel.eof().await;
                 let _ = channel.close().await;
@@ -203,6 +211,7 @@ fn start(
             None => return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no sftp-server on this system")),
         },
     };
+    let program = PathBuf::from(command.get_program());
     let what = match &request {
         Request::Exec(_) => "exec",
         Request::Shell => "shell",
@@ -234,8 +243,8 @@ fn start(
     };
     // A child just spawned has a pid; without one there is nothing to signal.
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1).map(Pid::from_raw);
-    tracing::info!(pid = ?pid, what, pty = pty.is_some(), "started an SSH child");
-    Ok(Running { child, pid, input, pumps })
+    audit::launched(what, &program, pid.map(|p| p.as_raw() as u32));
+    Ok(Running { child, what, program, pid, input, pumps })
 }
 
 async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {

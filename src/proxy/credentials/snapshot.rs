@@ -53,7 +53,7 @@ impl Snapshot {
             .map(String::as_str)
             .collect();
         if !unbound.is_empty() {
-            tracing::warn!(keys = unbound.join(","), "credentials without an endpoint binding are never swapped in");
+            crate::proxy::audit::credentials_unbound(&unbound.join(","));
         }
         Ok(Self::new(
             env.environment.clone(),

@@ -17,6 +17,7 @@ use crate::proxy::answer::Refusal;
 use crate::proxy::credentials::Scrubber;
 
 mod session;
+mod usage;
 
 pub use session::{CurrentRoutes, InferenceSession, serve_inference_tls};
 
@@ -118,6 +119,10 @@ pub struct Prepared {
     pub route: String,
     /// The route's timeout, if any.
     pub timeout: Option<std::time::Duration>,
+    /// The model asked of the upstream (the route's, else the caller's), for the audit event.
+    pub model: Option<String>,
+    /// The route's provider type, for the audit event.
+    pub provider: Option<String>,
     /// What takes the route's key out of the answer (`None`: the route has no key).
     pub scrubber: Option<Arc<Scrubber>>,
 }
@@ -144,6 +149,7 @@ pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Resul
     let Some(route) = select(bundle, shape, requested) else {
         return Err(deny::no_inference_route(shape.family()));
     };
+    let model = Some(route.model_id.clone()).filter(|m| !m.is_empty()).or_else(|| model_name(requested));
     let uri =
         upstream_uri(route, shape, &path, parts.uri.query()).ok_or_else(|| deny::no_inference_route(shape.family()))?;
     let vertex = vertex_anthropic(route, shape);
@@ -191,7 +197,17 @@ pub fn prepare(bundle: &InferenceBundle, mut parts: Parts, body: Bytes) -> Resul
         // A compressed answer could not be checked for the key.
         parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
-    Ok(Prepared { parts, body, route: route.name.clone(), timeout: route.timeout, scrubber })
+    let provider = Some(route.provider_type.clone()).filter(|p| !p.is_empty());
+    Ok(Prepared { parts, body, route: route.name.clone(), timeout: route.timeout, scrubber, model, provider })
+}
+
+/// The caller's model name for the audit event, when it looks like one (at most 128
+/// letters, digits and `._:/@-`): the caller controls it, and audit events carry no
+/// arbitrary request values.
+fn model_name(requested: Option<&str>) -> Option<String> {
+    let name = requested?;
+    let shaped = name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "._:/@-".contains(c));
+    shaped.then(|| name.to_owned())
 }
 
 /// The route's API key as `x-api-key` (an `anthropic` provider, or an Anthropic request to

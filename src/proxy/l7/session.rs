@@ -36,13 +36,12 @@ use super::deny::{self, Refused};
 use super::judge::{Verdict, judge};
 use crate::policy::{L7Decision, PolicyEngine};
 use crate::proxy::answer::{Body, Refusal, empty};
-use crate::proxy::audit::Action;
+use crate::proxy::audit;
 use crate::proxy::counted::Source;
 use crate::proxy::credentials::{Injection, SecretStore, finish};
 use crate::proxy::drain::drained;
 use crate::proxy::hop::{strip_hop_by_hop, wants_upgrade};
 use crate::shutdown::Shutdown;
-use crate::telemetry::AUDIT_TARGET;
 use crate::{Exit, ExitStatus};
 use upstream::{Upstream, UpstreamError};
 
@@ -253,25 +252,26 @@ impl State {
     }
 }
 
-/// One audit event per request decision (names of credentials only, never values; the
-/// path of a forwarded request as judged, before any credential went into it).
+/// One audit event per request decision of a plain `http://` request (names of credentials
+/// only, never values; the path of a forwarded request as judged, before any credential
+/// went into it).
 pub(crate) fn audit(host: &str, port: u16, method: &str, path: &str, verdict: &Verdict) {
+    let request = audit::Request { scheme: "http", host, port, method, path };
     match verdict {
-        Verdict::Forward { decision, credentials } => audit_forward(host, port, method, decision, credentials),
-        Verdict::Refuse { decision, refusal, .. } => {
-            audit_refusal(host, port, method, path, decision.as_ref(), refusal)
-        }
+        Verdict::Forward { decision, credentials } => decided(request, decision, credentials),
+        Verdict::Refuse { decision, refusal, .. } => refused(request, decision.as_ref(), refusal),
     }
 }
 
-/// The audit event of a forwarded request (`audit` for an audited would-be denial).
+/// The audit event of a forwarded request on an inspected TLS connection (`audit` for an
+/// audited would-be denial).
 pub(crate) fn audit_forward(host: &str, port: u16, method: &str, decision: &L7Decision, credentials: &Injection) {
-    let action = if decision.allow { Action::Allow } else { Action::Audit };
-    let keys = credentials.keys().join(",");
-    decision_event(host, port, method, credentials.path(), action, Some(decision), &keys, &decision.reason);
+    let request = audit::Request { scheme: "https", host, port, method, path: credentials.path() };
+    decided(request, decision, credentials);
 }
 
-/// The audit event of a refused request; the reason is the refusal's.
+/// The audit event of a refused request on an inspected TLS connection; the reason is the
+/// refusal's.
 pub(crate) fn audit_refusal(
     host: &str,
     port: u16,
@@ -280,30 +280,22 @@ pub(crate) fn audit_refusal(
     decision: Option<&L7Decision>,
     refusal: &Refusal,
 ) {
-    decision_event(host, port, method, path, Action::Deny, decision, "", refusal.reason());
+    refused(audit::Request { scheme: "https", host, port, method, path }, decision, refusal);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn decision_event(
-    host: &str,
-    port: u16,
-    method: &str,
-    path: &str,
-    action: Action,
-    decision: Option<&L7Decision>,
-    credentials: &str,
-    reason: &str,
-) {
-    let policy = decision.and_then(|d| d.policy.as_deref());
-    let rule = decision.and_then(|d| d.rule.as_deref());
-    tracing::info!(target: AUDIT_TARGET, action = action.as_str(), kind = "l7", host, port, policy, rule, reason, method, path, credentials, "l7 decision");
+fn decided(request: audit::Request<'_>, decision: &L7Decision, credentials: &Injection) {
+    audit::l7_decision(&request, Some(decision), &credentials.keys().join(","), &decision.reason, None);
+}
+
+fn refused(request: audit::Request<'_>, decision: Option<&L7Decision>, refusal: &Refusal) {
+    audit::l7_decision(&request, decision, "", refusal.reason(), Some(refusal));
 }
 
 /// An audit `error` event (warn level) for a request the upstream failed: no answer head
 /// in time (504) or a broken exchange (502). Names host, method and path, never the query.
 /// `kind` is `l7` or `inference`, as in the request's decision event.
-pub(in crate::proxy::l7) fn upstream_failed(kind: &str, request: Refused<'_>, refusal: &Refusal) {
-    let (error, reason) = (refusal.error(), refusal.reason());
+pub(in crate::proxy::l7) fn upstream_failed(kind: &'static str, request: Refused<'_>, refusal: &Refusal) {
     let Refused { host, port, method, path } = request;
-    tracing::warn!(target: AUDIT_TARGET, action = Action::Error.as_str(), kind, host, port, method, path, error, reason, "upstream exchange failed");
+    let scheme = "https";
+    audit::upstream_failed(kind, &audit::Request { scheme, host, port, method, path }, refusal);
 }

@@ -38,6 +38,8 @@ pub const QUERY_VALUE: &str = "q-VALUE-5150";
 pub fn audit_events() -> Vec<Value> {
     let logs = crate::support::capture::json();
     assert!(!logs.contains(QUERY_VALUE), "a query value reached the logs:\n{logs}");
+    let ocsf = crate::support::capture::ocsf();
+    assert!(!ocsf.contains(QUERY_VALUE), "a query value reached an OCSF event:\n{ocsf}");
     logs.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["target"] == "openshell::audit")

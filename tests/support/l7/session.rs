@@ -230,10 +230,10 @@ pub async fn send(sender: &mut SendRequest<ClientBody>, req: Request<ClientBody>
     (status, serde_json::from_slice(&body).unwrap_or_else(|_| json!(String::from_utf8_lossy(&body))))
 }
 
-/// Everything logged so far in this test binary's run, as text (capture starts at the
-/// first call).
+/// Everything logged so far in this test binary's run, as text lines then OCSF JSON lines
+/// (capture starts at the first call).
 pub fn logs() -> String {
-    crate::support::capture::text()
+    crate::support::capture::text() + &crate::support::capture::ocsf()
 }
 
 /// Starts the capture, and at the end checks that no secret was ever logged.

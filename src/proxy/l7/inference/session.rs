@@ -6,7 +6,7 @@
 //! with one audit `close` event.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,10 +18,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::usage::{Metered, OnEnd};
 use super::{INFERENCE_HOST, MAX_BODY, Prepared, Shape, prepare};
 use crate::policy::host::unbracketed;
 use crate::proxy::answer::{self, Body, Refusal};
-use crate::proxy::audit::Action;
+use crate::proxy::audit;
 use crate::proxy::credentials::scrub_answer;
 use crate::proxy::drain::drained;
 use crate::proxy::hop::strip_hop_by_hop;
@@ -30,7 +31,7 @@ use crate::proxy::l7::path::{EncodedSlash, PathError, canonicalize};
 use crate::proxy::l7::routes::InferenceBundle;
 use crate::proxy::l7::session::{SessionError, accept_client_tls, serve_requests, served_then_closed, upstream_failed};
 use crate::shutdown::Shutdown;
-use crate::telemetry::AUDIT_TARGET;
+use crate::telemetry::ocsf::Api;
 
 /// The routes in force now (a new bundle applies to the next request).
 pub type CurrentRoutes = Arc<dyn Fn() -> Arc<InferenceBundle> + Send + Sync>;
@@ -86,13 +87,12 @@ async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Respo
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
     let refused = |path| Refused { host: INFERENCE_HOST, port: 443, method: &method, path };
     let refuse = |refusal: Refusal, path: &str| {
-        let reason = refusal.reason();
-        tracing::info!(target: AUDIT_TARGET, action = Action::Deny.as_str(), kind = "inference", method, path, reason, "inference request refused");
+        audit::inference_refused(&method, path, &refusal);
         Refused { host: INFERENCE_HOST, port: 443, method: &method, path }.answer(&refusal)
     };
     let canonical = match canonicalize(&target, EncodedSlash::Refuse) {
         Ok(c) => c,
-        Err(e) => return drained(refuse(deny::bad_path(&e), &target), body),
+        Err(e) => return drained(refuse(deny::bad_path(&e), parts.uri.path()), body),
     };
     let path = canonical.path.clone();
     if Shape::of(&parts.method, &path).is_none() {
@@ -116,8 +116,15 @@ async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Respo
         Ok(prepared) => prepared,
         Err(refusal) => return refuse(refusal, &path),
     };
-    let (route, scrubber) = (prepared.route.clone(), prepared.scrubber.clone());
-    tracing::info!(target: AUDIT_TARGET, action = Action::Allow.as_str(), kind = "inference", route, method, path, "inference request routed");
+    let scrubber = prepared.scrubber.clone();
+    let call = Call {
+        method: method.clone(),
+        path: path.clone(),
+        route: prepared.route.clone(),
+        model: prepared.model.clone(),
+        provider: prepared.provider.clone(),
+        started: Instant::now(),
+    };
     // Encodings are checked before `Connection` can name their headers away.
     let answer = send(session, prepared).await.and_then(|response| match &scrubber {
         Some(scrubber) => scrub_answer(scrubber, response, true, false).map_err(SendError::Failed),
@@ -126,7 +133,7 @@ async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Respo
     match answer {
         Ok(mut response) => {
             strip_hop_by_hop(response.headers_mut(), false);
-            response
+            call.metered(response)
         }
         Err(e) => {
             let upstream = refused(&path);
@@ -137,6 +144,44 @@ async fn handle(session: &InferenceSession, request: Request<Incoming>) -> Respo
             upstream_failed("inference", upstream, &refusal);
             upstream.answer(&refusal)
         }
+    }
+}
+
+/// One routed call, audited when its answer ends (API Activity: route, model, provider,
+/// status, token counts, latency).
+struct Call {
+    method: String,
+    path: String,
+    route: String,
+    model: Option<String>,
+    provider: Option<String>,
+    started: Instant,
+}
+
+impl Call {
+    /// The answer, its body watched for token counts and its end audited.
+    fn metered(self, response: Response<Body>) -> Response<Body> {
+        let status = response.status().as_u16();
+        let events = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        response.map(move |body| {
+            let on_end: OnEnd = Box::new(move |tokens| {
+                audit::inference_answered(&Api {
+                    method: &self.method,
+                    path: &self.path,
+                    route: Some(&self.route),
+                    model: self.model.as_deref(),
+                    provider: self.provider.as_deref(),
+                    tokens,
+                    status: Some(status),
+                    latency_ms: Some(self.started.elapsed().as_millis() as u64),
+                });
+            });
+            answer::boxed(Metered::new(body, events, on_end))
+        })
     }
 }
 
