@@ -11,6 +11,7 @@ mod proxy {
     mod dns;
     mod faults;
     mod http;
+    mod ocsf_schema;
     mod process;
     mod reload;
     mod ssrf_forms;

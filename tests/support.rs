@@ -8,4 +8,5 @@ pub mod capture;
 pub mod e2e;
 pub mod gateway;
 pub mod l7;
+pub mod ocsf;
 pub mod proxy;
