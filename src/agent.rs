@@ -2,7 +2,7 @@
 //! proxy, loads the policy, prepares the child sandbox, serves SSH on the Unix socket (and optionally TCP),
 //! and runs the workload, whose exit status becomes the supervisor's.
 
-mod audit;
+pub mod audit;
 pub mod child;
 pub mod env;
 pub mod gateway;

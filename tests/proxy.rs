@@ -11,8 +11,9 @@ mod proxy {
     mod dns;
     mod faults;
     mod http;
+    mod ocsf;
     mod ocsf_schema;
-    mod process;
+    pub(crate) mod process;
     mod reload;
     mod ssrf_forms;
     mod startup;

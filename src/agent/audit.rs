@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitStatus;
 
 use crate::telemetry::audit;
-use crate::telemetry::ocsf::{Activity, Class, Endpoint, Event, Process, Severity, Verdict};
+use crate::telemetry::ocsf::{Activity, Class, Endpoint, Event, Process, Scope, Severity, Verdict};
 
 /// An SSH connection accepted: on TCP from `peer`, or on the gateway's Unix socket.
 pub fn ssh_opened(peer: Option<SocketAddr>) {
@@ -29,6 +29,7 @@ pub fn ssh_key(user: &str, accepted: bool) {
     let mut event = Event::new(Class::Ssh, Activity::OPEN, severity, message);
     event.verdict = Some(verdict);
     event.ssh_user = Some(user);
+    event.src = Scope::current().and_then(|s| s.peer).map(Endpoint::addr);
     if !accepted {
         event.detail = Some("the key is not in the authorized keys, or keys are not accepted on this listener");
     }

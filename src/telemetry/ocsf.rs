@@ -79,7 +79,9 @@ impl Class {
     pub fn profiles(self) -> &'static [&'static str] {
         match self {
             Class::Network | Class::Http | Class::Ssh => &["host", "security_control", "container", "network_proxy"],
-            Class::Process | Class::Finding | Class::Config | Class::Api => &["host", "security_control", "container"],
+            Class::Process | Class::Finding | Class::Config => &["host", "security_control", "container"],
+            // `ai_operation` brings `ai_model` and `message_context` (token counts).
+            Class::Api => &["host", "security_control", "container", "ai_operation"],
         }
     }
 }
@@ -282,8 +284,11 @@ impl<'a> Event<'a> {
         shorthand::Shorthand(self)
     }
 
-    /// `status_id` and `status`.
+    /// `status_id` and `status`. A finding's status is its own state: New.
     fn status(&self) -> Option<(u32, &'static str)> {
+        if self.class == Class::Finding {
+            return Some((1, "New"));
+        }
         let success = self.verdict.map(Verdict::success).or(self.success)?;
         Some(if success { (1, "Success") } else { (2, "Failure") })
     }

@@ -171,3 +171,32 @@ fn without_a_workload_sigterm_stops_the_server() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn in_ocsf_format_the_workloads_launch_and_exit_are_valid_process_events() {
+    let fixture = Fixture::new();
+    let mut cmd = fixture.agent_command();
+    cmd.args(["--log-format", "ocsf", "--sandbox-id", "sb-agent", "--", "sh", "-c", "exit 3"]);
+    let (code, _, err) = run(&mut cmd);
+    assert_eq!(code, 3, "{err}");
+    let lines: Vec<serde_json::Value> =
+        err.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}"))).collect();
+    let events: Vec<&serde_json::Value> = lines.iter().filter(|e| e.get("class_uid").is_some()).collect();
+    events.iter().for_each(|e| crate::support::ocsf::assert_valid(e));
+    let process = |activity: u64| {
+        events
+            .iter()
+            .find(|e| e["class_uid"] == 1007 && e["activity_id"] == activity)
+            .unwrap_or_else(|| panic!("no process event {activity}: {err}"))
+    };
+    let (launch, exit) = (process(1), process(2));
+    assert_eq!(launch["process"]["pid"], exit["process"]["pid"], "{err}");
+    assert_eq!((exit["process"]["name"].as_str(), exit["exit_code"].as_i64()), (Some("sh"), Some(3)));
+    assert_eq!((exit["status_id"].as_u64(), exit["severity_id"].as_u64()), (Some(2), Some(2)));
+    for event in [launch, exit] {
+        assert_eq!(event["device"]["uid"], "sb-agent");
+        assert_eq!(event["metadata"]["product"]["feature"]["name"], "agent");
+        assert_eq!(event["actor"]["process"]["name"], "openshell-sandbox");
+    }
+    assert!(!err.contains("exit 3"), "no command line in any event or log line: {err}");
+}

@@ -84,11 +84,13 @@ async fn the_session_relays_ssh_refuses_remote_tcp_and_reports_the_workload_exit
     assert_eq!(exits[0].sandbox_id, SANDBOX_ID);
     let shipped = gateway.state.log_lines();
     // The workload's end is an OCSF Process Activity: its shorthand, with level OCSF.
-    let ended = shipped.iter().find(|l| l.message.starts_with("PROC:TERMINATE ")).expect("the workload's end is shipped");
+    let ended =
+        shipped.iter().find(|l| l.message.starts_with("PROC:TERMINATE ")).expect("the workload's end is shipped");
     assert_eq!((ended.level.as_str(), ended.target.as_str()), ("OCSF", "ocsf"), "{ended:?}");
     assert!(ended.message.starts_with("PROC:TERMINATE [LOW] ") && ended.message.ends_with(" [exit:7]"), "{ended:?}");
     assert_eq!((ended.fields["code"].as_str(), ended.fields["ocsf.severity_id"].as_str()), ("7", "2"), "{ended:?}");
-    let launched = shipped.iter().find(|l| l.message.starts_with("PROC:LAUNCH [INFO] ")).expect("the launch is shipped");
+    let launched =
+        shipped.iter().find(|l| l.message.starts_with("PROC:LAUNCH [INFO] ")).expect("the launch is shipped");
     assert_eq!(launched.level, "OCSF", "{launched:?}");
     assert!(shipped.iter().all(|l| (l.level == "OCSF") == (l.target == "ocsf")), "{shipped:?}");
 }

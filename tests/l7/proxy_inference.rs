@@ -124,7 +124,9 @@ async fn a_chat_completion_is_routed_with_the_routes_key_and_model() {
     let (status, body) = exchange(&mut c, request("GET", "/admin", &[], "")).await;
     assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("policy_denied")), "{body}");
     let logs = logs();
-    assert!(logs.contains("inference request routed"), "the capture works: {logs}");
+    let routed = "API:CREATE [INFO] ALLOWED POST /v1/chat/completions [route:";
+    assert!(logs.contains(routed) && logs.contains("[model:route-model]"), "the call is audited: {logs}");
+    assert!(logs.contains("API:READ [MED] DENIED GET /admin"), "the refusal is audited: {logs}");
     assert!(!logs.contains(ROUTE_KEY), "the route key reached the logs:\n{logs}");
 }
 

@@ -13,13 +13,13 @@ use openshell_sandbox::volume::{self, READY_FILE, Ready};
 
 const BIN: &str = env!("CARGO_BIN_EXE_openshell-sandbox");
 
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     stderr: PathBuf,
 }
 
 impl Proc {
-    fn terminate(&mut self) -> ExitStatus {
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
             .unwrap();
         self.wait()
@@ -36,7 +36,7 @@ impl Proc {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 }
@@ -67,7 +67,7 @@ fn args(dir: &Path, listen: u16, extra: &[&str]) -> Vec<String> {
 }
 
 /// Starts the proxy on 127.0.0.1 port 0: [`wait_ready`] gives the bound addresses.
-fn spawn(dir: &Path, extra: &[&str]) -> Proc {
+pub(crate) fn spawn(dir: &Path, extra: &[&str]) -> Proc {
     static SPAWNED: AtomicUsize = AtomicUsize::new(0);
     let stderr = dir.join(format!("stderr-{}.log", SPAWNED.fetch_add(1, Ordering::Relaxed)));
     let child = Command::new(BIN)
@@ -94,7 +94,7 @@ fn healthcheck(dir: &Path, listen: u16) -> i32 {
         .unwrap()
 }
 
-fn wait_ready(dir: &Path, proc: &mut Proc) -> Ready {
+pub(crate) fn wait_ready(dir: &Path, proc: &mut Proc) -> Ready {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !dir.join("tls").join(READY_FILE).exists() {
         if let Some(status) = proc.child.try_wait().unwrap() {

@@ -141,3 +141,12 @@ fn pointer(path: &str) -> &str {
 fn shown(value: Option<&Value>) -> String {
     value.map_or_else(|| "missing".to_owned(), Value::to_string)
 }
+
+/// Checks every OCSF JSON line of `lines` (as [`crate::support::capture::ocsf`] gives them).
+pub fn assert_all_valid(lines: &str) {
+    for line in lines.lines() {
+        let event: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("an OCSF line is not JSON ({e}): {line}"));
+        assert_valid(&event);
+    }
+}

@@ -20,6 +20,8 @@ const DEVICE_OTHER: u32 = 99;
 const OUTBOUND: u32 = 2;
 /// `connection_info.direction_id`: SSH sessions come in.
 const INBOUND: u32 = 1;
+/// The service an inference call's messages went to when no route is named.
+const INFERENCE_SERVICE: &str = "inference.local";
 /// `auth_type_id` 6: Public Key.
 const PUBLIC_KEY: u32 = 6;
 
@@ -85,6 +87,8 @@ struct Wire<'e> {
     #[serde(skip_serializing_if = "Option::is_none")]
     is_alert: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    resources: Option<[Resource<'e>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     state_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<&'e str>,
@@ -93,7 +97,7 @@ struct Wire<'e> {
     #[serde(skip_serializing_if = "Option::is_none")]
     ai_model: Option<AiModel<'e>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    message_context: Option<MessageContext>,
+    message_context: Option<MessageContext<'e>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unmapped: Option<&'e Unmapped<'e>>,
 }
@@ -187,7 +191,9 @@ struct FirewallRule<'e> {
 
 #[derive(Serialize)]
 struct HttpRequest<'e> {
-    http_method: &'e str,
+    /// Only the methods OCSF lists (the activity is Other for the rest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_method: Option<&'e str>,
     url: Url<'e>,
 }
 
@@ -218,6 +224,18 @@ struct FindingInfo<'e> {
     types: [&'static str; 1],
 }
 
+/// What a finding is about: the destination asked for.
+#[derive(Serialize)]
+struct Resource<'e> {
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<&'e str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<std::net::IpAddr>,
+}
+
 #[derive(Serialize)]
 struct Api<'e> {
     operation: &'e str,
@@ -237,7 +255,8 @@ struct AiModel<'e> {
 }
 
 #[derive(Serialize)]
-struct MessageContext {
+struct MessageContext<'e> {
+    service: Service<'e>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -279,8 +298,19 @@ fn wire<'e>(
     };
     let src = match e.class {
         Class::Api => e.src.or(peer).or(Some(Endpoint { hostname: Some(&identity.hostname), ..Endpoint::default() })),
-        _ => e.src.or(peer),
+        Class::Network | Class::Http | Class::Ssh => e.src.or(peer),
+        // A finding names its destination as a resource; config and process have no endpoints.
+        Class::Finding | Class::Config | Class::Process => None,
     };
+    let dst = e.dst.filter(|_| e.class != Class::Finding);
+    let resource = e.dst.filter(|_| e.class == Class::Finding).map(|d| {
+        let host = d.hostname.map(str::to_owned).or(d.ip.map(|ip| ip.to_string())).unwrap_or_default();
+        let name = match d.port {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        };
+        [Resource { name, kind: "Destination", hostname: d.hostname, ip: d.ip }]
+    });
     Wire {
         class_uid: e.class.uid(),
         class_name: e.class.name(),
@@ -323,7 +353,7 @@ fn wire<'e>(
         },
         actor,
         src_endpoint: src,
-        dst_endpoint: e.dst,
+        dst_endpoint: dst,
         connection_info: scope.filter(|_| network).map(|s| ConnectionInfo {
             uid: &s.uid,
             direction_id: if e.class == Class::Ssh { INBOUND } else { OUTBOUND },
@@ -333,7 +363,7 @@ fn wire<'e>(
         duration: e.traffic.map(|t| t.2).or(e.api.and_then(|a| a.latency_ms)),
         firewall_rule: e.rule.map(|r| FirewallRule { name: r.policy, uid: r.rule, kind: "policy" }),
         http_request: e.http.map(|h| HttpRequest {
-            http_method: h.method,
+            http_method: (e.activity.0 != 99).then_some(h.method),
             url: Url { scheme: h.scheme, hostname: h.host, port: h.port, path: h.path },
         }),
         http_response: e.http.and_then(|h| h.status).or(e.api.and_then(|a| a.status)).map(|code| HttpResponse { code }),
@@ -343,16 +373,20 @@ fn wire<'e>(
         exit_code: e.process.and_then(|p| p.exit_code),
         finding_info: e.finding.map(|f| FindingInfo { uid: event_uid, title: f.title, types: [f.kind] }),
         is_alert: e.finding.map(|_| true),
+        resources: resource,
         state_id: e.state.map(|s| s.0),
         state: e.state.map(|s| s.1),
         api: operation
             .map(|operation| Api { operation, service: e.api.and_then(|a| a.route).map(|name| Service { name }) }),
         ai_model: e.api.and_then(|a| Some(AiModel { name: a.model?, ai_provider: a.provider.unwrap_or("unknown") })),
-        message_context: e.api.and_then(|a| a.tokens).map(|t| MessageContext {
-            prompt_tokens: t.prompt,
-            completion_tokens: t.completion,
-            total_tokens: t.total,
-        }),
+        message_context: e.api.and_then(|a| Some((a.tokens?, a.route.unwrap_or(INFERENCE_SERVICE)))).map(
+            |(t, name)| MessageContext {
+                service: Service { name },
+                prompt_tokens: t.prompt,
+                completion_tokens: t.completion,
+                total_tokens: t.total,
+            },
+        ),
         unmapped: (!e.unmapped.is_empty()).then_some(&e.unmapped),
     }
 }

@@ -40,6 +40,7 @@ pub fn audit_events() -> Vec<Value> {
     assert!(!logs.contains(QUERY_VALUE), "a query value reached the logs:\n{logs}");
     let ocsf = crate::support::capture::ocsf();
     assert!(!ocsf.contains(QUERY_VALUE), "a query value reached an OCSF event:\n{ocsf}");
+    crate::support::ocsf::assert_all_valid(&ocsf);
     logs.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["target"] == "openshell::audit")

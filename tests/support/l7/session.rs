@@ -251,6 +251,7 @@ impl Drop for NoSecretLogged {
         let logs = logs();
         if !std::thread::panicking() {
             assert!(!logs.contains(SECRET), "a secret reached the logs:\n{logs}");
+            crate::support::ocsf::assert_all_valid(&crate::support::capture::ocsf());
         }
     }
 }
