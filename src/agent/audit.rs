@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitStatus;
+use std::time::Duration;
 
 use crate::telemetry::audit;
 use crate::telemetry::ocsf::{Activity, Class, Endpoint, Event, Process, Scope, Severity, Verdict};
@@ -17,6 +18,16 @@ pub fn ssh_opened(peer: Option<SocketAddr>) {
     event.src = peer.map(Endpoint::addr);
     let peer = peer.map(|p| p.to_string());
     audit!(INFO, event, peer);
+}
+
+/// An SSH connection ended after `duration`.
+pub fn ssh_closed(peer: Option<SocketAddr>, duration: Duration) {
+    let mut event = Event::new(Class::Ssh, Activity::CLOSE, Severity::Informational, "SSH connection closed");
+    event.success = Some(true);
+    event.src = peer.map(Endpoint::addr);
+    let duration_ms = duration.as_millis() as u64;
+    event.duration_ms = Some(duration_ms);
+    audit!(INFO, event, duration_ms);
 }
 
 /// A public key offered by `user` on TCP, accepted or refused.

@@ -9,6 +9,7 @@ mod keys;
 mod session;
 mod signals;
 
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -131,13 +132,14 @@ impl SshServer {
                         if let Err(e) = stream.set_nodelay(true) {
                             tracing::debug!("TCP_NODELAY: {e}");
                         }
-                        let handler =
-                            handler::Connection { shared: self.shared.clone(), tcp: true, shutdown: shutdown.clone() };
-                        let serve = run(tcp_config.clone(), stream, handler, shutdown.clone());
-                        shutdown.spawn(scoped(Scope::new(Some(peer)), async move {
-                            audit::ssh_opened(Some(peer));
-                            serve.await
-                        }));
+                        let scope = Scope::new(Some(peer));
+                        let handler = handler::Connection {
+                            shared: self.shared.clone(),
+                            tcp: true,
+                            shutdown: shutdown.clone(),
+                            scope: scope.clone(),
+                        };
+                        shutdown.spawn(audited(scope, run(tcp_config.clone(), stream, handler, shutdown.clone())));
                     }
                     Err(e) => accept_failed("TCP", e).await,
                 }
@@ -151,13 +153,14 @@ impl SshServer {
                 };
                 match accepted {
                     Ok((stream, _)) => {
-                        let handler =
-                            handler::Connection { shared: self.shared.clone(), tcp: false, shutdown: shutdown.clone() };
-                        let serve = run(unix_config.clone(), stream, handler, shutdown.clone());
-                        shutdown.spawn(scoped(Scope::new(None), async move {
-                            audit::ssh_opened(None);
-                            serve.await
-                        }));
+                        let scope = Scope::new(None);
+                        let handler = handler::Connection {
+                            shared: self.shared.clone(),
+                            tcp: false,
+                            shutdown: shutdown.clone(),
+                            scope: scope.clone(),
+                        };
+                        shutdown.spawn(audited(scope, run(unix_config.clone(), stream, handler, shutdown.clone())));
                     }
                     Err(e) => accept_failed("Unix socket", e).await,
                 }
@@ -210,6 +213,19 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, SshError> {
 }
 
 /// Runs one connection until it ends or shutdown asks it to close.
+/// Serves one SSH connection in its audit scope (its events and its children's share one
+/// uid; the handler enters the same scope), between its open and close events.
+async fn audited(scope: Scope, serve: impl Future<Output = ()>) {
+    let peer = scope.peer;
+    let connection = async move {
+        let started = std::time::Instant::now();
+        audit::ssh_opened(peer);
+        serve.await;
+        audit::ssh_closed(peer, started.elapsed());
+    };
+    scoped(scope, connection).await
+}
+
 async fn run<S>(config: Arc<Config>, stream: S, handler: handler::Connection, shutdown: Shutdown)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

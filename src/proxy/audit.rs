@@ -243,7 +243,8 @@ fn close_event(
     let severity = if outcome.clean() { Severity::Informational } else { Severity::Low };
     let mut event = subject.event(activity, severity, "closed");
     event.success = Some(outcome.clean());
-    event.traffic = Some((sent, received, duration_ms));
+    event.traffic = Some((sent, received));
+    event.duration_ms = Some(duration_ms);
     event.unmapped.outcome = Some(outcome.as_str());
     event.unmapped.requests = requests;
     if let Some(http) = &mut event.http {

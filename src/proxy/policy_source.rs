@@ -46,8 +46,9 @@ impl std::fmt::Debug for PolicyHandle {
 }
 
 impl PolicyHandle {
-    /// A holder starting with `engine`.
+    /// A holder starting with `engine` (audited as installed).
     pub fn new(engine: PolicyEngine) -> Self {
+        audit::policy_loaded(engine.generation());
         PolicyHandle {
             current: Arc::new(watch::Sender::new(Arc::new(engine))),
             quarantined: Arc::new(watch::Sender::new(0)),

@@ -208,7 +208,7 @@ fn tcp_listener_accepts_authorized_keys_only() {
     let host_key = fixture.path().join("keys/host_ed25519");
     let log = fixture.path().join("agent.log");
     let agent = fixture.start_logging(std::fs::File::create(&log).unwrap(), |cmd| {
-        cmd.args(["--log-format", "json", "--ssh-listen", "127.0.0.1:0", "--authorized-keys"]).arg(&authorized);
+        cmd.args(["--log-format", "ocsf", "--ssh-listen", "127.0.0.1:0", "--authorized-keys"]).arg(&authorized);
         cmd.arg("--ssh-host-key").arg(&host_key);
     });
     let port = ssh_tcp_port(&log);
@@ -231,4 +231,51 @@ fn tcp_listener_accepts_authorized_keys_only() {
     let (code, _, err) = tcp(&bad);
     assert_eq!(code, 255);
     assert!(err.contains("Permission denied"), "{err}");
+    ssh_events_are_valid_ocsf_joined_by_connection(&log);
+}
+
+/// The OCSF events of the two TCP connections above: the good key's connection opens, has
+/// its key accepted, launches and ends a child and closes, all under one correlation uid;
+/// the bad key's refusal is its own connection's.
+fn ssh_events_are_valid_ocsf_joined_by_connection(log: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let events = loop {
+        let text = std::fs::read_to_string(log).unwrap();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .filter(|e| e.get("class_uid").is_some())
+            .collect();
+        let closes = events.iter().filter(|e| e["class_uid"] == 4007 && e["activity_id"] == 2).count();
+        if closes >= 2 {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "two SSH closes: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    events.iter().for_each(crate::support::ocsf::assert_valid);
+    let key = |accepted: bool| {
+        events
+            .iter()
+            .find(|e| e["class_uid"] == 4007 && e["auth_type_id"] == 6 && (e["action_id"] == 1) == accepted)
+            .unwrap_or_else(|| panic!("no key event ({accepted}): {events:#?}"))
+    };
+    let (good, bad) = (key(true), key(false));
+    assert_eq!(
+        (good["actor"]["user"]["name"].as_str(), good["src_endpoint"]["ip"].as_str()),
+        (Some("sandbox"), Some("127.0.0.1"))
+    );
+    let uid = good["metadata"]["correlation_uid"].as_str().unwrap();
+    assert_ne!(bad["metadata"]["correlation_uid"].as_str(), Some(uid), "another connection, another uid");
+    let of_good: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e["metadata"]["correlation_uid"] == uid)
+        .map(|e| (e["class_uid"].as_u64().unwrap(), e["activity_id"].as_u64().unwrap()))
+        .collect();
+    for step in [(4007, 1), (1007, 1), (1007, 2), (4007, 2)] {
+        assert!(of_good.contains(&step), "{step:?} in the good connection's events: {of_good:?}");
+    }
+    let child = events.iter().find(|e| e["class_uid"] == 1007 && e["metadata"]["correlation_uid"] == uid).unwrap();
+    assert_eq!(child["actor"]["session"]["uid"], uid, "{child}");
+    assert!(!events.iter().any(|e| e.to_string().contains("echo ok")), "no command line in an event");
 }

@@ -170,10 +170,23 @@ async fn startup_follows_the_contract_order_and_the_gateway_policy_decides() {
     assert!(proxy.connect_status(denied.addr).await.starts_with("HTTP/1.1 403"), "{}", proxy.log());
     let lines = eventually(WAIT, "the proxy's log lines at the gateway", || {
         let lines = gateway.state.log_lines();
-        lines.iter().any(|l| l.message.contains("proxy ready")).then_some(lines)
+        let denial = lines.iter().any(|l| l.message.starts_with("NET:REFUSE [MED] DENIED "));
+        (lines.iter().any(|l| l.message.contains("proxy ready")) && denial).then_some(lines)
     })
     .await;
     assert!(lines.iter().all(|l| l.sandbox_id == SANDBOX_ID && l.source == "sandbox"), "{lines:?}");
+    // Audit events arrive as OpenShell's supervisor sends them: the OCSF shorthand, level
+    // OCSF, target ocsf, ranked by ocsf.severity_id; never as ordinary audit lines.
+    let ocsf: Vec<_> = lines.iter().filter(|l| l.level == "OCSF").collect();
+    assert!(ocsf.iter().all(|l| l.target == "ocsf" && l.fields.contains_key("ocsf.severity_id")), "{ocsf:?}");
+    assert!(!lines.iter().any(|l| l.target == "openshell::audit"), "{lines:?}");
+    let allowed = ocsf.iter().find(|l| l.message.starts_with("NET:OPEN [INFO] ALLOWED ")).expect("the allowed CONNECT");
+    assert_eq!(allowed.fields["ocsf.severity_id"], "1", "{allowed:?}");
+    let denied = ocsf.iter().find(|l| l.message.starts_with("NET:REFUSE [MED] DENIED ")).expect("the denied CONNECT");
+    assert_eq!(denied.fields["ocsf.severity_id"], "3", "{denied:?}");
+    assert!(denied.message.contains(" [reason:"), "{denied:?}");
+    let loaded = ocsf.iter().find(|l| l.message.starts_with("CONFIG:ENABLED [INFO] policy generation installed"));
+    assert!(loaded.is_some(), "the policy's installation is a config event: {ocsf:?}");
 }
 
 /// One request through a tunnel to an echo server; `false` when the tunnel is closed.

@@ -104,3 +104,46 @@ async fn a_websocket_connection_is_closed_once_when_its_relay_ends() {
     let (sent, received) = (close["bytes_sent"].as_u64().unwrap(), close["bytes_received"].as_u64().unwrap());
     assert!(sent >= 5000 && received >= 5000, "the relayed bytes are counted: {close}");
 }
+
+#[tokio::test]
+async fn the_requests_and_the_close_of_one_connection_share_its_ocsf_uid_over_http1_and_http2() {
+    audit_events();
+    let upstream_ca = ca("Upstream CA");
+    let (addr, _seen) = h1_upstream(&upstream_ca).await;
+    let (proxy, _dir) = proxy(&upstream_ca, addr.port(), |_| {}).await;
+    let port = addr.port();
+    {
+        let mut c = client_through(proxy.addr, "localhost", port, &proxy.tls_dir()).await;
+        for _ in 0..2 {
+            assert_eq!(exchange(&mut c, request("GET", "/data", &[], "")).await.0, StatusCode::OK);
+        }
+    }
+    {
+        let mut h2 = through::h2_client_through(proxy.addr, "localhost", port, &proxy.tls_dir()).await;
+        for _ in 0..2 {
+            let get = request("GET", &format!("https://localhost:{port}/data"), &[], "");
+            let (status, _) = crate::support::l7::hardened::h2_exchange(&mut h2, get).await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    events_after(0, 2, |e| e["action"] == "close" && e["port"] == port).await;
+
+    let events: Vec<serde_json::Value> = crate::support::capture::ocsf()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["dst_endpoint"]["port"] == port)
+        .collect();
+    events.iter().for_each(crate::support::ocsf::assert_valid);
+    let uids: std::collections::BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["metadata"]["correlation_uid"].as_str().expect("every event has its connection's uid"))
+        .collect();
+    assert_eq!(uids.len(), 2, "two connections, two uids: {events:#?}");
+    for uid in uids {
+        let of: Vec<&serde_json::Value> = events.iter().filter(|e| e["metadata"]["correlation_uid"] == uid).collect();
+        let gets = of.iter().filter(|e| e["class_uid"] == 4002 && e["activity_id"] == 3).count();
+        let close = of.iter().find(|e| e["class_uid"] == 4001 && e["activity_id"] == 2).expect("the close");
+        assert_eq!((gets, close["unmapped"]["requests"].as_u64()), (2, Some(2)), "{of:#?}");
+        assert!(of.iter().all(|e| e["connection_info"]["uid"] == uid), "{of:#?}");
+    }
+}

@@ -59,13 +59,17 @@ async fn answer(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<BoxB
     let record = json!({"target": target, "authorization": auth, "body": body});
     seen.requests.lock().unwrap().push(record.clone());
     if body["stream"] != true {
-        return Ok(Response::new(Full::new(Bytes::from(record.to_string())).boxed()));
+        let mut answer = record;
+        answer["usage"] = json!({"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33});
+        return Ok(Response::new(Full::new(Bytes::from(answer.to_string())).boxed()));
     }
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
         tx.send(Bytes::from_static(b"data: {\"delta\":\"one\"}\n\n")).await.unwrap();
         seen.release.notified().await;
-        tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await.unwrap();
+        // The last chunk carries the counts, split across two writes.
+        tx.send(Bytes::from_static(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,")).await.unwrap();
+        tx.send(Bytes::from_static(b"\"completion_tokens\":6}}\n\ndata: [DONE]\n\n")).await.unwrap();
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
@@ -125,7 +129,7 @@ async fn a_chat_completion_is_routed_with_the_routes_key_and_model() {
     assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("policy_denied")), "{body}");
     let logs = logs();
     let routed = "API:CREATE [INFO] ALLOWED POST /v1/chat/completions [route:";
-    assert!(logs.contains(routed) && logs.contains("[model:route-model]"), "the call is audited: {logs}");
+    assert!(logs.contains(routed) && logs.contains("[model:route-model] [tokens:33]"), "the call is audited: {logs}");
     assert!(logs.contains("API:READ [MED] DENIED GET /admin"), "the refusal is audited: {logs}");
     assert!(!logs.contains(ROUTE_KEY), "the route key reached the logs:\n{logs}");
 }
@@ -133,6 +137,7 @@ async fn a_chat_completion_is_routed_with_the_routes_key_and_model() {
 #[tokio::test]
 async fn a_streamed_answers_first_event_arrives_before_the_upstream_finishes() {
     let _inference = crate::support::l7::INFERENCE_LOCAL.lock().await;
+    crate::support::capture::text(); // starts the capture
     let (proxy, seen, _dir, _) = start().await;
     let mut c = inference_client(&proxy).await;
     tokio::time::timeout(Duration::from_secs(5), c.ready()).await.unwrap().unwrap();
@@ -148,6 +153,28 @@ async fn a_streamed_answers_first_event_arrives_before_the_upstream_finishes() {
     seen.release.notify_one();
     let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.unwrap().unwrap().to_bytes();
     assert!(rest.ends_with(b"data: [DONE]\n\n"), "{rest:?}");
+    // The call's event comes at the end of the answer, with the counts its last event carried.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let event = loop {
+        let events = crate::support::capture::ocsf();
+        let found = events.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| {
+            e["class_uid"] == 6003
+                && e["message_context"]["total_tokens"] == 11
+                && e["ai_model"]["name"] == "route-model"
+        });
+        match found {
+            Some(event) => break event,
+            None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            None => panic!("no API Activity event with the streamed counts: {events}"),
+        }
+    };
+    crate::support::ocsf::assert_valid(&event);
+    let counts = &event["message_context"];
+    assert_eq!((counts["prompt_tokens"].as_u64(), counts["completion_tokens"].as_u64()), (Some(5), Some(6)));
+    assert_eq!(
+        (event["http_response"]["code"].as_u64(), event["api"]["service"]["name"].as_str()),
+        (Some(200), Some("local"))
+    );
 }
 
 #[tokio::test]

@@ -93,6 +93,7 @@ fn emit_every_kind() {
     agent_audit::ssh_key("mallory", false);
     agent_audit::ssh_refused(Some(("10.0.0.1", 80)), "refused an SSH forward: only loopback destinations are allowed");
     agent_audit::ssh_refused(None, "refused the SSH subsystem `x`");
+    agent_audit::ssh_closed(Some("10.89.0.2:50000".parse().unwrap()), Duration::from_millis(2500));
     agent_audit::launched("exec", Path::new("/bin/sh"), Some(42));
     agent_audit::ended("exec", Path::new("/bin/sh"), Some(42), &std::process::ExitStatus::from_raw(3 << 8));
     agent_audit::ended("workload", Path::new("sleep"), Some(43), &std::process::ExitStatus::from_raw(9));
@@ -115,7 +116,7 @@ async fn every_emitter_writes_a_valid_event_of_its_class_in_its_scope() {
     scoped(scope, async { emit_every_kind() }).await;
 
     let events = events_of(&uid);
-    assert_eq!(events.len(), 34, "one line per event: {events:#?}");
+    assert_eq!(events.len(), 35, "one line per event: {events:#?}");
     for event in &events {
         ocsf::assert_valid(event);
         assert_eq!(event["device"]["uid"], capture::SANDBOX_ID, "{event}");
@@ -165,6 +166,8 @@ async fn every_emitter_writes_a_valid_event_of_its_class_in_its_scope() {
         (api["api"]["operation"].as_str(), api["duration"].as_u64()),
         (Some("POST /v1/chat/completions"), Some(31))
     );
+    let ssh_close = find(&|e| e["class_uid"] == 4007 && e["activity_id"] == 2);
+    assert_eq!((ssh_close["duration"].as_u64(), ssh_close["status_id"].as_u64()), (Some(2500), Some(1)));
     let exit = find(&|e| e["class_uid"] == 1007 && e["process"]["pid"] == 43);
     assert_eq!((exit["exit_code"].as_i64(), exit["process"]["name"].as_str()), (Some(137), Some("sleep")));
 
@@ -180,6 +183,7 @@ async fn every_emitter_writes_a_valid_event_of_its_class_in_its_scope() {
         "CONFIG:DISABLED [HIGH] policy quarantined: generation 4 denies all egress until a valid policy loads",
         "SSH:OPEN [INFO] ALLOWED 10.89.0.2:41000 [auth:publickey user:dev]",
         "SSH:REFUSE [MED] DENIED 10.0.0.1:80",
+        "SSH:CLOSE [INFO] 10.89.0.2:50000",
         "PROC:TERMINATE [LOW] sh(42) [exit:3]",
     ] {
         assert!(text.contains(shorthand), "{shorthand}\n{text}");
@@ -266,4 +270,24 @@ fn the_binary_in_ocsf_format_writes_valid_events_to_stderr_and_the_file() {
     let from_file: Vec<Value> = written.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(from_file.len(), events.len(), "the file has every event and nothing else");
     assert!(from_file.iter().zip(&events).all(|(a, b)| a["metadata"]["uid"] == b["metadata"]["uid"]));
+}
+
+#[test]
+fn an_ocsf_file_that_cannot_be_opened_exits_64_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), "version: 1\nnetwork_policies: {}\n").unwrap();
+    let missing = dir.path().join("no-such-dir/audit.jsonl");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_openshell-sandbox"))
+        .args(["proxy", "--policy"])
+        .arg(dir.path().join("policy.yaml"))
+        .arg("--tls-dir")
+        .arg(dir.path().join("tls"))
+        .arg("--ocsf-file")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{err}");
+    assert!(err.contains(&missing.display().to_string()) && err.contains("OPENSHELL_OCSF_FILE"), "{err}");
+    assert!(!dir.path().join("tls/.ready").exists(), "nothing started");
 }

@@ -11,6 +11,7 @@ use russh::{Channel, ChannelId};
 use super::{Shared, forward, session};
 use crate::agent::audit;
 use crate::shutdown::Shutdown;
+use crate::telemetry::ocsf::{Scope, scoped};
 
 /// One client connection.
 pub(super) struct Connection {
@@ -18,6 +19,9 @@ pub(super) struct Connection {
     pub(super) tcp: bool,
     /// Channel tasks are tracked so the drain at exit waits for their children to end.
     pub(super) shutdown: Shutdown,
+    /// The connection's audit scope: russh calls the handler from a task of its own, so the
+    /// handler's events and channel tasks enter it explicitly.
+    pub(super) scope: Scope,
 }
 
 impl Handler for Connection {
@@ -42,7 +46,7 @@ impl Handler for Connection {
     ) -> Result<Auth, Self::Error> {
         let auth = self.known_key(user, key.public_key);
         if auth == Auth::Accept {
-            audit::ssh_key(user, true);
+            self.scope.enter(|| audit::ssh_key(user, true));
         }
         Ok(auth)
     }
@@ -54,7 +58,7 @@ impl Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         reply.accept().await;
-        self.shutdown.spawn(session::serve(channel, session.handle(), self.shared.clone()));
+        self.shutdown.spawn(scoped(self.scope.clone(), session::serve(channel, session.handle(), self.shared.clone())));
         Ok(())
     }
 
@@ -68,7 +72,7 @@ impl Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.shutdown.spawn(forward::open(channel, host.to_owned(), port, reply));
+        self.shutdown.spawn(scoped(self.scope.clone(), forward::open(channel, host.to_owned(), port, reply)));
         Ok(())
     }
 
@@ -119,7 +123,8 @@ impl Handler for Connection {
         if name == "sftp" && self.shared.sftp_server.is_some() {
             session.channel_success(channel)
         } else {
-            audit::ssh_refused(None, &format!("refused the SSH subsystem `{}`", name.escape_debug()));
+            let reason = format!("refused the SSH subsystem `{}`", name.escape_debug());
+            self.scope.enter(|| audit::ssh_refused(None, &reason));
             session.channel_failure(channel)
         }
     }
@@ -143,13 +148,15 @@ impl Handler for Connection {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         let to = u16::try_from(*port).ok().map(|port| (address, port));
-        audit::ssh_refused(to, "refused SSH remote forwarding: the agent opens no listening ports");
+        self.scope
+            .enter(|| audit::ssh_refused(to, "refused SSH remote forwarding: the agent opens no listening ports"));
         Ok(false)
     }
 
     async fn streamlocal_forward(&mut self, socket_path: &str, _session: &mut Session) -> Result<bool, Self::Error> {
         let _ = socket_path;
-        audit::ssh_refused(None, "refused SSH remote socket forwarding: the agent opens no listening sockets");
+        let reason = "refused SSH remote socket forwarding: the agent opens no listening sockets";
+        self.scope.enter(|| audit::ssh_refused(None, reason));
         Ok(false)
     }
 }
@@ -159,7 +166,7 @@ impl Connection {
         if self.tcp && self.shared.authorized.iter().any(|k| k.key_data() == key.key_data()) {
             Auth::Accept
         } else {
-            audit::ssh_key(user, false);
+            self.scope.enter(|| audit::ssh_key(user, false));
             Auth::reject()
         }
     }

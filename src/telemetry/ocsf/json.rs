@@ -265,6 +265,16 @@ struct MessageContext<'e> {
     total_tokens: Option<u64>,
 }
 
+/// A fresh event uid: a random UUID drawn once per process, its low bits counting events
+/// (unique without a system call per event).
+fn event_uid() -> uuid::Uuid {
+    static BASE: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u128());
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    uuid::Uuid::from_u128(base ^ u128::from(count))
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
@@ -272,9 +282,10 @@ fn now_ms() -> i64 {
 /// Appends the JSON of `event` (no newline) to `out`.
 pub(super) fn write(out: &mut Vec<u8>, event: &Event<'_>, identity: &Identity) -> serde_json::Result<()> {
     let scope = Scope::current();
-    let event_uid = uuid::Uuid::new_v4().hyphenated().to_string();
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let event_uid = event_uid().hyphenated().encode_lower(&mut buffer);
     let operation = event.api.map(|api| format!("{} {}", api.method, api.path));
-    serde_json::to_writer(out, &wire(event, identity, scope.as_ref(), &event_uid, operation.as_deref()))
+    serde_json::to_writer(out, &wire(event, identity, scope.as_ref(), event_uid, operation.as_deref()))
 }
 
 fn wire<'e>(
@@ -296,13 +307,20 @@ fn wire<'e>(
         Class::Ssh => Some(Actor { user: e.ssh_user.map(|name| User { name }), session, ..Actor::default() }),
         _ => None,
     };
+    let this_host = Endpoint { hostname: Some(&identity.hostname), ..Endpoint::default() };
     let src = match e.class {
-        Class::Api => e.src.or(peer).or(Some(Endpoint { hostname: Some(&identity.hostname), ..Endpoint::default() })),
+        Class::Api => e.src.or(peer).or(Some(this_host)),
         Class::Network | Class::Http | Class::Ssh => e.src.or(peer),
         // A finding names its destination as a resource; config and process have no endpoints.
         Class::Finding | Class::Config | Class::Process => None,
     };
-    let dst = e.dst.filter(|_| e.class != Class::Finding);
+    // A network event with neither end known (an SSH connection on the Unix socket) is
+    // about this host.
+    let dst = match (e.class, src, e.dst) {
+        (Class::Finding, _, _) => None,
+        (Class::Network | Class::Http | Class::Ssh, None, None) => Some(this_host),
+        (_, _, dst) => dst,
+    };
     let resource = e.dst.filter(|_| e.class == Class::Finding).map(|d| {
         let host = d.hostname.map(str::to_owned).or(d.ip.map(|ip| ip.to_string())).unwrap_or_default();
         let name = match d.port {
@@ -359,8 +377,8 @@ fn wire<'e>(
             direction_id: if e.class == Class::Ssh { INBOUND } else { OUTBOUND },
             protocol_name: "tcp",
         }),
-        traffic: e.traffic.map(|(out, back, _)| Traffic { bytes_out: out, bytes_in: back, bytes: out + back }),
-        duration: e.traffic.map(|t| t.2).or(e.api.and_then(|a| a.latency_ms)),
+        traffic: e.traffic.map(|(out, back)| Traffic { bytes_out: out, bytes_in: back, bytes: out + back }),
+        duration: e.duration_ms.or(e.api.and_then(|a| a.latency_ms)),
         firewall_rule: e.rule.map(|r| FirewallRule { name: r.policy, uid: r.rule, kind: "policy" }),
         http_request: e.http.map(|h| HttpRequest {
             http_method: (e.activity.0 != 99).then_some(h.method),

@@ -25,6 +25,12 @@ impl Scope {
         Scope { uid: uuid::Uuid::new_v4().to_string().into(), peer }
     }
 
+    /// Runs `f` (synchronous) in this scope: for callbacks that run in tasks the scope's
+    /// owner did not spawn (russh's session task calls the SSH handler).
+    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        SCOPE.sync_scope(self.clone(), f)
+    }
+
     /// The scope of the running task, if it has one.
     pub fn current() -> Option<Scope> {
         SCOPE.try_with(Clone::clone).ok()

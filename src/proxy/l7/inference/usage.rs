@@ -17,6 +17,9 @@ const MAX_JSON: usize = 1 << 20;
 /// The longest server-sent event line read for its `usage`.
 const MAX_LINE: usize = 256 << 10;
 
+/// Only event lines that name it are parsed.
+const USAGE: &[u8] = b"\"usage\"";
+
 /// Called once with the token counts when the answer ends (or is dropped).
 pub type OnEnd = Box<dyn FnOnce(Option<Tokens>) + Send + Sync>;
 
@@ -112,6 +115,7 @@ impl Usage {
         let line = std::mem::take(&mut self.buffer);
         if !std::mem::take(&mut self.overflow)
             && let Some(data) = line.strip_prefix(b"data:")
+            && data.windows(USAGE.len()).any(|w| w == USAGE)
             && let Ok(event) = serde_json::from_slice::<Value>(data.trim_ascii())
         {
             self.read(&event);

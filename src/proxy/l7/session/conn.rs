@@ -11,7 +11,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
@@ -58,7 +58,7 @@ where
     });
     let io = TokioIo::new(client);
     if h2 {
-        let connection = http2::Builder::new(TokioExecutor::new())
+        let connection = http2::Builder::new(Scoped)
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(idle / 2))
             .keep_alive_timeout(Duration::from_secs(20))
@@ -86,5 +86,21 @@ where
             graceful(connection.as_mut());
             connection.await
         }
+    }
+}
+
+/// hyper's executor for the HTTP/2 streams of an inspected connection: each stream (its
+/// request and its answer's body) runs in the connection's audit scope, so its events carry
+/// the connection's uid.
+#[derive(Clone, Copy)]
+struct Scoped;
+
+impl<F> hyper::rt::Executor<F> for Scoped
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        tokio::spawn(crate::telemetry::ocsf::inherit(stream));
     }
 }
