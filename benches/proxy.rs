@@ -6,6 +6,8 @@
 //! audit event written as an OCSF JSON line, the audit path alone, and the events per second
 //! it sustained while serving GETs (issue 17: the keep-alive ratio may fall at most 5 %).
 
+#[path = "proxy/common.rs"]
+mod common;
 #[path = "proxy/https.rs"]
 mod https;
 
@@ -14,16 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{client, get, http_server, read_head, start_proxy};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use openshell_sandbox::config::{CommonConfig, LogFormat, ProxyConfig, ProxyLimits};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use openshell_sandbox::proxy::audit::{self, Outcome, Subject};
 use openshell_sandbox::proxy::credentials::{Scrubbed, Scrubber};
-use openshell_sandbox::proxy::{Listeners, prepare};
-use openshell_sandbox::shutdown::Shutdown;
 use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -60,85 +58,6 @@ async fn source_server() -> SocketAddr {
     addr
 }
 
-/// Upstream for GETs: a hyper server answering a short body.
-async fn http_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = service_fn(|_req: hyper::Request<Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    addr
-}
-
-/// Starts the proxy allowing loopback upstreams on `ports` (relayed as bytes) and the
-/// HTTPS upstream `inspected` (intercepted, verified against `upstream_ca`); keeps `dir` alive.
-/// With `scrub`, a provider env file binds a secret to the inspected endpoint, so every
-/// inspected answer is scrubbed.
-async fn start_proxy(
-    dir: &std::path::Path,
-    ports: &[u16],
-    inspected: u16,
-    upstream_ca: &str,
-    scrub: bool,
-) -> SocketAddr {
-    let mut yaml = String::from("version: 1\nnetwork_policies:\n  bench:\n    endpoints:\n");
-    for port in ports {
-        yaml.push_str(&format!("      - host: 127.0.0.1\n        port: {port}\n"));
-    }
-    yaml.push_str(&format!(
-        "      - {{host: {}, port: {inspected}, protocol: rest, access: full, credential_binding: {{provider: bench}}}}\n",
-        https::HOST
-    ));
-    let provider_env_file = scrub.then(|| {
-        let path = dir.join("provider.env");
-        std::fs::write(&path, "[bench]\nBENCH_TOKEN=sk-bench-SECRET-value-0123456789\n").unwrap();
-        path
-    });
-    let ca_file = dir.join("upstream-ca.pem");
-    std::fs::write(&ca_file, upstream_ca).unwrap();
-    let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, yaml).unwrap();
-    let config = ProxyConfig {
-        common: CommonConfig {
-            log_format: LogFormat::Text,
-            log_level: "warn".into(),
-            ocsf_file: None,
-            tls_dir: dir.join("tls"),
-            policy_file: Some(policy),
-            policy_rules: None,
-            policy_poll_interval: Duration::from_secs(10),
-        },
-        gateway: None,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        forward_listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.join("state"),
-        allow_loopback_upstreams: true,
-        allowed_clients: Vec::new(),
-        gateway_fallback_hosts: Vec::new(),
-        provider_env_file,
-        policy_validation_failure_mode: Default::default(),
-        inference_routes: None,
-        upstream_ca_file: Some(ca_file),
-        limits: ProxyLimits::default(),
-        dns: None,
-    };
-    let prepared = prepare(config).unwrap();
-    let listeners = Listeners::bind(prepared.config()).await.unwrap();
-    let addr = listeners.proxy.local_addr().unwrap();
-    tokio::spawn(prepared.serve(listeners, Shutdown::new()));
-    addr
-}
-
 /// Opens a CONNECT tunnel and reads the 200 head.
 async fn tunnel(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(proxy).await.unwrap();
@@ -149,17 +68,6 @@ async fn tunnel(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
     stream
 }
 
-/// Reads a response head byte by byte, so nothing after it is consumed.
-async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
-    let mut head = Vec::with_capacity(128);
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    head
-}
-
 async fn pull(stream: &mut TcpStream, buf: &mut [u8]) {
     stream.write_all(&(BULK as u64).to_be_bytes()).await.unwrap();
     let mut left = BULK;
@@ -168,22 +76,6 @@ async fn pull(stream: &mut TcpStream, buf: &mut [u8]) {
         assert!(n > 0, "the source closed early");
         left -= n;
     }
-}
-
-async fn client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-async fn get(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, uri: &str, host: &str) {
-    sender.ready().await.unwrap();
-    let request = hyper::Request::get(uri).header("host", host).body(Empty::new()).unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"ok");
 }
 
 fn bench(c: &mut Criterion) {

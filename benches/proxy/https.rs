@@ -102,7 +102,7 @@ pub async fn client(
             let mut tcp = TcpStream::connect(proxy).await.unwrap();
             let target = format!("{HOST}:{}", upstream.port());
             tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await.unwrap();
-            let head = super::read_head(&mut tcp).await;
+            let head = crate::common::read_head(&mut tcp).await;
             assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
             tcp
         }

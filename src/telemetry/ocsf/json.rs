@@ -5,6 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::scope::Scope;
 use super::sink::Identity;
@@ -55,7 +56,7 @@ struct Wire<'e> {
     #[serde(skip_serializing_if = "Option::is_none")]
     disposition: Option<&'static str>,
     metadata: Metadata<'e>,
-    device: Device<'e>,
+    device: &'e RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     actor: Option<Actor<'e>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,8 +106,8 @@ struct Wire<'e> {
 #[derive(Serialize)]
 struct Metadata<'e> {
     version: &'static str,
-    product: Product,
-    profiles: &'static [&'static str],
+    product: &'e RawValue,
+    profiles: &'e RawValue,
     uid: &'e str,
     #[serde(skip_serializing_if = "Option::is_none")]
     correlation_uid: Option<&'e str>,
@@ -279,18 +280,56 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// What every event of this process carries unchanged (`device`, `metadata.product`, each
+/// class's `metadata.profiles`), serialized once.
+pub(super) struct Fixed {
+    device: Box<RawValue>,
+    product: Box<RawValue>,
+    profiles: [Box<RawValue>; Class::ALL.len()],
+}
+
+impl Fixed {
+    pub(super) fn new(identity: &Identity) -> Self {
+        let device = Device {
+            type_id: DEVICE_OTHER,
+            kind: "Sandbox",
+            hostname: &identity.hostname,
+            uid: identity.sandbox_id.as_deref(),
+            name: identity.sandbox_name.as_deref(),
+        };
+        let product = Product {
+            name: PRODUCT,
+            vendor_name: VENDOR,
+            version: env!("CARGO_PKG_VERSION"),
+            feature: Feature { name: identity.feature },
+        };
+        Fixed { device: raw(&device), product: raw(&product), profiles: Class::ALL.map(|class| raw(&class.profiles())) }
+    }
+}
+
+/// Plain data (strings, numbers, arrays of them) as a raw JSON value.
+fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("plain data always serializes")
+}
+
 /// Appends the JSON of `event` (no newline) to `out`.
-pub(super) fn write(out: &mut Vec<u8>, event: &Event<'_>, identity: &Identity) -> serde_json::Result<()> {
+pub(super) fn write(
+    out: &mut Vec<u8>,
+    event: &Event<'_>,
+    identity: &Identity,
+    fixed: &Fixed,
+) -> serde_json::Result<()> {
     let scope = Scope::current();
     let mut buffer = uuid::Uuid::encode_buffer();
     let event_uid = event_uid().hyphenated().encode_lower(&mut buffer);
     let operation = event.api.map(|api| format!("{} {}", api.method, api.path));
-    serde_json::to_writer(out, &wire(event, identity, scope.as_ref(), event_uid, operation.as_deref()))
+    serde_json::to_writer(out, &wire(event, identity, fixed, scope.as_ref(), event_uid, operation.as_deref()))
 }
 
 fn wire<'e>(
     e: &'e Event<'e>,
     identity: &'e Identity,
+    fixed: &'e Fixed,
     scope: Option<&'e Scope>,
     event_uid: &'e str,
     operation: Option<&'e str>,
@@ -351,24 +390,13 @@ fn wire<'e>(
         disposition: e.verdict.map(|v| v.disposition().1),
         metadata: Metadata {
             version: VERSION,
-            product: Product {
-                name: PRODUCT,
-                vendor_name: VENDOR,
-                version: env!("CARGO_PKG_VERSION"),
-                feature: Feature { name: identity.feature },
-            },
-            profiles: e.class.profiles(),
+            product: &fixed.product,
+            profiles: &fixed.profiles[Class::ALL.iter().position(|c| *c == e.class).unwrap_or(0)],
             uid: event_uid,
             correlation_uid: scope.map(|s| &*s.uid),
             log_provider: identity.feature,
         },
-        device: Device {
-            type_id: DEVICE_OTHER,
-            kind: "Sandbox",
-            hostname: &identity.hostname,
-            uid: identity.sandbox_id.as_deref(),
-            name: identity.sandbox_name.as_deref(),
-        },
+        device: &fixed.device,
         actor,
         src_endpoint: src,
         dst_endpoint: dst,

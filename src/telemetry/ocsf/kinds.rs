@@ -22,6 +22,10 @@ pub enum Class {
 }
 
 impl Class {
+    /// Every class, in a fixed order.
+    pub const ALL: [Class; 7] =
+        [Class::Network, Class::Http, Class::Ssh, Class::Process, Class::Finding, Class::Config, Class::Api];
+
     /// `class_uid`.
     pub fn uid(self) -> u32 {
         match self {

@@ -38,8 +38,6 @@ impl Identity {
 
 /// Where the JSON lines go.
 pub enum Output {
-    /// Nowhere: only the shorthand is logged.
-    None,
     /// Standard error, one line per event.
     Stderr,
     /// Appended to this file.
@@ -63,6 +61,7 @@ pub enum SinkError {
 
 struct Sink {
     identity: Identity,
+    fixed: json::Fixed,
     writers: Mutex<Vec<Box<dyn Write + Send>>>,
 }
 
@@ -73,14 +72,14 @@ pub fn install(identity: Identity, outputs: Vec<Output>) -> Result<(), SinkError
     let mut writers: Vec<Box<dyn Write + Send>> = Vec::new();
     for output in outputs {
         match output {
-            Output::None => {}
             Output::Stderr => writers.push(Box::new(std::io::stderr())),
             Output::File(path) => writers.push(Box::new(open(&path)?)),
             Output::Writer(writer) => writers.push(writer),
         }
     }
     if !writers.is_empty() {
-        let _ = SINK.set(Sink { identity, writers: Mutex::new(writers) });
+        let fixed = json::Fixed::new(&identity);
+        let _ = SINK.set(Sink { identity, fixed, writers: Mutex::new(writers) });
     }
     Ok(())
 }
@@ -102,7 +101,7 @@ pub fn emit(event: &Event<'_>) {
     }
     LINE.with_borrow_mut(|line| {
         line.clear();
-        if json::write(line, event, &sink.identity).is_err() {
+        if json::write(line, event, &sink.identity, &sink.fixed).is_err() {
             return;
         }
         line.push(b'\n');
