@@ -284,6 +284,34 @@ fn sidecar_topology_on_podman() {
     let calls = gateway.state.calls_of("RelayStream");
     assert!(!calls.is_empty(), "the exec went through RelayStream: {calls:?}");
 
+    // One stream per sandbox: both containers' audit events reach the gateway as OCSF
+    // shorthand lines under the one sandbox id, and their OCSF JSON lines (both run with
+    // OPENSHELL_LOG_FORMAT=ocsf) validate and name the sandbox and the container.
+    let shipped = e2e_support::wait_for("both containers' OCSF lines at the gateway", STEP, || {
+        let ocsf: Vec<_> = gateway.state.log_lines().into_iter().filter(|l| l.level == "OCSF").collect();
+        let has = |prefix: &str| ocsf.iter().any(|l| l.message.starts_with(prefix));
+        (has("NET:OPEN [INFO] ALLOWED ") && has("SSH:OPEN [INFO] ALLOWED") && has("PROC:LAUNCH [INFO] "))
+            .then_some(ocsf)
+    });
+    assert!(shipped.iter().all(|l| l.sandbox_id == gateway_support::SANDBOX_ID && l.target == "ocsf"), "{shipped:?}");
+    let mut features = std::collections::BTreeSet::new();
+    for container in [&r.proxy, &r.agent] {
+        let logs = run(r.sb.podman().args(["logs", container]), STEP).all();
+        let events: Vec<serde_json::Value> = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e.get("class_uid").is_some())
+            .collect();
+        assert!(!events.is_empty(), "OCSF lines from {container}: {logs}");
+        for event in &events {
+            crate::support::ocsf::assert_valid(event);
+            assert_eq!(event["device"]["uid"], gateway_support::SANDBOX_ID, "{event}");
+            features.insert(event["metadata"]["product"]["feature"]["name"].as_str().unwrap_or_default().to_owned());
+        }
+        assert!(!logs.contains(SECRET), "the secret is in the logs of {container}");
+    }
+    assert_eq!(features, ["agent", "proxy"].map(String::from).into(), "both containers, told apart");
+
     // The client list held: neither the startup warning nor a refused agent or health probe.
     let proxy_logs = run(r.sb.podman().args(["logs", &r.proxy]), STEP).all();
     assert!(!proxy_logs.contains("OPENSHELL_PROXY_ALLOWED_CLIENTS"), "proxy logs: {proxy_logs}");

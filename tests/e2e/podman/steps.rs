@@ -175,7 +175,7 @@ impl Run {
         #[rustfmt::skip]
         self.p(&args(&[&["run", "-d", "--name", &self.proxy, "--label", "openshell.role=proxy"], &labels, &mounts, &hosts, &[
             "--network", &int_ip, "--network", &ext_ip, "--cap-add", "NET_ADMIN",
-            "-e", &dns, "-e", "OPENSHELL_POLICY_POLL_INTERVAL_SECS=1",
+            "-e", &dns, "-e", "OPENSHELL_POLICY_POLL_INTERVAL_SECS=1", "-e", "OPENSHELL_LOG_FORMAT=ocsf",
             "-v", &rw, "-v", &policy, "-v", &roots, "-v", &upstream_ca,
             "-e", "OPENSHELL_MODE=proxy", "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
             "-e", "OPENSHELL_UPSTREAM_CA_FILE=/etc/openshell/upstream-ca.pem",
@@ -246,7 +246,7 @@ impl Run {
         #[rustfmt::skip]
         let common = [&["run", "-d", "--name", &self.agent, "--label", "openshell.role=agent"][..], &labels, &mounts, &proxy_env, &[
             "--network", &agent_net, "-v", &ro, "-v", &policy, "-v", &keys,
-            "-e", "OPENSHELL_PROXY_MODE=sidecar", "-e", "OPENSHELL_TLS_DIR=/openshell-tls",
+            "-e", "OPENSHELL_PROXY_MODE=sidecar", "-e", "OPENSHELL_TLS_DIR=/openshell-tls", "-e", "OPENSHELL_LOG_FORMAT=ocsf",
             "-e", "OPENSHELL_POLICY_DATA=/etc/openshell/policy.yaml",
             "-e", "SSL_CERT_FILE=/openshell-tls/ca-bundle.pem",
         ]].concat();
