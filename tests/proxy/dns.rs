@@ -15,13 +15,18 @@ use proxy_support::{STEP, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-/// A port nothing else uses, served transparently on the unspecified address by the proxy.
-const TRANSPARENT_PORT: u16 = 47_391;
+/// The port this binary's proxies serve transparently on the unspecified address: one that
+/// was free when first asked for (the policy names it, so it cannot be port 0).
+fn transparent_port() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port())
+}
 
 fn policy(names: &[&str]) -> String {
     let mut yaml = String::from("version: 1\nnetwork_policies:\n  p:\n    endpoints:\n");
     for name in names {
-        yaml.push_str(&format!("      - {{host: \"{name}\", port: {TRANSPARENT_PORT}, protocol: tcp}}\n"));
+        let port = transparent_port();
+        yaml.push_str(&format!("      - {{host: \"{name}\", port: {port}, protocol: tcp}}\n"));
     }
     yaml
 }
@@ -154,7 +159,7 @@ async fn clients_outside_the_list_get_nothing() {
 #[tokio::test]
 async fn the_transparent_port_resets_connections_to_real_addresses() {
     let (_proxy, _dns) = start(&["api.example.com"], "").await;
-    let target = SocketAddr::from(([127, 0, 0, 1], TRANSPARENT_PORT));
+    let target = SocketAddr::from(([127, 0, 0, 1], transparent_port()));
     let deadline = tokio::time::Instant::now() + STEP;
     let mut stream = loop {
         match TcpStream::connect(target).await {
