@@ -169,7 +169,6 @@ pub fn denied(subject: &Subject<'_>, refusal: &Refusal, policy: Option<&str>, ru
     event.rule = rule(policy, rule_id);
     event.detail = Some(refusal.reason());
     event.code = Some(refusal.error());
-    event.unmapped.error = Some(refusal.error());
     if let Some(http) = &mut event.http {
         http.status = Some(refusal.status().as_u16());
     }

@@ -221,14 +221,11 @@ pub struct Tokens {
 }
 
 /// The sandbox's own fields, in `unmapped`: never a value from a request.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Unmapped<'a> {
     /// How the destination was reached: `connect`, `http`, `l7`, `transparent`, `dns`, `inference`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'a str>,
-    /// The refusal's error code, like `policy_denied`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'a str>,
     /// How a connection ended: `eof`, `idle`, `error`, `aborted`, `shutdown`, `quarantined`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<&'a str>,
@@ -248,17 +245,6 @@ pub struct Unmapped<'a> {
 
 impl Unmapped<'_> {
     fn is_empty(&self) -> bool {
-        matches!(
-            self,
-            Unmapped {
-                kind: None,
-                error: None,
-                outcome: None,
-                requests: None,
-                generation: None,
-                credentials: None,
-                source: None
-            }
-        )
+        *self == Unmapped::default()
     }
 }

@@ -192,20 +192,7 @@ async fn every_emitter_writes_a_valid_event_of_its_class_in_its_scope() {
 
 #[test]
 fn the_binary_in_ocsf_format_writes_valid_events_to_stderr_and_the_file() {
-    use std::io::{Read, Write};
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_port = upstream.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in upstream.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-        }
-    });
+    let up_port = crate::proxy::process::hello_upstream();
     let dir = tempfile::tempdir().unwrap();
     let policy = format!(
         "version: 1\nnetwork_policies:\n  local:\n    endpoints:\n      - host: 127.0.0.1\n        port: {up_port}\n"
@@ -216,14 +203,7 @@ fn the_binary_in_ocsf_format_writes_valid_events_to_stderr_and_the_file() {
     let args = ["--allow-loopback-upstreams", "--log-format", "ocsf", "--ocsf-file", &file_arg, "--sandbox-id", "sb-7"];
     let mut proc = crate::proxy::process::spawn(dir.path(), &args);
     let listen = crate::proxy::process::wait_ready(dir.path(), &mut proc).proxy_listen;
-    let send = |request: String| {
-        let mut stream = std::net::TcpStream::connect(listen).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        (stream.local_addr().unwrap().port(), answer)
-    };
+    let send = |request: String| crate::proxy::process::send(listen, &request);
     let target = format!("http://127.0.0.1:{up_port}/a?secret={QUERY_VALUE}");
     let (client_port, ok) = send(format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
     assert!(ok.ends_with("hello"), "{ok}");

@@ -250,20 +250,7 @@ fn the_gateway_forward_falls_back_and_logs_each_address() {
 
 #[test]
 fn audit_events_are_json_lines_with_decision_and_bytes() {
-    use std::io::{Read, Write};
-    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_port = upstream.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in upstream.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-        }
-    });
+    let up_port = hello_upstream();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("policy.yaml"),
@@ -272,14 +259,7 @@ fn audit_events_are_json_lines_with_decision_and_bytes() {
     .unwrap();
     let mut proc = spawn(dir.path(), &["--allow-loopback-upstreams", "--log-format", "json"]);
     let listen = wait_ready(dir.path(), &mut proc).proxy_listen;
-    let send = |request: String| {
-        let mut stream = std::net::TcpStream::connect(listen).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer
-    };
+    let send = |request: String| send(listen, &request).1;
     let ok = send(format!("GET http://127.0.0.1:{up_port}/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
     assert!(ok.ends_with("hello"), "{ok}");
     let denied = send("CONNECT blocked.example:443 HTTP/1.1\r\nHost: blocked.example:443\r\n\r\n".into());
@@ -309,4 +289,35 @@ fn audit_events_are_json_lines_with_decision_and_bytes() {
     assert_eq!(deny["port"], 443);
     assert_eq!(deny["error"], "policy_denied");
     assert!(deny["reason"].as_str().is_some_and(|r| !r.is_empty()), "{deny}");
+}
+
+/// An upstream on 127.0.0.1 that answers every request head with `200` and `hello`; its port.
+pub(crate) fn hello_upstream() -> u16 {
+    use std::io::{Read, Write};
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in upstream.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        }
+    });
+    port
+}
+
+/// Sends `request` to the proxy at `listen` on a new connection and reads until it closes
+/// (bounded): the client's local port and the answer.
+pub(crate) fn send(listen: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(listen).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    (stream.local_addr().unwrap().port(), answer)
 }

@@ -63,7 +63,6 @@ pub fn l7_decision(
     }
     if let Some(refusal) = refusal {
         event.code = Some(refusal.error());
-        event.unmapped.error = Some(refusal.error());
         if let Some(http) = &mut event.http {
             http.status = Some(refusal.status().as_u16());
         }
@@ -103,7 +102,7 @@ pub fn upstream_failed(kind: &'static str, request: &Request<'_>, refusal: &Refu
     event.verdict = Some(Verdict::Failed);
     event.detail = Some(reason);
     event.code = Some(error);
-    event.unmapped = crate::telemetry::ocsf::Unmapped { kind: Some(kind), error: Some(error), ..Default::default() };
+    event.unmapped.kind = Some(kind);
     if let Some(http) = &mut event.http {
         http.status = Some(refusal.status().as_u16());
     }
@@ -120,7 +119,6 @@ pub fn inference_refused(method: &str, path: &str, refusal: &Refusal) {
     event.detail = Some(refusal.reason());
     event.code = Some(refusal.error());
     event.unmapped.kind = Some("inference");
-    event.unmapped.error = Some(refusal.error());
     let reason = refusal.reason();
     audit!(INFO, event, action = Action::Deny.as_str(), kind = "inference", method, path, reason);
 }

@@ -296,6 +296,5 @@ fn refused(request: audit::Request<'_>, decision: Option<&L7Decision>, refusal: 
 /// `kind` is `l7` or `inference`, as in the request's decision event.
 pub(in crate::proxy::l7) fn upstream_failed(kind: &'static str, request: Refused<'_>, refusal: &Refusal) {
     let Refused { host, port, method, path } = request;
-    let scheme = "https";
-    audit::upstream_failed(kind, &audit::Request { scheme, host, port, method, path }, refusal);
+    audit::upstream_failed(kind, &audit::Request { scheme: "https", host, port, method, path }, refusal);
 }
